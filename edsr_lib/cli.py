@@ -1,0 +1,86 @@
+"""The `edsr` command: convert, upscale (and, as they land, eval, train, download, export).
+
+User mistakes raise KitError, printed here as one line with a non-zero exit; no traceback.
+"""
+import argparse
+import sys
+
+
+def _add_device(parser):
+    parser.add_argument("--device_target", "--device-target", default=None,
+                        help="Ascend, GPU or CPU (default: $DEVICE_TARGET, else Ascend when present, else CPU)")
+
+
+def _cmd_convert(args):
+    from .weights import convert
+
+    arch = convert(args.src, args.dst, res_scale=args.res_scale)
+    print(f"wrote {args.dst}: EDSR x{arch.scale}, {arch.n_resblocks} blocks, {arch.n_feats} features, "
+          f"res_scale {arch.res_scale}")
+    return 0
+
+
+def _cmd_upscale(args):
+    from .inference import upscale_paths
+    from .runtime import setup_device
+    from .weights import load_model
+
+    setup_device(args.device_target)
+    model = load_model(args.ckpt, res_scale=args.res_scale)
+    written, failed = upscale_paths(model, args.input, args.output, tile=args.tile or None,
+                                    self_ensemble=args.self_ensemble, alpha=args.alpha,
+                                    log=lambda m: print(m, file=sys.stderr))
+    for path in written if len(written) <= 3 else written[:0]:
+        print(f"wrote {path}")
+    if len(written) > 3:
+        print(f"wrote {len(written)} images to {args.output}")
+    if failed:
+        print(f"edsr: error: {len(failed)} image(s) could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="edsr", description="EDSR super-resolution on MindSpore (Ascend and CPU)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a published .pt or ModelZoo .ckpt into a kit checkpoint")
+    p.add_argument("src", help="EDSR-PyTorch .pt (legacy or zip) or MindSpore ModelZoo EDSR .ckpt")
+    p.add_argument("dst", help="output kit checkpoint (.ckpt)")
+    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=float, default=None,
+                   help="residual scaling (default: 0.1 for 256 features, else 1.0)")
+    p.set_defaults(run=_cmd_convert)
+
+    p = sub.add_parser("upscale", help="super-resolve an image or a folder of images")
+    p.add_argument("--ckpt", required=True, help="kit checkpoint, published .pt or ModelZoo .ckpt")
+    p.add_argument("--tile", type=int, default=None,
+                   help="LR tile size in pixels; exact (same output as whole-image) with bounded memory")
+    p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true",
+                   help="average the 8 flipped/transposed predictions (x8 slower, ~+0.1 dB)")
+    p.add_argument("--alpha", choices=("white", "drop"), default="white",
+                   help="RGBA inputs: composite on white (default) or drop the alpha channel")
+    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=float, default=None,
+                   help="override res_scale for .pt/ModelZoo files")
+    _add_device(p)
+    p.add_argument("input", help="image file or folder")
+    p.add_argument("output", help="image file or folder")
+    p.set_defaults(run=_cmd_upscale)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from .errors import KitError
+
+    try:
+        return args.run(args)
+    except KitError as exc:
+        print(f"edsr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edsr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Image files in and out: every input becomes HxWx3 RGB (uint8, or uint16 for 16-bit PNGs), explicitly.
+
+Pillow alone gets several cases wrong (16-bit RGB PNGs are read as 8-bit, 16-bit grey is clipped, RGBA loses
+alpha without compositing), so 16-bit PNGs go through pypng and every mode conversion is spelled out here.
+Writes go to a temporary file that is renamed into place, so an interrupted run never leaves a partial image.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import png
+from PIL import Image, UnidentifiedImageError
+
+from .errors import KitError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+ALPHA_MODES = ("white", "drop")
+
+
+def list_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KitError(f"{folder}: no such folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _png_bit_depth(path):
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 26:
+        return None
+    return head[24]
+
+
+def _to_rgb(array, has_alpha, alpha, max_value):
+    """HxW, HxWx1/2/3/4 -> HxWx3 of the same dtype; returns (rgb, note about what was done or None)."""
+    note = None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    channels = array.shape[2]
+    if has_alpha:
+        colour, a = array[:, :, : channels - 1], array[:, :, channels - 1 :]
+        if np.all(a == max_value):
+            array = colour
+        elif alpha == "drop":
+            array, note = colour, "alpha channel dropped"
+        else:
+            blended = colour.astype(np.float64) * (a / max_value) + max_value * (1.0 - a / max_value)
+            array, note = np.round(blended).astype(colour.dtype), "transparent pixels composited on white"
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+        note = "greyscale converted to RGB" if note is None else note + "; greyscale converted to RGB"
+    return np.ascontiguousarray(array), note
+
+
+def _read_png16(path, alpha):
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, planes)
+    return _to_rgb(array, info["alpha"], alpha, 65535)
+
+
+def read_image(path, alpha="white"):
+    """Read any supported image as HxWx3 RGB; returns (array, note). uint16 only for 16-bit PNGs.
+
+    `alpha`: 'white' composites transparent pixels on white, 'drop' discards the alpha channel.
+    Raises KitError naming the file when it is missing, truncated or not an image.
+    """
+    path = Path(path)
+    if alpha not in ALPHA_MODES:
+        raise KitError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+    if not path.is_file():
+        raise KitError(f"{path}: no such file")
+    try:
+        if _png_bit_depth(path) == 16:
+            return _read_png16(path, alpha)
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB")
+            elif mode == "PA":
+                img = img.convert("RGBA")
+            elif mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(img, dtype=np.int64)
+                return _to_rgb(np.clip(array, 0, 65535).astype(np.uint16), False, alpha, 65535)
+            elif mode == "F":
+                raise KitError(f"{path}: floating-point images are not supported")
+            array = np.asarray(img)
+            return _to_rgb(array, img.mode in ("RGBA", "LA"), alpha, 255)
+    except KitError:
+        raise
+    except UnidentifiedImageError:
+        raise KitError(f"{path}: not an image file") from None
+    except (OSError, SyntaxError, ValueError, png.Error) as exc:
+        raise KitError(f"{path}: unreadable or truncated image ({exc})") from None
+
+
+def atomic_write(path, write_fn):
+    """Call write_fn(tmp_path) and move the result to `path` only if it succeeded."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_image(path, array):
+    """Write HxWx3 uint8 (any Pillow format) or uint16 (PNG only) atomically."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if array.dtype == np.uint16:
+        if ext != ".png":
+            raise KitError(f"{path}: 16-bit output needs a .png file name")
+        h, w, c = array.shape
+        writer = png.Writer(width=w, height=h, greyscale=False, bitdepth=16)
+        return atomic_write(path, lambda tmp: _write_png16(writer, tmp, array.reshape(h, w * c)))
+    if array.dtype != np.uint8:
+        raise KitError(f"{path}: cannot write {array.dtype} image")
+    if ext not in IMAGE_EXTENSIONS:
+        raise KitError(f"{path}: unknown image extension {ext!r}; use one of {', '.join(IMAGE_EXTENSIONS)}")
+    fmt = Image.registered_extensions()[ext]
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt))
+
+
+def _write_png16(writer, tmp, rows):
+    with open(tmp, "wb") as f:
+        writer.write(f, rows)

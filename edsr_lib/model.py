@@ -1,0 +1,187 @@
+"""The EDSR network (Lim et al., CVPR-W 2017) exactly as published in EDSR-PyTorch.
+
+Parameter names mirror the published state-dict keys (`head.0.weight`, `body.3.body.2.bias`, `tail.0.0.weight`,
+...), so a published checkpoint maps one to one. Input and output are float NCHW on the [0, rgb_range] scale.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from .conv import make_conv
+from .errors import KitError
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+PRESETS = {
+    "baseline": dict(n_resblocks=16, n_feats=64, res_scale=1.0),
+    "paper": dict(n_resblocks=32, n_feats=256, res_scale=0.1),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a checkpoint must record to rebuild its network."""
+
+    scale: int = 2
+    n_resblocks: int = 16
+    n_feats: int = 64
+    res_scale: float = 1.0
+    rgb_range: float = 255.0
+    n_colors: int = 3
+
+    def __post_init__(self):
+        upsampling_factors(self.scale)  # validates
+        if self.n_resblocks < 0 or self.n_feats < 1 or self.n_colors < 1 or self.rgb_range <= 0:
+            raise KitError(f"invalid architecture {self}")
+
+    @classmethod
+    def from_preset(cls, preset, scale, **overrides):
+        if preset not in PRESETS:
+            raise KitError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return cls(scale=scale, **{**PRESETS[preset], **overrides})
+
+    @classmethod
+    def from_dict(cls, values):
+        return cls(**{k: values[k] for k in asdict(cls()) if k in values})
+
+    def to_dict(self):
+        return asdict(self)
+
+    @property
+    def receptive_radius(self):
+        """LR pixels beyond which an input pixel cannot change an output pixel (used by exact tiling)."""
+        stages = len(upsampling_factors(self.scale))
+        # head + 2 per block + body end + first upsampler conv at LR resolution; each later conv (other
+        # upsampler convs, tail.1) reaches less than one LR pixel.
+        return 2 * self.n_resblocks + 3 + stages
+
+
+def upsampling_factors(scale):
+    """Pixel-shuffle factors for `scale`: powers of 2 use x2 stages, powers of 3 use x3 stages (as published)."""
+    if not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise KitError(f"scale must be a positive integer, got {scale!r}")
+    factors, rest = [], int(scale)
+    for f in (2, 3):
+        while rest % f == 0:
+            factors.append(f)
+            rest //= f
+    if rest != 1 or not factors:
+        raise KitError(f"scale {scale} is not supported: use 2, 3, 4 or another product of 2s and 3s")
+    return factors
+
+
+class MeanShift(nn.Cell):
+    """Frozen 1x1 convolution adding or subtracting rgb_range * DIV2K mean (std 1), as in EDSR-PyTorch."""
+
+    def __init__(self, rgb_range, sign, n_colors=3):
+        super().__init__()
+        mean = np.array(DIV2K_RGB_MEAN if n_colors == 3 else [np.mean(DIV2K_RGB_MEAN)] * n_colors, np.float32)
+        eye = np.eye(n_colors, dtype=np.float32).reshape(n_colors, n_colors, 1, 1)
+        self.weight = Parameter(Tensor(eye), name="weight", requires_grad=False)
+        self.bias = Parameter(Tensor(sign * rgb_range * mean), name="bias", requires_grad=False)
+
+    def construct(self, x):
+        n, c, h, w = x.shape
+        y = ops.matmul(self.weight.reshape(c, c), x.reshape(n, c, h * w))
+        return y.reshape(n, c, h, w) + self.bias.reshape(1, c, 1, 1)
+
+
+class ResBlock(nn.Cell):
+    """conv -> ReLU -> conv, scaled by res_scale, plus the input; no batch norm, no ReLU after the sum."""
+
+    def __init__(self, n_feats, res_scale):
+        super().__init__()
+        self.body = nn.SequentialCell([make_conv(n_feats, n_feats), nn.ReLU(), make_conv(n_feats, n_feats)])
+        self.res_scale = float(res_scale)
+
+    def construct(self, x):
+        res = self.body(x)
+        if self.res_scale != 1.0:
+            res = res * self.res_scale
+        return res + x
+
+
+def _upsampler(scale, n_feats):
+    layers = []
+    for factor in upsampling_factors(scale):
+        layers += [make_conv(n_feats, factor * factor * n_feats), nn.PixelShuffle(factor)]
+    return nn.SequentialCell(layers)
+
+
+class EDSR(nn.Cell):
+    """sub_mean -> head -> body (+ head output) -> tail -> add_mean."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        self.sub_mean = MeanShift(arch.rgb_range, -1, arch.n_colors)
+        self.head = nn.SequentialCell([make_conv(arch.n_colors, arch.n_feats)])
+        blocks = [ResBlock(arch.n_feats, arch.res_scale) for _ in range(arch.n_resblocks)]
+        self.body = nn.SequentialCell(blocks + [make_conv(arch.n_feats, arch.n_feats)])
+        self.tail = nn.SequentialCell([_upsampler(arch.scale, arch.n_feats), make_conv(arch.n_feats, arch.n_colors)])
+        self.add_mean = MeanShift(arch.rgb_range, +1, arch.n_colors)
+
+    def construct(self, x):
+        x = self.head(self.sub_mean(x))
+        res = self.body(x) + x
+        return self.add_mean(self.tail(res))
+
+
+def build_model(arch: Architecture):
+    return EDSR(arch)
+
+
+def count_parameters(model, trainable_only=True):
+    params = model.trainable_params() if trainable_only else model.get_parameters()
+    return int(sum(math.prod(p.shape) for p in params))
+
+
+def state_dict(model):
+    """Parameter name -> float32 numpy array, in the model's order."""
+    return {p.name: p.asnumpy() for p in model.get_parameters()}
+
+
+def load_state(model, weights, skip_mismatched_tail=False):
+    """Copy `weights` (name -> array) into `model`; every mismatch is named in the error.
+
+    With `skip_mismatched_tail`, `tail.*` tensors whose shapes differ are left at their initial values, as the
+    published recipe does when fine-tuning x3/x4 from x2. Returns the names that were skipped.
+    """
+    params = {p.name: p for p in model.get_parameters()}
+    missing = [name for name in params if name not in weights]
+    unexpected = [name for name in weights if name not in params]
+    wrong_shape, skipped = [], []
+    for name in params.keys() & weights.keys():
+        expected, got = tuple(params[name].shape), tuple(np.shape(weights[name]))
+        if expected != got:
+            if skip_mismatched_tail and name.startswith("tail."):
+                skipped.append(name)
+            else:
+                wrong_shape.append(f"{name} (checkpoint {got}, model {expected})")
+    if skip_mismatched_tail:
+        skipped += [n for n in missing if n.startswith("tail.")]
+        unexpected = [n for n in unexpected if not n.startswith("tail.")]
+        missing = [n for n in missing if not n.startswith("tail.")]
+    problems = []
+    if wrong_shape:
+        problems.append("shape mismatch: " + ", ".join(sorted(wrong_shape)))
+    if missing:
+        problems.append("missing from checkpoint: " + ", ".join(sorted(missing)))
+    if unexpected:
+        problems.append("not in model: " + ", ".join(sorted(unexpected)))
+    if problems:
+        raise KitError(f"checkpoint does not fit EDSR {model.arch.to_dict()}: " + "; ".join(problems))
+    for name, param in params.items():
+        if name not in skipped:
+            param.set_data(Tensor(np.ascontiguousarray(weights[name], dtype=np.float32)))
+    return sorted(skipped)
+
+
+def forward_numpy(model, x_nchw):
+    """Run the network on a float32 NCHW numpy batch and return numpy (no gradient)."""
+    return model(Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))).asnumpy()
+
+

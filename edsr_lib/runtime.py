@@ -1,0 +1,79 @@
+"""Process set-up and device selection: the only place the kit sets environment variables or picks a device.
+
+Import this module before MindSpore (``edsr_lib/__init__.py`` does), so the settings apply to the first op.
+"""
+import os
+import sys
+import warnings
+
+# Read by MindSpore/oneDNN when they load, so they must be set before `import mindspore`:
+# - MS_DEV_HOST_BLOCKING_RUN: without it the host thread busy-waits for each op and burns one of two cores.
+# - ONEDNN_MAX_CPU_ISA: on AVX-512 CPUs, MindSpore's plain conv weight layouts push oneDNN into its reference
+#   loops (100x slower); capping the ISA at AVX2 restores JIT kernels. No effect on AVX2-only CPUs or Ascend.
+# A value the user already exported wins.
+KIT_ENVIRONMENT = {"MS_DEV_HOST_BLOCKING_RUN": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def apply_environment():
+    missing = {k: v for k, v in KIT_ENVIRONMENT.items() if k not in os.environ}
+    if missing and "mindspore" in sys.modules:
+        warnings.warn(
+            "mindspore was imported before edsr_lib, so these settings cannot apply: "
+            + ", ".join(f"{k}={v}" for k, v in missing.items())
+            + ". Import edsr_lib first (CPU runs may be much slower).",
+            stacklevel=3,
+        )
+    for key, value in missing.items():
+        os.environ[key] = value
+
+
+apply_environment()
+
+import mindspore as ms  # noqa: E402  (must follow apply_environment)
+
+from .errors import KitError  # noqa: E402
+
+DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
+
+
+def _ascend_installed():
+    # Asking MindSpore's hal on a machine without CANN prints plugin-loading warnings; check for CANN first.
+    if not (os.environ.get("ASCEND_HOME_PATH") or os.path.isdir("/usr/local/Ascend")):
+        return False
+    try:
+        return bool(ms.hal.is_available("Ascend"))
+    except Exception:  # a broken CANN install means: not usable
+        return False
+
+
+def resolve_device(device_target=None):
+    """The device to run on: the explicit choice, else $DEVICE_TARGET, else Ascend when present, else CPU."""
+    choice = device_target or os.environ.get("DEVICE_TARGET") or ("Ascend" if _ascend_installed() else "CPU")
+    for name in DEVICE_TARGETS:
+        if choice.lower() == name.lower():
+            return name
+    raise KitError(f"unknown device_target {choice!r}; choose one of {', '.join(DEVICE_TARGETS)}")
+
+
+_configured = {}
+
+
+def setup_device(device_target=None, mode="pynative"):
+    """Point MindSpore at the device (device id from $DEVICE_ID) once per process; returns the device name."""
+    target = resolve_device(device_target)
+    if _configured:
+        if _configured["target"] != target:
+            raise KitError(f"this process already runs on {_configured['target']}; cannot switch to {target}")
+        return target
+    device_id = int(os.environ.get("DEVICE_ID", "0"))
+    ms.set_context(mode=ms.PYNATIVE_MODE if mode == "pynative" else ms.GRAPH_MODE)
+    if target == "CPU":
+        ms.set_device("CPU")
+    else:
+        ms.set_device(target, device_id)
+    _configured["target"] = target
+    return target
+
+
+def current_device():
+    return _configured.get("target") or setup_device()

@@ -1,0 +1,198 @@
+"""Checkpoints: the kit's own format, published EDSR-PyTorch `.pt` files and MindSpore ModelZoo `.ckpt` files.
+
+A kit checkpoint is a MindSpore checkpoint whose parameters carry the published names, plus an `edsr_arch` JSON
+string recording the architecture, so loading needs no flags. Training checkpoints add optimizer and loop state
+under other names (see trainer.py); `read_checkpoint` returns the model part and the rest separately.
+"""
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import mindspore as ms
+
+from .errors import KitError
+from .model import DIV2K_RGB_MEAN, Architecture, build_model, load_state, upsampling_factors
+from .torch_pickle import load_torch_state_dict
+
+ARCH_KEY = "edsr_arch"
+MODEL_PREFIXES = ("sub_mean.", "add_mean.", "head.", "body.", "tail.")
+
+
+def default_res_scale(n_feats):
+    """The published rule: the wide (256-feature) model was trained with res_scale 0.1."""
+    return 0.1 if n_feats == 256 else 1.0
+
+
+def infer_architecture(weights, res_scale=None, rgb_range=255.0):
+    """Architecture of a published-layout state dict, read from its tensor names and shapes."""
+    try:
+        n_feats, n_colors = weights["head.0.weight"].shape[:2]
+        block_ids = {int(k.split(".")[1]) for k in weights if k.startswith("body.") and ".body." in k}
+        n_resblocks = len(block_ids)
+        ups = sorted(k for k in weights if k.startswith("tail.0.") and k.endswith(".weight"))
+        scale = 1
+        for key in ups:
+            scale *= int(round(np.sqrt(weights[key].shape[0] / n_feats)))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise KitError(f"not an EDSR state dict (cannot find {exc})") from None
+    return Architecture(
+        scale=scale,
+        n_resblocks=n_resblocks,
+        n_feats=int(n_feats),
+        res_scale=default_res_scale(n_feats) if res_scale is None else float(res_scale),
+        rgb_range=float(rgb_range),
+        n_colors=int(n_colors),
+    )
+
+
+def _depth_to_space_perm(n_feats, r):
+    """Index map published (PixelShuffle, CRD) -> ModelZoo (DepthToSpace, DCR) channel order."""
+    return np.array([c * r * r + k for k in range(r * r) for c in range(n_feats)])
+
+
+def modelzoo_to_published(zoo):
+    """ModelZoo EDSR weights (0-1 feature scale, DepthToSpace order) -> published layout on the 0-255 scale."""
+    n_feats = zoo["head.0.weight"].shape[0]
+    out = {}
+    for name, value in zoo.items():
+        value = np.asarray(value, np.float32)
+        parts = name.split(".")
+        if name.startswith("body.") and parts[2] in ("conv1", "conv2"):
+            name = f"body.{parts[1]}.body.{0 if parts[2] == 'conv1' else 2}.{parts[3]}"
+        elif name.startswith("tail.0.up."):
+            name = "tail.0." + ".".join(parts[3:])
+        elif not name.startswith(MODEL_PREFIXES):
+            continue  # norm/de_norm constants, optimizer moments, step counters
+        out[name] = value
+    # Published features are the ModelZoo ones on the same scale once the head absorbs the 1/255 input scaling
+    # and the last conv the x255 output scaling (everything in between is positively homogeneous).
+    out["head.0.weight"] = out["head.0.weight"] / 255.0
+    out["tail.1.weight"] = out["tail.1.weight"] * 255.0
+    out["tail.1.bias"] = out["tail.1.bias"] * 255.0
+    stage_keys = sorted((k for k in out if k.startswith("tail.0.") and k.endswith(".weight")), key=_stage_index)
+    factors = [int(round(np.sqrt(out[k].shape[0] / n_feats))) for k in stage_keys]
+    for key, r in zip(stage_keys, factors):
+        inverse = np.argsort(_depth_to_space_perm(n_feats, r))
+        out[key] = out[key][inverse]
+        bias_key = key[: -len("weight")] + "bias"
+        out[bias_key] = out[bias_key][inverse]
+    n_colors = out["head.0.weight"].shape[1]
+    mean = np.array(DIV2K_RGB_MEAN if n_colors == 3 else [np.mean(DIV2K_RGB_MEAN)] * n_colors, np.float32)
+    eye = np.eye(n_colors, dtype=np.float32).reshape(n_colors, n_colors, 1, 1)
+    out.update({"sub_mean.weight": eye, "sub_mean.bias": -255.0 * mean, "add_mean.weight": eye,
+                "add_mean.bias": 255.0 * mean})
+    return out
+
+
+def _stage_index(key):
+    return int(key.split(".")[2])
+
+
+def _is_modelzoo(names):
+    return any(".conv1." in n for n in names) or any(n.startswith("tail.0.up.") for n in names)
+
+
+def _atomic_path(path):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
+    """Write a kit checkpoint atomically. `weights`/`extra`: name -> array; `extra_info`: name -> str/int/float."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic_path(path)
+    records = [{"name": n, "data": ms.Tensor(np.asarray(v))} for n, v in {**weights, **(extra or {})}.items()]
+    try:
+        ms.save_checkpoint(records, str(tmp), append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_checkpoint(path, res_scale=None):
+    """Any supported checkpoint -> (Architecture, model weights in published layout, other entries).
+
+    Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats) and ModelZoo `.ckpt`.
+    `res_scale` overrides the inferred value for files that do not record it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: no such checkpoint file")
+    if zipfile.is_zipfile(path) or path.suffix in (".pt", ".pth"):
+        weights = load_torch_state_dict(path)
+        try:
+            return infer_architecture(weights, res_scale), weights, {}
+        except KitError as exc:
+            raise KitError(f"{path}: {exc}") from None
+    try:
+        raw = ms.load_checkpoint(str(path))
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError with long messages
+        raise KitError(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    entries = {k: (v if isinstance(v, str) else v.asnumpy()) for k, v in raw.items()}
+    if ARCH_KEY in entries:
+        arch = Architecture.from_dict(json.loads(entries.pop(ARCH_KEY)))
+        if res_scale is not None:
+            arch = Architecture.from_dict({**arch.to_dict(), "res_scale": float(res_scale)})
+        weights = {k: v for k, v in entries.items() if k.startswith(MODEL_PREFIXES)}
+        return arch, weights, {k: v for k, v in entries.items() if k not in weights}
+    if _is_modelzoo(entries):
+        try:
+            weights = modelzoo_to_published(entries)
+            return infer_architecture(weights, res_scale), weights, {}
+        except (KitError, KeyError) as exc:
+            raise KitError(f"{path}: not an EDSR ModelZoo checkpoint ({exc})") from None
+    weights = {k: v for k, v in entries.items() if k.startswith(MODEL_PREFIXES)}
+    try:
+        return infer_architecture(weights, res_scale), weights, {}
+    except KitError as exc:
+        raise KitError(f"{path}: {exc}") from None
+
+
+def convert(src, dst, res_scale=None):
+    """Convert a published `.pt` or ModelZoo `.ckpt` (or a kit checkpoint) into a kit checkpoint."""
+    arch, weights, _ = read_checkpoint(src, res_scale)
+    model = build_model(arch)
+    try:
+        load_state(model, weights)  # proves the weights fit before anything is written
+    except KitError as exc:
+        raise KitError(f"{src}: {exc}") from None
+    save_checkpoint(dst, arch, {p.name: p.asnumpy() for p in model.get_parameters()})
+    return arch
+
+
+def load_model(path, res_scale=None):
+    """The ready network (inference mode) from any supported checkpoint."""
+    from .runtime import current_device
+
+    current_device()
+    arch, weights, _ = read_checkpoint(path, res_scale)
+    model = build_model(arch)
+    try:
+        load_state(model, weights)
+    except KitError as exc:
+        raise KitError(f"{path}: {exc}") from None
+    model.set_train(False)
+    return model
+
+
+def init_from_checkpoint(model, path):
+    """Initialise `model` from any checkpoint for fine-tuning; tail tensors of another scale are skipped."""
+    arch, weights, _ = read_checkpoint(path)
+    try:
+        return load_state(model, weights, skip_mismatched_tail=arch.scale != model.arch.scale)
+    except KitError as exc:
+        raise KitError(f"{path}: {exc}") from None
+
+
+__all__ = [
+    "convert", "load_model", "read_checkpoint", "save_checkpoint", "init_from_checkpoint", "infer_architecture",
+    "modelzoo_to_published", "upsampling_factors",
+]

@@ -1,0 +1,215 @@
+"""Independent references for the tests: a numpy EDSR forward (published and ModelZoo flavours) and writers for
+PyTorch's two `.pt` formats. Written from the published descriptions, sharing no code with edsr_lib."""
+import io
+import pickle
+import struct
+import sys
+import types
+import zipfile
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+
+MEAN = np.array([0.4488, 0.4371, 0.4040])
+
+
+def conv3x3(x, w, b):
+    """x: CxHxW, w: OxCx3x3 -> OxHxW with zero padding 1 (float64)."""
+    c, h, wd = x.shape
+    xp = np.zeros((c, h + 2, wd + 2))
+    xp[:, 1:-1, 1:-1] = x
+    cols = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))  # C x H x W x 3 x 3
+    return np.einsum("chwij,ocij->ohw", cols, w, optimize=True) + b[:, None, None]
+
+
+def pixel_shuffle(x, r):
+    """torch order: out[c, h*r+i, w*r+j] = in[c*r*r + i*r + j, h, w]."""
+    c, h, w = x.shape
+    return x.reshape(c // (r * r), r, r, h, w).transpose(0, 3, 1, 4, 2).reshape(c // (r * r), h * r, w * r)
+
+
+def depth_to_space(x, r):
+    """TensorFlow order: out[c, h*r+i, w*r+j] = in[(i*r + j)*C + c, h, w]."""
+    c, h, w = x.shape
+    return x.reshape(r, r, c // (r * r), h, w).transpose(2, 3, 0, 4, 1).reshape(c // (r * r), h * r, w * r)
+
+
+def random_published_weights(rng, scale, n_resblocks, n_feats, n_colors=3):
+    def conv(o, i):
+        bound = 1.0 / np.sqrt(i * 9)
+        return rng.uniform(-bound, bound, (o, i, 3, 3)), rng.uniform(-bound, bound, o)
+
+    w = OrderedDict()
+    eye = np.eye(3).reshape(3, 3, 1, 1)
+    w["sub_mean.weight"], w["sub_mean.bias"] = eye, -255 * MEAN
+    w["add_mean.weight"], w["add_mean.bias"] = eye, 255 * MEAN
+    w["head.0.weight"], w["head.0.bias"] = conv(n_feats, n_colors)
+    for i in range(n_resblocks):
+        for j in (0, 2):
+            w[f"body.{i}.body.{j}.weight"], w[f"body.{i}.body.{j}.bias"] = conv(n_feats, n_feats)
+    w[f"body.{n_resblocks}.weight"], w[f"body.{n_resblocks}.bias"] = conv(n_feats, n_feats)
+    factors = [3] if scale == 3 else [2] * {2: 1, 4: 2}[scale]
+    for k, r in enumerate(factors):
+        w[f"tail.0.{2 * k}.weight"], w[f"tail.0.{2 * k}.bias"] = conv(r * r * n_feats, n_feats)
+    w["tail.1.weight"], w["tail.1.bias"] = conv(n_colors, n_feats)
+    return OrderedDict((k, v.astype(np.float32)) for k, v in w.items())
+
+
+def published_forward(w, image, res_scale):
+    """EDSR-PyTorch forward on one HxWx3 image on the 0-255 scale, float64, returns HxWx3 float."""
+    x = image.astype(np.float64).transpose(2, 0, 1) - 255 * MEAN[:, None, None]
+    x = conv3x3(x, w["head.0.weight"].astype(np.float64), w["head.0.bias"].astype(np.float64))
+    n_blocks = len({k.split(".")[1] for k in w if ".body." in k})
+    res = x
+    for i in range(n_blocks):
+        t = conv3x3(res, w[f"body.{i}.body.0.weight"], w[f"body.{i}.body.0.bias"])
+        t = conv3x3(np.maximum(t, 0), w[f"body.{i}.body.2.weight"], w[f"body.{i}.body.2.bias"])
+        res = res + res_scale * t
+    res = conv3x3(res, w[f"body.{n_blocks}.weight"], w[f"body.{n_blocks}.bias"]) + x
+    k = 0
+    while f"tail.0.{k}.weight" in w:
+        out = conv3x3(res, w[f"tail.0.{k}.weight"], w[f"tail.0.{k}.bias"])
+        r = int(round(np.sqrt(out.shape[0] / res.shape[0])))
+        res = pixel_shuffle(out, r)
+        k += 2
+    y = conv3x3(res, w["tail.1.weight"], w["tail.1.bias"]) + 255 * MEAN[:, None, None]
+    return y.transpose(1, 2, 0)
+
+
+def modelzoo_forward(zoo, image, res_scale, n_blocks):
+    """The MindSpore ModelZoo EDSR forward: x/255 - mean, DCR DepthToSpace, (y + mean) * 255."""
+    x = image.astype(np.float64).transpose(2, 0, 1) / 255.0 - MEAN[:, None, None]
+    x = conv3x3(x, zoo["head.0.weight"], zoo["head.0.bias"])
+    res = x
+    for i in range(n_blocks):
+        t = conv3x3(res, zoo[f"body.{i}.conv1.weight"], zoo[f"body.{i}.conv1.bias"])
+        t = conv3x3(np.maximum(t, 0), zoo[f"body.{i}.conv2.weight"], zoo[f"body.{i}.conv2.bias"])
+        res = res + res_scale * t
+    res = conv3x3(res, zoo[f"body.{n_blocks}.weight"], zoo[f"body.{n_blocks}.bias"]) + x
+    k = 0
+    while f"tail.0.up.{k}.weight" in zoo:
+        out = conv3x3(res, zoo[f"tail.0.up.{k}.weight"], zoo[f"tail.0.up.{k}.bias"])
+        r = int(round(np.sqrt(out.shape[0] / res.shape[0])))
+        res = depth_to_space(out, r)
+        k += 2
+    y = conv3x3(res, zoo["tail.1.weight"], zoo["tail.1.bias"])
+    return ((y + MEAN[:, None, None]) * 255.0).transpose(1, 2, 0)
+
+
+def quantise(y):
+    return np.round(np.clip(y, 0, 255)).astype(np.uint8)
+
+
+def assert_same_pixels(actual_uint8, reference_float, tie=1e-2):
+    """Equal after clamp+round, except where the float reference sits within `tie` of a rounding boundary."""
+    expected = quantise(reference_float)
+    near_tie = np.abs(np.clip(reference_float, 0, 255) % 1 - 0.5) < tie
+    differ = (actual_uint8 != expected) & ~near_tie
+    assert not differ.any(), f"{differ.sum()} pixels differ (max {np.abs(actual_uint8.astype(int) - expected).max()})"
+
+
+# ---- .pt writers: a fake `torch` module in sys.modules so pickle can name torch's globals ----------------------
+
+@contextmanager
+def _fake_torch():
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*a):
+        raise AssertionError("never called")
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    storage_cls = type("FloatStorage", (), {"__module__": "torch"})
+    torch.FloatStorage = storage_cls
+    torch._utils = utils
+    sys.modules["torch"], sys.modules["torch._utils"] = torch, utils
+    try:
+        yield torch, utils
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+class _Tensor:
+    def __init__(self, key, array):
+        self.key, self.array = key, array
+
+
+def _pickle_state(state, persistent_id):
+    with _fake_torch() as (torch, utils):
+        tensors = OrderedDict((k, _Tensor(str(i), np.ascontiguousarray(v, np.float32))) for i, (k, v) in enumerate(state.items()))
+
+        class P(pickle.Pickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, _Tensor) and getattr(obj, "_as_storage", False):
+                    return persistent_id(torch, obj)
+                return None
+
+            def reducer_override(self, obj):
+                if isinstance(obj, _Tensor) and not getattr(obj, "_as_storage", False):
+                    storage = _Tensor(obj.key, obj.array)
+                    storage._as_storage = True
+                    stride = tuple(s // 4 for s in obj.array.strides)
+                    return utils._rebuild_tensor_v2, (storage, 0, obj.array.shape, stride, False, OrderedDict())
+                return NotImplemented
+
+        buf = io.BytesIO()
+        P(buf, protocol=2).dump(tensors)
+        return buf.getvalue(), tensors
+
+
+def write_pt_zip(path, state):
+    data, tensors = _pickle_state(state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size))
+    name = "archive"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{name}/data.pkl", data)
+        z.writestr(f"{name}/byteorder", "little")
+        for t in tensors.values():
+            z.writestr(f"{name}/data/{t.key}", t.array.astype("<f4").tobytes())
+        z.writestr(f"{name}/version", "3\n")
+
+
+def write_pt_legacy(path, state):
+    data, tensors = _pickle_state(
+        state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size, None)
+    )
+    with open(path, "wb") as f:
+        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4, "long": 8}}, f, protocol=2)
+        f.write(data)
+        keys = [t.key for t in tensors.values()]
+        pickle.dump(keys, f, protocol=2)
+        for t in tensors.values():
+            f.write(struct.pack("<q", t.array.size))
+            f.write(t.array.astype("<f4").tobytes())
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def write_malicious_pt(path, marker, legacy):
+    payload = pickle.dumps(OrderedDict(evil=_RunsCode(marker)), protocol=2)
+    if legacy:
+        with open(path, "wb") as f:
+            pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+            pickle.dump(1001, f, protocol=2)
+            pickle.dump({"little_endian": True}, f, protocol=2)
+            f.write(payload)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", payload)
+            z.writestr("archive/version", "3\n")
