@@ -6,7 +6,7 @@ under other names (see trainer.py); `read_checkpoint` returns the model part and
 """
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -96,10 +96,10 @@ def _is_modelzoo(names):
 
 
 def _atomic_path(path):
+    # MindSpore appends ".ckpt" to names without it and makes the file read-only, so the temporary name must
+    # end in .ckpt and must not exist yet.
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.ckpt"
 
 
 def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
