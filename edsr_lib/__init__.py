@@ -5,6 +5,7 @@
 from . import runtime  # noqa: F401  (must precede every MindSpore import)
 from .errors import KitError
 from .images import read_image, write_image
+from .imresize import imresize
 from .inference import upscale
 from .model import PRESETS, Architecture, build_model, count_parameters
 from .runtime import setup_device
@@ -13,6 +14,6 @@ from .weights import convert, load_model, read_checkpoint, save_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
-    "Architecture", "KitError", "PRESETS", "build_model", "convert", "count_parameters", "load_model",
+    "Architecture", "KitError", "PRESETS", "build_model", "imresize", "convert", "count_parameters", "load_model",
     "read_checkpoint", "read_image", "save_checkpoint", "setup_device", "upscale", "write_image",
 ]
