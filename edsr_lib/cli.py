@@ -5,6 +5,8 @@ User mistakes raise KitError, printed here as one line with a non-zero exit; no 
 import argparse
 import sys
 
+from .errors import KitError
+
 
 def _add_device(parser):
     parser.add_argument("--device_target", "--device-target", default=None,
@@ -40,6 +42,40 @@ def _cmd_upscale(args):
     return 0
 
 
+def _cmd_eval(args):
+    from .data import open_dataset
+    from .evaluation import evaluate, format_table, write_json
+    from .metrics import protocol_for
+
+    model = None
+    if args.bicubic == bool(args.ckpt):
+        raise KitError("give exactly one of --bicubic or --ckpt CK")
+    if args.ckpt:
+        from .runtime import setup_device
+        from .weights import load_model
+
+        setup_device(args.device_target)
+        model = load_model(args.ckpt)
+        if args.scale not in (None, model.arch.scale):
+            raise KitError(f"{args.ckpt} is an x{model.arch.scale} model but --scale {args.scale} was given")
+        scale = model.arch.scale
+    elif args.scale is None:
+        raise KitError("--bicubic needs --scale")
+    else:
+        scale = args.scale
+    spec = args.hr_dir or args.data_test
+    dataset = open_dataset(spec, scale, dir_data=args.dir_data, data_range=args.data_range,
+                           on_error="skip" if args.skip_bad else "raise")
+    protocol = protocol_for(args.data_test if not args.hr_dir else dataset.name, scale, override=args.channel)
+    result = evaluate(dataset, model, protocol, self_ensemble=args.self_ensemble, tile=args.tile,
+                      save_dir=args.save_images)
+    print(format_table(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="edsr", description="EDSR super-resolution on MindSpore (Ascend and CPU)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,13 +101,33 @@ def build_parser():
     p.add_argument("input", help="image file or folder")
     p.add_argument("output", help="image file or folder")
     p.set_defaults(run=_cmd_upscale)
+
+    p = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint or of bicubic on a dataset (papers' protocol)")
+    p.add_argument("--bicubic", action="store_true", help="evaluate MATLAB-bicubic upscaling instead of a model")
+    p.add_argument("--ckpt", help="checkpoint to evaluate (kit, published .pt or ModelZoo .ckpt)")
+    p.add_argument("--hr-dir", "--hr_dir", dest="hr_dir", help="folder of HR images (LR made with MATLAB bicubic)")
+    p.add_argument("--data_test", "--data-test", dest="data_test", default="Set5",
+                   help="dataset name (sample, Set5, Set14, B100, Urban100, Manga109, DIV2K) or folder")
+    p.add_argument("--dir_data", "--dir-data", dest="dir_data", default="", help="root of the datasets")
+    p.add_argument("--data_range", "--data-range", dest="data_range", default="1-800/801-810",
+                   help="DIV2K index ranges train/test")
+    p.add_argument("--scale", type=int, default=None, help="upscaling factor (taken from --ckpt when given)")
+    p.add_argument("--channel", choices=("y", "rgb"), default=None,
+                   help="force the metric channel (default: Y for benchmarks, RGB with border scale+6 for DIV2K)")
+    p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true")
+    p.add_argument("--tile", type=int, default=None, help="LR tile size for large images (exact)")
+    p.add_argument("--save-images", "--save_images", dest="save_images", default=None,
+                   help="also write the SR images to this folder")
+    p.add_argument("--skip-bad", "--skip_bad", dest="skip_bad", action="store_true",
+                   help="skip unreadable or mismatched images with a warning instead of stopping")
+    p.add_argument("--json", default=None, help="write the results as JSON")
+    _add_device(p)
+    p.set_defaults(run=_cmd_eval)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from .errors import KitError
-
     try:
         return args.run(args)
     except KitError as exc:

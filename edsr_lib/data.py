@@ -1,0 +1,257 @@
+"""Datasets: one class per layout, all giving (LR, HR) uint8 HxWx3 pairs by index, decoded once and cached.
+
+Layouts: DIV2K (official folders), benchmarks in the EDSR-PyTorch `benchmark/<name>/HR|LR_bicubic/X{s}` layout,
+any folder of HR images (LR made with MATLAB bicubic), and the built-in sample photos that ship with scikit-image.
+Decoded images are cached as `.npy` files keyed by path, size and modification time, and memory-mapped, so
+training never decodes a PNG per step and an edited source file is noticed.
+"""
+import hashlib
+import os
+import re
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import KitError
+from .images import list_images, read_image
+from .imresize import imresize
+from .metrics import BENCHMARKS
+
+SAMPLE_TRAIN = ("astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "ihc.png")
+SAMPLE_TEST = ("chelsea.png", "camera.png", "coins.png")
+
+
+def default_cache_dir():
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edsr_lib"
+
+
+class ArrayCache:
+    """Decoded images as memory-mapped .npy files, keyed so that a changed source file is re-decoded."""
+
+    def __init__(self, root=None):
+        self.root = Path(root) if root else default_cache_dir()
+
+    def _key(self, path, kind):
+        st = Path(path).stat()
+        ident = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{kind}"
+        return self.root / f"{Path(path).stem}-{kind}-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.npy"
+
+    def get(self, path, kind, make):
+        """The cached array for (path, kind), computing it with make() on a miss."""
+        target = self._key(path, kind)
+        if target.is_file():
+            try:
+                return np.load(target, mmap_mode="r")
+            except (ValueError, OSError):
+                target.unlink(missing_ok=True)  # a damaged entry is rebuilt
+        array = np.ascontiguousarray(make())
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.npy")
+        np.save(tmp, array)
+        os.replace(tmp, target)
+        return np.load(target, mmap_mode="r")
+
+
+def _read_rgb8(path):
+    image, _ = read_image(path)
+    if image.dtype != np.uint8:  # 16-bit sources are trained on at 8 bits, as every SR benchmark is
+        image = np.round(image / 257.0).astype(np.uint8)
+    return image
+
+
+def _header_size(path):
+    """(width, height) from the file header without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise KitError(f"{path}: not a readable image ({exc})") from None
+
+
+def modcrop(img, scale):
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def bicubic_lr(hr, scale):
+    """The benchmark LR image: round(clip(imresize(HR, 1/scale))) of the mod-cropped HR."""
+    return np.round(np.clip(imresize(modcrop(hr, scale), 1 / scale), 0, 255)).astype(np.uint8)
+
+
+class PairDataset:
+    """Common interface: len(ds), ds.names, ds.pair(i) -> (lr, hr) uint8 arrays, hr = lr size * scale."""
+
+    def __init__(self, name, scale, items, cache=None, min_lr_size=0, on_error="raise"):
+        """items: list of (image name, HR path, LR path or None to make LR with MATLAB bicubic)."""
+        if on_error not in ("raise", "skip"):
+            raise KitError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.name, self.scale, self.cache = name, int(scale), cache or ArrayCache()
+        self.on_error, self.min_lr_size = on_error, min_lr_size
+        self._items = []
+        for item in items:
+            problem = self._check(item)
+            if problem is None:
+                self._items.append(item)
+            elif on_error == "skip":
+                warnings.warn(f"skipping {problem}", stacklevel=2)
+            else:
+                raise KitError(problem)
+        if not self._items:
+            raise KitError(f"dataset {name}: no usable images")
+
+    def _check(self, item):
+        """A one-line problem with this pair, judged from file headers (no decoding), or None."""
+        name, hr_path, lr_path = item
+        if not Path(hr_path).is_file():
+            return f"{hr_path}: HR image missing"
+        if lr_path is not None and not Path(lr_path).is_file():
+            return f"{lr_path}: LR image missing for {hr_path}"
+        s = self.scale
+        hw, hh = _header_size(hr_path)
+        lw, lh = _header_size(lr_path) if lr_path is not None else (hw // s, hh // s)
+        if lr_path is not None and not (0 <= hw - lw * s < s and 0 <= hh - lh * s < s):
+            return f"{lr_path}: LR size {lw}x{lh} does not match HR {hr_path} ({hw}x{hh}) at scale x{s}"
+        if min(lw, lh) < max(self.min_lr_size, 1):
+            return f"{hr_path}: too small ({lw}x{lh} LR pixels at x{s}, need {max(self.min_lr_size, 1)})"
+        return None
+
+    def __len__(self):
+        return len(self._items)
+
+    @property
+    def names(self):
+        return [item[0] for item in self._items]
+
+    def hr(self, index):
+        return self.pair(index)[1]
+
+    def pair(self, index):
+        name, hr_path, lr_path = self._items[index]
+        s = self.scale
+        hr = self.cache.get(hr_path, "hr", lambda: _read_rgb8(hr_path))
+        if lr_path is None:
+            lr = self.cache.get(hr_path, f"lrx{s}", lambda: bicubic_lr(np.asarray(hr), s))
+        else:
+            lr = self.cache.get(lr_path, "lr", lambda: _read_rgb8(lr_path))
+        h, w = lr.shape[:2]
+        return lr, hr[: h * s, : w * s]
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, x{self.scale}, {len(self)} images)"
+
+
+class HRFolder(PairDataset):
+    """Any folder of HR images; LR made with MATLAB bicubic on the fly and cached."""
+
+    def __init__(self, folder, scale, name=None, **kwargs):
+        files = list_images(folder)
+        if not files:
+            raise KitError(f"{folder}: no images found")
+        super().__init__(name or Path(folder).name, scale, [(f.stem, f, None) for f in files], **kwargs)
+
+
+class BenchmarkDataset(PairDataset):
+    """Set5/Set14/B100/Urban100/Manga109 in EDSR-PyTorch's `benchmark/<name>/HR` + `LR_bicubic/X{s}` layout.
+
+    Without an LR folder the LR images are made from HR with MATLAB bicubic, exactly as the originals were.
+    """
+
+    def __init__(self, root, name, scale, **kwargs):
+        root = Path(root)
+        hr_dir, lr_dir = root / "HR", root / "LR_bicubic" / f"X{scale}"
+        if not hr_dir.is_dir():
+            raise KitError(f"{root}: expected an HR folder (benchmark/{name}/HR)")
+        files = list_images(hr_dir)
+        use_lr = lr_dir.is_dir()
+        items = [(f.stem, f, (lr_dir / f"{f.stem}x{scale}{f.suffix}") if use_lr else None) for f in files]
+        super().__init__(name, scale, items, **kwargs)
+
+
+def parse_data_range(data_range):
+    """'1-800/801-810' -> ((1, 800), (801, 810)); '1-800' -> ((1, 800), None)."""
+    parts = str(data_range).split("/")
+    ranges = []
+    for part in parts:
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", part)
+        if not m or int(m.group(1)) > int(m.group(2)) or len(parts) > 2:
+            raise KitError(f"data_range must look like '1-800/801-810', got {data_range!r}")
+        ranges.append((int(m.group(1)), int(m.group(2))))
+    return ranges[0], (ranges[1] if len(ranges) > 1 else None)
+
+
+class DIV2K(PairDataset):
+    """DIV2K in its official layout under `root` (DIV2K_train_HR, DIV2K_train_LR_bicubic/X2/0001x2.png, ..._valid_*).
+
+    `index_range` is inclusive, e.g. (1, 800) or (801, 810); images 801-900 are looked up in the valid folders
+    (or in the train folders, where EDSR-PyTorch users often put them). `degradation`: 'bicubic' or 'unknown'.
+    """
+
+    def __init__(self, root, scale, index_range, degradation="bicubic", **kwargs):
+        root = Path(root)
+        if not root.is_dir():
+            raise KitError(f"{root}: DIV2K folder not found")
+        if degradation not in ("bicubic", "unknown"):
+            raise KitError(f"DIV2K degradation must be 'bicubic' or 'unknown', got {degradation!r}")
+        items = []
+        for i in range(index_range[0], index_range[1] + 1):
+            stem = f"{i:04d}"
+            splits = ("valid", "train") if i > 800 else ("train", "valid")
+            hr = next((root / f"DIV2K_{sp}_HR" / f"{stem}.png" for sp in splits
+                       if (root / f"DIV2K_{sp}_HR" / f"{stem}.png").is_file()),
+                      root / f"DIV2K_{splits[0]}_HR" / f"{stem}.png")
+            split = hr.parent.name.split("_")[1]
+            lr = root / f"DIV2K_{split}_LR_{degradation}" / f"X{scale}" / f"{stem}x{scale}.png"
+            items.append((stem, hr, lr))
+        super().__init__(f"DIV2K {index_range[0]}-{index_range[1]}", scale, items, **kwargs)
+
+
+def sample_folder():
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+class SampleImages(PairDataset):
+    """Built-in sample photos (public domain, shipped inside scikit-image): 5 for training, 3 held out."""
+
+    def __init__(self, scale, split="train", **kwargs):
+        if split not in ("train", "test"):
+            raise KitError(f"sample split must be 'train' or 'test', got {split!r}")
+        folder = sample_folder()
+        names = SAMPLE_TRAIN if split == "train" else SAMPLE_TEST
+        items = [(Path(n).stem, folder / n, None) for n in names]
+        super().__init__(f"sample-{split}", scale, items, **kwargs)
+
+
+def open_dataset(spec, scale, dir_data="", split="test", data_range="1-800/801-810", **kwargs):
+    """A dataset from a name (`sample`, `DIV2K`, `Set5`, ...) or a folder path, as the seed's options name them.
+
+    Benchmarks are looked up as `dir_data/benchmark/<name>` (EDSR-PyTorch layout), then `dir_data/<name>`
+    (either layout or a plain HR folder).
+    """
+    spec = str(spec)
+    dir_data = Path(dir_data or ".")
+    if spec.lower() == "sample":
+        return SampleImages(scale, split, **kwargs)
+    if spec.upper() == "DIV2K":
+        train_range, test_range = parse_data_range(data_range)
+        chosen = train_range if split == "train" else (test_range or train_range)
+        root = dir_data / "DIV2K" if (dir_data / "DIV2K").is_dir() else dir_data
+        return DIV2K(root, scale, chosen, **kwargs)
+    if spec in BENCHMARKS or spec.lower() in {b.lower() for b in BENCHMARKS}:
+        name = next(b for b in BENCHMARKS if b.lower() == spec.lower())
+        for root in (dir_data / "benchmark" / name, dir_data / name):
+            if (root / "HR").is_dir():
+                return BenchmarkDataset(root, name, scale, **kwargs)
+            if root.is_dir():
+                return HRFolder(root, scale, name=name, **kwargs)
+        raise KitError(f"benchmark {name} not found under {dir_data} (looked for benchmark/{name} and {name})")
+    path = Path(spec) if Path(spec).is_dir() else dir_data / spec
+    if path.is_dir():
+        if (path / "HR").is_dir():
+            return BenchmarkDataset(path, path.name, scale, **kwargs)
+        return HRFolder(path, scale, **kwargs)
+    raise KitError(f"dataset {spec!r}: not a known name (sample, DIV2K, {', '.join(BENCHMARKS)}) or a folder")
