@@ -76,6 +76,14 @@ def _cmd_eval(args):
     return 0
 
 
+def _cmd_download(args):
+    from .download import download_dataset
+
+    where = download_dataset(args.which, args.dir)
+    print(f"{args.which} ready under {where} (use --dir_data {args.dir})")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="edsr", description="EDSR super-resolution on MindSpore (Ascend and CPU)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +131,11 @@ def build_parser():
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)
     p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("download", help="download and extract DIV2K or the benchmark sets (resumable)")
+    p.add_argument("which", choices=("div2k", "benchmark"))
+    p.add_argument("--dir", required=True, help="dataset root (becomes --dir_data)")
+    p.set_defaults(run=_cmd_download)
     return parser
 
 

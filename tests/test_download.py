@@ -1,0 +1,110 @@
+"""Downloads against a local HTTP server (no real network): resume, checksum, safe extraction."""
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+import zipfile
+
+import pytest
+
+from edsr_lib.download import download_dataset, fetch, safe_extract
+from edsr_lib.errors import KitError
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    files = {}
+    drop_after = None  # serve only this many bytes, then close (simulates a broken connection)
+
+    def do_GET(self):
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        payload = body[start:]
+        if self.drop_after is not None:
+            payload = payload[: self.drop_after]
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _RangeHandler.files, _RangeHandler.drop_after = {}, None
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _RangeHandler
+    httpd.shutdown()
+
+
+def test_resume_after_broken_connection(tmp_path, server):
+    base, handler = server
+    data = bytes(range(256)) * 4000
+    handler.files["/a.bin"] = data
+    handler.drop_after = 100_000
+    with pytest.raises(KitError, match="run again to resume"):
+        fetch(base + "/a.bin", tmp_path / "a.bin", progress=False)
+    assert not (tmp_path / "a.bin").exists() and (tmp_path / "a.bin.part").stat().st_size == 100_000
+    handler.drop_after = None
+    digest = fetch(base + "/a.bin", tmp_path / "a.bin", progress=False)
+    assert (tmp_path / "a.bin").read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
+
+
+def test_checksum_mismatch_removes_download(tmp_path, server):
+    base, handler = server
+    handler.files["/b.bin"] = b"hello"
+    with pytest.raises(KitError, match="does not match"):
+        fetch(base + "/b.bin", tmp_path / "b.bin", sha256="0" * 64, progress=False)
+    assert not (tmp_path / "b.bin").exists() and not (tmp_path / "b.bin.part").exists()
+    with pytest.raises(KitError, match="HTTP 404"):
+        fetch(base + "/missing", tmp_path / "m.bin", progress=False)
+
+
+def _zip(members):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_download_dataset_extracts_and_records(tmp_path, server):
+    base, handler = server
+    handler.files["/benchmark.zip"] = _zip({"benchmark/Set5/HR/baby.png": b"png-bytes"})
+    download_dataset("benchmark", tmp_path, urls=[base + "/benchmark.zip"], progress=False, log=lambda m: None)
+    assert (tmp_path / "benchmark" / "Set5" / "HR" / "baby.png").read_bytes() == b"png-bytes"
+    assert "benchmark.zip" in (tmp_path / "downloads.json").read_text()
+
+
+def test_path_traversal_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    evil.write_bytes(_zip({"../escape.txt": b"x"}))
+    with pytest.raises(KitError, match="unsafe archive member"):
+        safe_extract(evil, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo("link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(info)
+    (tmp_path / "evil.tar").write_bytes(buf.getvalue())
+    with pytest.raises(KitError, match="unsafe archive member"):
+        safe_extract(tmp_path / "evil.tar", tmp_path / "out2")
+    assert not (tmp_path / "out2" / "link").exists()
