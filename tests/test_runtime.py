@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edsr_lib.errors import KitError
+from edsr_lib.runtime import KIT_ENVIRONMENT, resolve_device
+
+
+def test_device_override_and_default(monkeypatch):
+    monkeypatch.delenv("DEVICE_TARGET", raising=False)
+    assert resolve_device("cpu") == "CPU"
+    monkeypatch.setenv("DEVICE_TARGET", "ascend")
+    assert resolve_device() == "Ascend"
+    assert resolve_device("CPU") == "CPU"  # the explicit flag wins over the environment
+    with pytest.raises(KitError, match="unknown device_target"):
+        resolve_device("TPU")
+
+
+def test_environment_set_before_mindspore_and_warning_when_too_late():
+    code = "import os, edsr_lib; print(os.environ['MS_DEV_HOST_BLOCKING_RUN'], os.environ['ONEDNN_MAX_CPU_ISA'])"
+    env = {k: v for k, v in os.environ.items() if k not in KIT_ENVIRONMENT}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["1", "AVX2"]
+    late = subprocess.run([sys.executable, "-W", "always", "-c", "import mindspore, edsr_lib"], capture_output=True,
+                          text=True, env=env)
+    assert "imported before edsr_lib" in late.stderr
