@@ -1,0 +1,20 @@
+import pytest
+
+from edsr_lib.errors import KitError
+from edsr_lib.options import Options
+
+
+def test_multistep_schedule_several_milestones():
+    opts = Options(lr=1e-4, decay="2-4", gamma=0.5)
+    assert [opts.learning_rate(e) for e in range(6)] == [1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5]
+
+
+def test_presets_and_validation():
+    paper = Options.for_preset("paper", scale=4, patch_size=192)
+    assert (paper.n_resblocks, paper.n_feats, paper.res_scale) == (32, 256, 0.1)
+    assert paper.architecture().scale == 4
+    for bad in (dict(decay="400-200"), dict(decay="x"), dict(patch_size=97), dict(amp_level="O9"), dict(epochs=0)):
+        with pytest.raises(KitError):
+            Options(**bad)
+    with pytest.raises(KitError, match="unknown option"):
+        Options.from_dict({"scale": 2, "lr_typo": 1})
