@@ -32,10 +32,11 @@ def _cmd_upscale(args):
     written, failed = upscale_paths(model, args.input, args.output, tile=args.tile or None,
                                     self_ensemble=args.self_ensemble, alpha=args.alpha,
                                     log=lambda m: print(m, file=sys.stderr))
-    for path in written if len(written) <= 3 else written[:0]:
-        print(f"wrote {path}")
     if len(written) > 3:
         print(f"wrote {len(written)} images to {args.output}")
+    else:
+        for path in written:
+            print(f"wrote {path}")
     if failed:
         print(f"edsr: error: {len(failed)} image(s) could not be read", file=sys.stderr)
         return 1

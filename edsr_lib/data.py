@@ -18,7 +18,7 @@ from PIL import Image
 from .errors import KitError
 from .images import list_images, read_image
 from .imresize import imresize
-from .metrics import BENCHMARKS
+from .metrics import BENCHMARKS, quantize
 
 SAMPLE_TRAIN = ("astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "ihc.png")
 SAMPLE_TEST = ("chelsea.png", "camera.png", "coins.png")
@@ -78,7 +78,7 @@ def modcrop(img, scale):
 
 def bicubic_lr(hr, scale):
     """The benchmark LR image: round(clip(imresize(HR, 1/scale))) of the mod-cropped HR."""
-    return np.round(np.clip(imresize(modcrop(hr, scale), 1 / scale), 0, 255)).astype(np.uint8)
+    return quantize(imresize(modcrop(hr, scale), 1 / scale))
 
 
 class PairDataset:

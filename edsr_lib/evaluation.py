@@ -7,12 +7,12 @@ from tqdm.auto import tqdm
 
 from .imresize import imresize
 from .images import atomic_write, write_image
-from .metrics import protocol_for, psnr, ssim
+from .metrics import protocol_for, psnr, quantize, ssim
 
 
 def bicubic_upscale(lr, scale):
     """The bicubic baseline: round(clip(imresize(LR, scale))) with MATLAB's kernel."""
-    return np.round(np.clip(imresize(lr, scale), 0, 255)).astype(np.uint8)
+    return quantize(imresize(lr, scale))
 
 
 def evaluate(dataset, model=None, protocol=None, self_ensemble=False, tile=None, save_dir=None, progress=True):

@@ -73,15 +73,21 @@ def upsampling_factors(scale):
     return factors
 
 
+def mean_shift_values(rgb_range, sign, n_colors=3):
+    """(weight, bias) of the frozen MeanShift: identity 1x1 conv, bias sign * rgb_range * DIV2K mean (std 1)."""
+    mean = np.array(DIV2K_RGB_MEAN if n_colors == 3 else [np.mean(DIV2K_RGB_MEAN)] * n_colors, np.float32)
+    eye = np.eye(n_colors, dtype=np.float32).reshape(n_colors, n_colors, 1, 1)
+    return eye, np.float32(sign * rgb_range) * mean
+
+
 class MeanShift(nn.Cell):
     """Frozen 1x1 convolution adding or subtracting rgb_range * DIV2K mean (std 1), as in EDSR-PyTorch."""
 
     def __init__(self, rgb_range, sign, n_colors=3):
         super().__init__()
-        mean = np.array(DIV2K_RGB_MEAN if n_colors == 3 else [np.mean(DIV2K_RGB_MEAN)] * n_colors, np.float32)
-        eye = np.eye(n_colors, dtype=np.float32).reshape(n_colors, n_colors, 1, 1)
-        self.weight = Parameter(Tensor(eye), name="weight", requires_grad=False)
-        self.bias = Parameter(Tensor(sign * rgb_range * mean), name="bias", requires_grad=False)
+        weight, bias = mean_shift_values(rgb_range, sign, n_colors)
+        self.weight = Parameter(Tensor(weight), name="weight", requires_grad=False)
+        self.bias = Parameter(Tensor(bias), name="bias", requires_grad=False)
 
     def construct(self, x):
         n, c, h, w = x.shape

@@ -75,8 +75,7 @@ class Options:
         return asdict(self)
 
     def architecture(self):
-        return Architecture(scale=self.scale, n_resblocks=self.n_resblocks, n_feats=self.n_feats,
-                            res_scale=self.res_scale, rgb_range=float(self.rgb_range), n_colors=self.n_colors)
+        return Architecture.from_dict({**self.to_dict(), "rgb_range": float(self.rgb_range)})
 
     def decay_epochs(self):
         """'200' or '200-400' -> [200, 400]: the epochs after which lr is multiplied by gamma."""

@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 
 from .errors import KitError
-from .model import DIV2K_RGB_MEAN, Architecture, build_model, load_state, upsampling_factors
+from .model import Architecture, build_model, load_state, mean_shift_values, upsampling_factors
 from .torch_pickle import load_torch_state_dict
 
 ARCH_KEY = "edsr_arch"
@@ -80,10 +80,8 @@ def modelzoo_to_published(zoo):
         bias_key = key[: -len("weight")] + "bias"
         out[bias_key] = out[bias_key][inverse]
     n_colors = out["head.0.weight"].shape[1]
-    mean = np.array(DIV2K_RGB_MEAN if n_colors == 3 else [np.mean(DIV2K_RGB_MEAN)] * n_colors, np.float32)
-    eye = np.eye(n_colors, dtype=np.float32).reshape(n_colors, n_colors, 1, 1)
-    out.update({"sub_mean.weight": eye, "sub_mean.bias": -255.0 * mean, "add_mean.weight": eye,
-                "add_mean.bias": 255.0 * mean})
+    out["sub_mean.weight"], out["sub_mean.bias"] = mean_shift_values(255.0, -1, n_colors)
+    out["add_mean.weight"], out["add_mean.bias"] = mean_shift_values(255.0, +1, n_colors)
     return out
 
 
