@@ -1,4 +1,4 @@
-"""The `edsr` command: convert, upscale (and, as they land, eval, train, download, export).
+"""The `edsr` command: convert, upscale, eval, train, download (and export).
 
 User mistakes raise KitError, printed here as one line with a non-zero exit; no traceback.
 """
@@ -77,6 +77,59 @@ def _cmd_eval(args):
     return 0
 
 
+def _cmd_train(args):
+    from .options import Options
+    from .trainer import Trainer
+
+    given = {k: v for k, v in vars(args).items() if k in _option_names() and v is not None}
+    opts = Options.for_preset(args.preset, **given)
+    trainer = Trainer(opts, progress=args.progress)
+    if trainer.rank == 0:
+        print("  ".join(f"{k}: {v}" for k, v in trainer.summary().items()))
+    trainer.fit()
+    metrics = trainer.final_metrics()
+    if trainer.rank == 0:
+        print(f"done: {metrics['epochs']} epochs, final loss {metrics['final_loss']:.4f}"
+              + (f", PSNR {metrics['psnr']:.3f} dB (bicubic {metrics['psnr_bicubic']:.3f})" if metrics["psnr"] else "")
+              + f"; run folder {opts.ckpt_save_path}")
+    return 0
+
+
+def _option_names():
+    from dataclasses import fields
+
+    from .options import Options
+
+    return [f.name for f in fields(Options)]
+
+
+def _parse_bool(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_option_flags(parser):
+    """One `--name value` flag per Options field, with the seed's names; unset flags keep the preset's recipe."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from .options import OPTION_HELP, Options
+
+    hints = get_type_hints(Options)
+    for f in fields(Options):
+        kind = hints[f.name]
+        kind = int if kind not in (bool, int, float, str) and "int" in str(kind) else kind
+        kind = str if kind not in (bool, int, float) else kind
+        extra = dict(nargs="?", const=True, type=_parse_bool) if kind is bool else dict(type=kind)
+        default = f.default if f.name != "patch_size" else "48 * scale"
+        parser.add_argument(f"--{f.name}", default=None, help=f"{OPTION_HELP.get(f.name, '')} (default: {default})",
+                            **extra)
+
+
 def _cmd_download(args):
     from .download import download_dataset
 
@@ -132,6 +185,14 @@ def build_parser():
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)
     p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("train", help="train EDSR (EDSR-PyTorch's recipe; flags use the seed's option names)")
+    p.add_argument("--preset", choices=("baseline", "paper"), default="baseline",
+                   help="recipe defaults: baseline (16 blocks, 64 features) or paper (32, 256, res_scale 0.1)")
+    p.add_argument("--progress", choices=("auto", "text", "none"), default="auto",
+                   help="progress display: auto (bar), text (a line every 30 s, for logs), none")
+    _add_option_flags(p)
+    p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("download", help="download and extract DIV2K or the benchmark sets (resumable)")
     p.add_argument("which", choices=("div2k", "benchmark"))

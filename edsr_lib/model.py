@@ -90,6 +90,7 @@ class MeanShift(nn.Cell):
         self.bias = Parameter(Tensor(bias), name="bias", requires_grad=False)
 
     def construct(self, x):
+        x = x.astype(self.weight.dtype)  # under mixed precision the tail hands over float16; keep the output float32
         n, c, h, w = x.shape
         y = ops.matmul(self.weight.reshape(c, c), x.reshape(n, c, h * w))
         return y.reshape(n, c, h, w) + self.bias.reshape(1, c, 1, 1)

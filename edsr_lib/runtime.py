@@ -77,3 +77,28 @@ def setup_device(device_target=None, mode="pynative"):
 
 def current_device():
     return _configured.get("target") or setup_device()
+
+
+def launched_distributed():
+    """True when msrun (MS_ROLE) or an HCCL rank table with several ranks started this process."""
+    if os.environ.get("MS_ROLE"):
+        return True
+    return bool(os.environ.get("RANK_TABLE_FILE")) and int(os.environ.get("RANK_SIZE", "1")) > 1
+
+
+def init_distributed(device_target=None):
+    """Join the data-parallel group when launched for it; returns (rank, world_size), (0, 1) otherwise.
+
+    `init()` picks HCCL on Ascend, NCCL on GPU and mccl on CPU. Gradients are averaged over ranks.
+    """
+    setup_device(device_target)
+    if not launched_distributed():
+        return 0, 1
+    if "world" not in _configured:
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                     device_num=get_group_size())
+        _configured["world"] = (get_rank(), get_group_size())
+    return _configured["world"]

@@ -1,79 +1,167 @@
 """Training EDSR as the published recipe does: L1 on 0-255 outputs, Adam (0.9, 0.999, 1e-8), multistep lr decay,
-epoch = `test_every` iterations, validation and checkpoints after each epoch, exact resume.
+epoch = `test_every` iterations, validation and checkpoints after each epoch, exact resume, mixed precision with
+loss scaling, and data parallelism over the ranks `msrun` or a rank table started.
 
-Status: single-device core loop. Mixed precision and data parallelism (issue 4) are not wired in yet.
+The run folder is `ckpt_save_path`: checkpoints, `history.csv`, `curves.png` and `run.json` (options, versions,
+device). Only rank 0 writes there.
 """
 import csv
+import io
 import json
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn
-from tqdm.auto import tqdm
+from mindspore import nn, ops
 
 from .data import open_dataset
 from .errors import KitError
 from .evaluation import evaluate
+from .figures import plot_history, save_figure
+from .images import atomic_write
 from .metrics import protocol_for
-from .model import build_model, load_state
+from .model import build_model, count_parameters, load_state
 from .options import Options
 from .pipeline import PatchSource, train_dataset
-from .runtime import setup_device
+from .progress import progress_bar
+from .runtime import init_distributed
 from .weights import init_from_checkpoint, read_checkpoint, save_checkpoint
 
 OPTIMIZER_PREFIX = "optimizer."
+LOSS_SCALER_PREFIX = "loss_scaler."
+# Dynamic loss scaling starts at 2**16 and halves on each overflow, so up to ~16 skipped steps in a row are normal
+# while it settles; twice that many means the loss itself is broken.
+MAX_CONSECUTIVE_NONFINITE = 32
+DYNAMIC_SCALE_START, DYNAMIC_SCALE_WINDOW = 2.0**16, 1000
+# Options that may change between a run and its resumption without breaking it.
+RESUMABLE_CHANGES = {"epochs", "resume", "test_every", "ckpt_save_interval", "ckpt_save_max", "num_workers",
+                     "device_target", "data_test", "ckpt_path", "dir_data"}
+
+
+class TrainingStopped(KitError):
+    """Training cannot go on (e.g. the loss stays non-finite); the last good checkpoint is kept."""
+
+
+def apply_mixed_precision(model, amp_level):
+    """O0: float32. O1: float16 convolutions (EDSR's only white-list op), float32 elsewhere.
+    O2: float16 network with float32 output. O3: float16 everywhere. The loss is always float32."""
+    if amp_level == "O1":
+        for _, cell in model.cells_and_names():
+            if isinstance(cell, nn.Conv2d):
+                cell.to_float(ms.float16)
+        return model
+    if amp_level in ("O2", "O3"):
+        return ms.amp.auto_mixed_precision(model, amp_level)
+    return model
+
+
+def make_loss_scaler(opts):
+    """loss_scale > 0: that fixed scale. 0: dynamic under O1-O3, none (1.0) under O0 where float32 cannot
+    underflow the gradients."""
+    if opts.loss_scale > 0:
+        return ms.amp.StaticLossScaler(float(opts.loss_scale))
+    if opts.amp_level == "O0":
+        return ms.amp.StaticLossScaler(1.0)
+    return ms.amp.DynamicLossScaler(DYNAMIC_SCALE_START, scale_factor=2, scale_window=DYNAMIC_SCALE_WINDOW)
+
+
+def param_checksum(model):
+    """Sum of every parameter as float64: equal on all ranks of a correct data-parallel run."""
+    return float(sum(p.asnumpy().astype(np.float64).sum() for p in model.get_parameters()))
+
+
+def versions():
+    import mindspore
+    import PIL
+
+    from . import __version__
+
+    return {"edsr_lib": __version__, "mindspore": mindspore.__version__, "numpy": np.__version__,
+            "pillow": PIL.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
 class Trainer:
-    def __init__(self, opts: Options, log=print, progress=True):
-        self.opts, self.log, self.progress = opts, log, progress
-        self.device = setup_device(opts.device_target)
-        ms.set_seed(opts.seed)
+    def __init__(self, opts: Options, log=print, progress="auto"):
+        self.opts, self.log = opts, log
+        self.progress = progress if isinstance(progress, str) else ("auto" if progress else "none")
+        self.rank, self.world = init_distributed(opts.device_target)
+        self.device = opts.device_target or ms.get_context("device_target")
+        ms.set_seed(opts.seed)  # the same initial weights on every rank
         self.model = build_model(opts.architecture())
         if opts.ckpt_path:
             skipped = init_from_checkpoint(self.model, opts.ckpt_path)
-            log(f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else ""))
+            self._log(f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else ""))
+        apply_mixed_precision(self.model, opts.amp_level)
         self.train_set = open_dataset(opts.data_train, opts.scale, opts.dir_data, split="train",
                                       data_range=opts.data_range, min_lr_size=opts.patch_size // opts.scale)
         self.val_set = None
-        if str(opts.data_test).lower() != "none":
+        if str(opts.data_test).lower() != "none" and self.rank == 0:
             self.val_set = open_dataset(opts.data_test, opts.scale, opts.dir_data, split="test",
                                         data_range=opts.data_range)
-        steps = opts.epochs * opts.test_every
-        self.source = PatchSource(self.train_set, opts.patch_size, steps * opts.batch_size, seed=opts.seed,
-                                  no_augment=opts.no_augment, rgb_range=opts.rgb_range)
+        self.samples_per_epoch = opts.test_every * opts.batch_size * self.world
+        self.source = PatchSource(self.train_set, opts.patch_size, opts.epochs * self.samples_per_epoch,
+                                  seed=opts.seed, no_augment=opts.no_augment, rgb_range=opts.rgb_range)
         # A scalar lr assigned at the start of each epoch (MultiStepLR); a per-step lr list failed on resume in
         # one process (MindSpore reused the compiled optimizer graph of an earlier instance with a shorter list).
         self.optimizer = nn.Adam(self.model.trainable_params(), learning_rate=ms.Tensor(opts.lr, ms.float32),
                                  beta1=0.9, beta2=0.999, eps=1e-8)
-        loss_fn = nn.L1Loss()
-        self._grad = ms.value_and_grad(lambda lr, hr: loss_fn(self.model(lr), hr), None, self.optimizer.parameters)
+        self.loss_fn = nn.L1Loss()
+        self.scaler = make_loss_scaler(opts)
+        self.reducer = None
+        if self.world > 1:
+            self.reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=self.world)
+            self.all_reduce = ops.AllReduce()
+        self._grad = ms.value_and_grad(self._scaled_loss, None, self.optimizer.parameters, has_aux=True)
         self.epoch, self.history, self.best_psnr = 0, [], -np.inf
-        self.bicubic_psnr = None
+        self.bicubic_psnr, self.last_loss, self.skipped_steps = None, None, 0
         self.ckpt_dir = Path(opts.ckpt_save_path)
         if opts.resume:
             self._resume()
 
+    def _log(self, message):
+        if self.rank == 0:
+            self.log(message)
+
+    def _scaled_loss(self, lr, hr):
+        loss = self.loss_fn(self.model(lr).astype(ms.float32), hr)
+        return self.scaler.scale(loss), loss
+
+    def summary(self):
+        o = self.opts
+        return {"parameters": count_parameters(self.model), "architecture": o.architecture().to_dict(),
+                "train images": len(self.train_set), "validation images": len(self.val_set or []),
+                "device": self.device, "world size": self.world, "amp_level": o.amp_level,
+                "loss scaling": type(self.scaler).__name__, "batch per rank": o.batch_size,
+                "LR patch": o.patch_size // o.scale, "iterations": o.epochs * o.test_every}
+
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _state(self):
         weights = {p.name: p.asnumpy() for p in self.model.get_parameters()}
-        optimizer = {OPTIMIZER_PREFIX + p.name: p.asnumpy() for p in self.optimizer.get_parameters()
-                     if p.name not in weights}
-        info = {"epoch": int(self.epoch), "options": json.dumps(self.opts.to_dict()),
+        extra = {OPTIMIZER_PREFIX + p.name: p.asnumpy() for p in self.optimizer.get_parameters()
+                 if p.name not in weights}
+        if isinstance(self.scaler, ms.amp.DynamicLossScaler):
+            extra[LOSS_SCALER_PREFIX + "scale_value"] = self.scaler.scale_value.asnumpy()
+            extra[LOSS_SCALER_PREFIX + "counter"] = self.scaler.counter.asnumpy()
+        info = {"epoch": int(self.epoch), "iteration": int(self.epoch * self.opts.test_every),
+                # Patches are a pure function of (seed, sample index): this is the whole RNG and data-order state.
+                "next_sample": int(self.epoch * self.samples_per_epoch), "seed": int(self.opts.seed),
+                "world_size": int(self.world), "options": json.dumps(self.opts.to_dict()),
                 "history": json.dumps(self.history), "best_psnr": float(self.best_psnr)}
-        return weights, optimizer, info
+        return weights, extra, info
 
     def save(self, is_best):
-        weights, optimizer, info = self._state()
+        if self.rank != 0:
+            return None
+        weights, extra, info = self._state()
         arch = self.opts.architecture()
-        latest = save_checkpoint(self.ckpt_dir / "latest.ckpt", arch, weights, optimizer, info)
+        latest = save_checkpoint(self.ckpt_dir / "latest.ckpt", arch, weights, extra, info)
         if is_best or not (self.ckpt_dir / "best.ckpt").exists():
-            save_checkpoint(self.ckpt_dir / "best.ckpt", arch, weights, optimizer, info)
+            save_checkpoint(self.ckpt_dir / "best.ckpt", arch, weights, extra, info)
         if self.epoch % self.opts.ckpt_save_interval == 0 or self.epoch == self.opts.epochs:
             save_checkpoint(self.ckpt_dir / f"edsr_x{self.opts.scale}_epoch{self.epoch:04d}.ckpt", arch, weights,
-                            optimizer, info)
+                            extra, info)
             kept = sorted(self.ckpt_dir.glob(f"edsr_x{self.opts.scale}_epoch*.ckpt"))
             for old in kept[: -self.opts.ckpt_save_max]:
                 old.unlink()
@@ -87,38 +175,76 @@ class Trainer:
         if arch != self.opts.architecture():
             raise KitError(f"{path}: cannot resume: checkpoint architecture {arch.to_dict()} differs from the "
                            f"options {self.opts.architecture().to_dict()}")
+        saved = json.loads(rest.get("options", "{}"))
+        changed = sorted(k for k, v in self.opts.to_dict().items()
+                         if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES)
+        if changed or int(np.asarray(rest.get("world_size", self.world))) != self.world:
+            self._log(f"warning: resuming with changed {', '.join(changed) or 'world size'}: "
+                      "training continues but will not repeat the original run exactly")
         load_state(self.model, weights)
         params = {p.name: p for p in self.optimizer.get_parameters()}
+        scaler_params = {}
+        if isinstance(self.scaler, ms.amp.DynamicLossScaler):
+            scaler_params = {"scale_value": self.scaler.scale_value, "counter": self.scaler.counter}
         for name, value in rest.items():
             if name.startswith(OPTIMIZER_PREFIX) and name[len(OPTIMIZER_PREFIX):] in params:
                 ms.ops.assign(params[name[len(OPTIMIZER_PREFIX):]], ms.Tensor(value))
+            elif name.startswith(LOSS_SCALER_PREFIX) and name[len(LOSS_SCALER_PREFIX):] in scaler_params:
+                ms.ops.assign(scaler_params[name[len(LOSS_SCALER_PREFIX):]], ms.Tensor(value))
         self.epoch = int(np.asarray(rest["epoch"]))
         self.history = json.loads(rest["history"])
         self.best_psnr = float(np.asarray(rest["best_psnr"]))
-        self.log(f"resumed from {path} at epoch {self.epoch}")
+        self._log(f"resumed from {path} at epoch {self.epoch}")
 
     # ---- loop ----------------------------------------------------------------------------------------------
+    def train_step(self, lr, hr):
+        """One optimizer step; returns (loss, applied). A non-finite loss or gradient skips the step and lets a
+        dynamic loss scale shrink. With several ranks, gradients and the logged loss are averaged over all."""
+        (_, loss), grads = self._grad(lr, hr)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+            loss = self.all_reduce(loss) / self.world
+        grads = self.scaler.unscale(grads)
+        finite = bool(ms.amp.all_finite(grads).asnumpy()) and bool(np.isfinite(loss.asnumpy()))
+        self.scaler.adjust(ms.Tensor(finite))
+        if finite:
+            self.optimizer(grads)
+        return float(loss.asnumpy()), finite
+
     def train_epoch(self):
         o = self.opts
         self.model.set_train(True)
         # In-place assign: the optimizer's compiled graph keeps seeing the old tensor after a set_data().
         ms.ops.assign(self.optimizer.learning_rate, ms.Tensor(o.learning_rate(self.epoch), ms.float32))
-        start = self.epoch * o.test_every * o.batch_size
-        data = train_dataset(self.source, o.batch_size, start_index=start, num_workers=o.num_workers)
-        losses, t0 = [], time.perf_counter()
-        bar = tqdm(total=o.test_every, desc=f"epoch {self.epoch + 1}/{o.epochs}", disable=not self.progress,
-                   mininterval=1.0)
+        data = train_dataset(self.source, o.batch_size, start_index=self.epoch * self.samples_per_epoch,
+                             num_shards=self.world if self.world > 1 else None, shard_id=self.rank,
+                             num_workers=o.num_workers)
+        losses, consecutive_bad, t0 = [], 0, time.perf_counter()
+        bar = progress_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}",
+                           self.progress if self.rank == 0 else "none", unit="it")
         for i, batch in enumerate(data.create_tuple_iterator()):
             if i == o.test_every:
                 break
-            loss, grads = self._grad(*batch)
-            self.optimizer(grads)
-            losses.append(float(loss.asnumpy()))
+            loss, applied = self.train_step(*batch)
+            if applied:
+                losses.append(loss)
+                consecutive_bad = 0
+            else:
+                consecutive_bad += 1
+                self.skipped_steps += 1
+                self._log(f"epoch {self.epoch + 1} iteration {i + 1}: non-finite loss or gradients "
+                          f"(loss {loss}); step skipped, loss scale now {float(self.scaler.scale_value.asnumpy()):g}")
+                if consecutive_bad >= MAX_CONSECUTIVE_NONFINITE:
+                    raise TrainingStopped(
+                        f"training stopped in epoch {self.epoch + 1}: {consecutive_bad} non-finite steps in a row "
+                        f"(try a lower lr, amp_level O0 or a smaller loss_scale); the last good checkpoint is "
+                        f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})")
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{o.learning_rate(self.epoch):.2e}")
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{o.learning_rate(self.epoch):.2e}", refresh=False)
         bar.close()
         self.epoch += 1
-        return float(np.mean(losses)), o.test_every / (time.perf_counter() - t0)
+        self.last_loss = float(np.mean(losses)) if losses else float("nan")
+        return self.last_loss, o.test_every / (time.perf_counter() - t0)
 
     def validate(self):
         if self.val_set is None:
@@ -130,6 +256,8 @@ class Trainer:
         return evaluate(self.val_set, self.model, protocol, progress=False)["psnr"]
 
     def fit(self):
+        if self.rank == 0:
+            self.write_run_record()
         while self.epoch < self.opts.epochs:
             lr = self.opts.learning_rate(self.epoch)
             loss, its = self.train_epoch()
@@ -140,15 +268,37 @@ class Trainer:
             self.history.append({"epoch": self.epoch, "loss": loss, "lr": lr, "psnr": val,
                                  "psnr_bicubic": self.bicubic_psnr, "it_per_s": its})
             self.save(is_best)
-            self.log(f"epoch {self.epoch}: loss {loss:.4f}, lr {lr:.2e}"
-                     + (f", PSNR {val:.3f} dB (bicubic {self.bicubic_psnr:.3f})" if val is not None else ""))
+            if self.rank == 0:
+                self.write_curves()
+            self._log(f"epoch {self.epoch}: loss {loss:.4f}, lr {lr:.2e}, {its:.2f} it/s"
+                      + (f", PSNR {val:.3f} dB (bicubic {self.bicubic_psnr:.3f})" if val is not None else ""))
         return self.history
 
-    def write_history(self, run_dir):
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "history.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
-            writer.writeheader()
-            writer.writerows(self.history)
-        return run_dir / "history.csv"
+    # ---- run records ---------------------------------------------------------------------------------------
+    def write_run_record(self):
+        record = {"options": self.opts.to_dict(), "versions": versions(), "device": self.device,
+                  "world_size": self.world, "summary": self.summary(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        path = self.ckpt_dir / "run.json"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=str) + "\n"))
+        return path
+
+    def write_curves(self):
+        """history.csv and curves.png in the run folder (rewritten every epoch, so a kill keeps them)."""
+        if not self.history:
+            return None
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write(self.ckpt_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+        return save_figure(plot_history(self.history, f"EDSR x{self.opts.scale}"), self.ckpt_dir / "curves.png")
+
+    def final_metrics(self):
+        """What every rank reports: equal `param_checksum` (and loss, averaged over ranks) on all of them."""
+        last = self.history[-1] if self.history else {}
+        return {"rank": self.rank, "world_size": self.world, "epochs": self.epoch, "final_loss": self.last_loss
+                if self.last_loss is not None else last.get("loss"), "param_checksum": param_checksum(self.model),
+                "psnr": last.get("psnr"), "psnr_bicubic": last.get("psnr_bicubic"),
+                "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,
+                "skipped_steps": self.skipped_steps}

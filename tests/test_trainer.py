@@ -30,7 +30,7 @@ def test_straight_and_resumed_runs_are_bit_identical(tmp_path):
     a, b = _weights(straight), _weights(resumed)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
-    files = sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir())
+    files = sorted(p.name for p in (tmp_path / "a" / "ckpt").glob("*.ckpt"))
     assert files == ["best.ckpt", "edsr_x2_epoch0002.ckpt", "latest.ckpt"]  # ckpt_save_max=1 kept one
     arch, weights, rest = read_checkpoint(tmp_path / "a" / "ckpt" / "latest.ckpt")
     assert int(rest["epoch"]) == 2 and any(k.startswith("optimizer.moment1.") for k in rest)
