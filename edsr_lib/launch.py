@@ -35,6 +35,30 @@ def parse_parameters(pairs):
     return params
 
 
+def train_data_parameters(train_data):
+    """The seed's TRAIN_DATA_DIR as options: `sample`, a DIV2K root (validating on DIV2K), or an HR folder."""
+    text = str(train_data)
+    if text.lower() == "sample":
+        return {"data_train": "sample"}
+    path = Path(text)
+    if not path.is_dir():
+        raise KitError(f"{path}: TRAIN_DATA_DIR is not a folder (use a DIV2K root, an HR image folder or 'sample')")
+    if (path / "DIV2K_train_HR").is_dir() or (path / "DIV2K" / "DIV2K_train_HR").is_dir():
+        return {"data_train": "DIV2K", "data_test": "DIV2K", "dir_data": str(path)}
+    return {"data_train": str(path)}
+
+
+def _kernel_manager_class():
+    from jupyter_client.manager import AsyncKernelManager
+
+    class PatientKernelManager(AsyncKernelManager):
+        # A data-parallel rank's kernel leaves MindSpore's cluster only when every rank is done; the default 5 s
+        # before a kill would cut that short and the msrun scheduler would report the rank as failed.
+        shutdown_wait_time = 120.0
+
+    return PatientKernelManager
+
+
 def execute_notebook(name, output_notebook, parameters, log=print):
     """Run one notebook with papermill; a failing cell becomes a one-line KitError naming notebook and cell."""
     import papermill
@@ -46,7 +70,8 @@ def execute_notebook(name, output_notebook, parameters, log=print):
     try:
         papermill.execute_notebook(str(notebook_path(name)), str(output_notebook), parameters=parameters,
                                    progress_bar=False, log_output=True, stdout_file=sys.stdout,
-                                   stderr_file=sys.stderr, cwd=os.getcwd())
+                                   stderr_file=sys.stderr, cwd=os.getcwd(),
+                                   kernel_manager_class=_kernel_manager_class())
     except PapermillExecutionError as exc:
         raise KitError(f"{name}: cell {exc.exec_count} failed with {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}"
                        f" (see {output_notebook})") from None
@@ -63,7 +88,7 @@ def _read_metrics(path):
 def run_standalone(train_data, output_dir, parameters=None, log=print):
     """Train, evaluate on the held-out images and compare visually, on one device. Returns the summary metrics."""
     output_dir = Path(output_dir)
-    params = {"data_train": str(train_data), "progress": "text", **(parameters or {})}
+    params = {**train_data_parameters(train_data), "progress": "text", **(parameters or {})}
     ckpt_dir = params.setdefault("ckpt_save_path", str(output_dir / "ckpt"))
     execute_notebook(TRAIN, output_dir / TRAIN, {**params, "output_dir": str(output_dir / "train")}, log)
     checkpoint = str(Path(ckpt_dir) / "best.ckpt")
@@ -106,7 +131,7 @@ def rank_parameters(output_dir, rank, parameters):
 
 def msrun_command(device_num, output_dir, parameters, master_port=DEFAULT_MASTER_PORT):
     """msrun starts one scheduler and `device_num` workers; each runs `python -m edsr_lib.launch worker`."""
-    return ["msrun", f"--worker_num={device_num}", f"--local_worker_num={device_num}",
+    return ["msrun", f"--worker_num={device_num}", f"--local_worker_num={device_num}", "--node_rank=0",
             f"--master_port={master_port}", f"--log_dir={Path(output_dir) / 'msrun_logs'}", "--join=True",
             "python", "-m", "edsr_lib.launch", "worker", str(output_dir), json.dumps(parameters)]
 
@@ -143,7 +168,7 @@ def run_distributed(train_data, device_num, output_dir, parameters=None, rank_ta
     """Launch the data-parallel job, wait, and check that every rank reported the same weights."""
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    params = {"data_train": str(train_data), **(parameters or {})}
+    params = {**train_data_parameters(train_data), **(parameters or {})}
     if rank_table_file:
         procs = []
         for env in rank_table_environments(rank_table_file, device_num):
@@ -181,19 +206,64 @@ def worker(output_dir, parameters):
 
         init_distributed()
         return 0
-    rank = int(os.environ.get("RANK_ID", "0"))
+    rank = int(os.environ.get("RANK_ID") or os.environ.get("MS_NODE_ID") or 0)
     params = rank_parameters(output_dir, rank, parameters)
     execute_notebook(TRAIN, Path(output_dir) / f"rank_{rank}" / TRAIN, params,
                      log=lambda m: print(f"[rank {rank}] {m}", flush=True))
     return 0
 
 
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m edsr_lib.launch",
+                                     description="run the notebooks headlessly (what scripts/run_*.sh call)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("standalone", help="train, evaluate and compare on one device")
+    p.add_argument("train_data", help="sample, a DIV2K root or a folder of HR images")
+    p.add_argument("--output-dir", required=True)
+    p = sub.add_parser("distribute", help="data-parallel training; every rank runs 02_train.ipynb")
+    p.add_argument("train_data", help="sample, a DIV2K root or a folder of HR images")
+    p.add_argument("device_num", nargs="?", type=int, default=8)
+    p.add_argument("rank_table_file", nargs="?", default=None, help="HCCL rank table (default: launch with msrun)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT)
+    p = sub.add_parser("eval", help="evaluate a checkpoint (the seed's run_eval)")
+    p.add_argument("test_data", help="dataset root (holding benchmark/ or DIV2K/)")
+    p.add_argument("checkpoint")
+    p.add_argument("dataset_type", help="Set5, Set14, B100, Urban100, DIV2K, sample or a folder of HR images")
+    p.add_argument("--output-dir", required=True)
+    p = sub.add_parser("worker", help="(internal) what msrun or the rank-table loop starts per process")
+    p.add_argument("output_dir")
+    p.add_argument("parameters_json")
+    for p in sub.choices.values():
+        p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="notebook parameter (repeatable), e.g. -p epochs 3")
+    return parser
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    params = parse_parameters(args.parameter)
     try:
-        if len(argv) == 3 and argv[0] == "worker":
-            return worker(argv[1], json.loads(argv[2]))
-        raise KitError("usage: python -m edsr_lib.launch worker OUTPUT_DIR PARAMETERS_JSON")
+        if args.command == "worker":
+            return worker(args.output_dir, {**json.loads(args.parameters_json), **params})
+        if args.command == "standalone":
+            summary = run_standalone(args.train_data, args.output_dir, params)
+            print(f"held-out {summary['dataset']} x{summary['scale']}: EDSR {summary['psnr']:.3f} dB, "
+                  f"bicubic {summary['psnr_bicubic']:.3f} dB ({summary['psnr'] - summary['psnr_bicubic']:+.3f} dB); "
+                  f"results in {args.output_dir}")
+            return 0
+        if args.command == "distribute":
+            metrics = run_distributed(args.train_data, args.device_num, args.output_dir, params,
+                                      args.rank_table_file, args.master_port)
+            print(f"{len(metrics)} ranks agree: param_checksum {metrics[0]['param_checksum']:.6f}, final loss "
+                  f"{metrics[0]['final_loss']:.4f}; results in {args.output_dir}")
+            return 0
+        result = run_evaluation(args.test_data, args.checkpoint, args.dataset_type, args.output_dir, params)
+        print(f"{result['dataset']} x{result['scale']}: EDSR {result['psnr']:.3f} dB / {result['ssim']:.4f}, "
+              f"bicubic {result['psnr_bicubic']:.3f} dB / {result['ssim_bicubic']:.4f}; results in {args.output_dir}")
+        return 0
     except KitError as exc:
         print(f"edsr: error: {exc}", file=sys.stderr)
         return 2

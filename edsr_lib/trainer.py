@@ -295,10 +295,18 @@ class Trainer:
         return save_figure(plot_history(self.history, f"EDSR x{self.opts.scale}"), self.ckpt_dir / "curves.png")
 
     def final_metrics(self):
-        """What every rank reports: equal `param_checksum` (and loss, averaged over ranks) on all of them."""
+        """What every rank reports: equal `param_checksum` (and loss, averaged over ranks) on all of them.
+
+        With several ranks this is also the closing barrier: every rank leaves it together, so the kernels that
+        papermill shuts down next finish MindSpore's cluster teardown at the same time."""
         last = self.history[-1] if self.history else {}
-        return {"rank": self.rank, "world_size": self.world, "epochs": self.epoch, "final_loss": self.last_loss
-                if self.last_loss is not None else last.get("loss"), "param_checksum": param_checksum(self.model),
-                "psnr": last.get("psnr"), "psnr_bicubic": last.get("psnr_bicubic"),
-                "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,
-                "skipped_steps": self.skipped_steps}
+        checksum = param_checksum(self.model)
+        metrics = {"rank": self.rank, "world_size": self.world, "epochs": self.epoch,
+                   "final_loss": self.last_loss if self.last_loss is not None else last.get("loss"),
+                   "param_checksum": checksum, "psnr": last.get("psnr"), "psnr_bicubic": last.get("psnr_bicubic"),
+                   "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,
+                   "skipped_steps": self.skipped_steps}
+        if self.world > 1:
+            everyone = ops.AllGather()(ms.Tensor([checksum], ms.float32)).asnumpy()  # (MAX/MIN: not on CPU)
+            metrics["ranks_agree"] = bool((everyone == everyone[0]).all())
+        return metrics

@@ -18,3 +18,9 @@ def test_presets_and_validation():
             Options(**bad)
     with pytest.raises(KitError, match="unknown option"):
         Options.from_dict({"scale": 2, "lr_typo": 1})
+
+
+def test_patch_size_defaults_to_the_recipe_and_namespace_picks_options():
+    assert Options(scale=2).patch_size == 96 and Options(scale=3).patch_size == 144 and Options(scale=4).patch_size == 192
+    opts = Options.from_namespace({"scale": 4, "epochs": 3, "output_dir": "x", "device_target": "", "np": object()})
+    assert (opts.scale, opts.epochs, opts.patch_size, opts.device_target) == (4, 3, 192, None)

@@ -42,3 +42,167 @@ def test_resume_with_other_architecture_is_refused(tmp_path):
         Trainer(_opts(tmp_path, n_feats=16, resume=True), log=lambda m: None, progress=False)
     with pytest.raises(KitError, match="nothing to resume"):
         Trainer(_opts(tmp_path / "empty", resume=True), log=lambda m: None, progress=False)
+
+
+def _quiet(opts, **kw):
+    return Trainer(opts, log=lambda m: None, progress=False, **kw)
+
+
+def test_loss_scaling_is_applied_and_undone_exactly(tmp_path):
+    # Scaling the loss by a power of two and unscaling the gradients is exact in float32: the weights must equal an
+    # unscaled run's bit for bit. The seed's bug (gradients divided by the scale, loss never scaled) would not.
+    plain = _quiet(_opts(tmp_path / "plain", epochs=1))
+    plain.fit()
+    scaled = _quiet(_opts(tmp_path / "scaled", epochs=1, loss_scale=1024.0))
+    scaled.fit()
+    a, b = _weights(plain), _weights(scaled)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_mixed_precision_levels_learn(tmp_path, level):
+    trainer = _quiet(_opts(tmp_path, epochs=1, test_every=6, amp_level=level))
+    before = _weights(trainer)
+    trainer.fit()
+    assert np.isfinite(trainer.last_loss)
+    after = _weights(trainer)
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("body."))
+    assert type(trainer.scaler).__name__ == "DynamicLossScaler"
+
+
+def test_nonfinite_step_is_skipped_and_dynamic_scale_lowered(tmp_path):
+    import mindspore as ms
+
+    trainer = _quiet(_opts(tmp_path, amp_level="O2"))
+    lr = np.full((2, 3, 12, 12), 100.0, np.float32)
+    hr = np.full((2, 3, 24, 24), 100.0, np.float32)
+    bad = lr.copy()
+    bad[0, 0, 0, 0] = np.nan
+    before, scale = _weights(trainer), float(trainer.scaler.scale_value.asnumpy())
+    loss, applied = trainer.train_step(ms.Tensor(bad), ms.Tensor(hr))
+    assert not applied and not np.isfinite(loss)
+    after = _weights(trainer)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert float(trainer.scaler.scale_value.asnumpy()) == scale / 2
+    # an overflow-free batch at the lowered scale is applied
+    while True:
+        loss, applied = trainer.train_step(ms.Tensor(lr), ms.Tensor(hr))
+        if applied:
+            break
+    assert np.isfinite(loss)
+
+
+def test_repeated_nonfinite_losses_stop_and_keep_last_good_checkpoint(tmp_path):
+    from edsr_lib.trainer import MAX_CONSECUTIVE_NONFINITE, TrainingStopped
+
+    _quiet(_opts(tmp_path, epochs=1)).fit()
+    good = read_checkpoint(tmp_path / "ckpt" / "latest.ckpt")[1]
+    # 1e38 * an L1 loss of ~50 overflows float32 on every step
+    broken = _quiet(_opts(tmp_path, epochs=2, test_every=MAX_CONSECUTIVE_NONFINITE + 5, loss_scale=1e38, resume=True))
+    with pytest.raises(TrainingStopped, match=f"{MAX_CONSECUTIVE_NONFINITE} non-finite steps in a row.*epoch 1"):
+        broken.fit()
+    arch, kept, rest = read_checkpoint(tmp_path / "ckpt" / "latest.ckpt")
+    assert int(rest["epoch"]) == 1 and all(np.array_equal(good[k], kept[k]) for k in good)
+
+
+def test_finetune_x3_from_x2_checkpoint(tmp_path):
+    _quiet(_opts(tmp_path / "x2", epochs=1)).fit()
+    x2 = read_checkpoint(tmp_path / "x2" / "ckpt" / "latest.ckpt")[1]
+    x3 = _quiet(_opts(tmp_path / "x3", scale=3, patch_size=36, epochs=1,
+                      ckpt_path=str(tmp_path / "x2" / "ckpt" / "latest.ckpt")))
+    w3 = _weights(x3)
+    assert all(np.array_equal(x2[k], w3[k]) for k in x2 if k.startswith(("head.", "body.")))
+    x3.fit()
+    with pytest.raises(KitError, match="cannot resume"):
+        _quiet(_opts(tmp_path / "x2", scale=3, patch_size=36, resume=True))
+
+
+def test_run_folder_records_options_versions_and_curves(tmp_path):
+    import csv
+    import json
+
+    import mindspore as ms
+
+    trainer = _quiet(_opts(tmp_path, data_test="sample", n_feats=4))
+    trainer.fit()
+    run = json.loads((tmp_path / "ckpt" / "run.json").read_text())
+    assert run["versions"]["mindspore"] == ms.__version__ and run["options"]["n_feats"] == 4
+    assert run["device"] == "CPU" and run["world_size"] == 1
+    rows = list(csv.DictReader(open(tmp_path / "ckpt" / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["psnr_bicubic"]) > 20 for r in rows)
+    assert (tmp_path / "ckpt" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = trainer.final_metrics()
+    total = sum(v.astype(np.float64).sum() for v in read_checkpoint(tmp_path / "ckpt" / "latest.ckpt")[1].values())
+    assert metrics["param_checksum"] == pytest.approx(total, rel=1e-12)
+
+
+KILLER = r"""
+import json, os, signal, sys
+import edsr_lib
+import edsr_lib.weights as weights
+from edsr_lib.options import Options
+from edsr_lib.trainer import Trainer
+
+real_save = weights.ms.save_checkpoint
+
+def save_then_die(records, path, append_dict=None, **kw):
+    # epoch 2's first file: write half of it, then die as `kill -9` would, before any rename
+    if append_dict and int(append_dict.get("epoch", 0)) == 2:
+        real_save(records, path, append_dict=append_dict, **kw)
+        size = os.path.getsize(path)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(records, path, append_dict=append_dict, **kw)
+
+weights.ms.save_checkpoint = save_then_die
+Trainer(Options(**json.loads(sys.argv[1])), log=print, progress=False).fit()
+"""
+
+
+def test_kill_mid_checkpoint_then_resume_matches_straight_run(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    opts = _opts(tmp_path / "killed", epochs=3)
+    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(opts.to_dict())], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ckpt = tmp_path / "killed" / "ckpt"
+    assert int(read_checkpoint(ckpt / "latest.ckpt")[2]["epoch"]) == 1  # the previous checkpoint is intact
+    resumed = _quiet(_opts(tmp_path / "killed", epochs=3, resume=True))
+    assert resumed.epoch == 1
+    resumed.fit()
+    straight = _quiet(_opts(tmp_path / "straight", epochs=3))
+    straight.fit()
+    a, b = _weights(straight), _weights(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_cli_train_resume_and_errors(tmp_path):
+    from conftest import run_cli
+
+    args = ["train", "--n_resblocks", 2, "--n_feats", 8, "--patch_size", 24, "--test_every", 2, "--batch_size", 2,
+            "--data_test", "none", "--ckpt_save_path", tmp_path / "run", "--progress", "none"]
+    first = run_cli(*args, "--epochs", 1)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "done: 1 epochs" in first.stdout and "parameters: 5699" in first.stdout
+    again = run_cli(*args, "--epochs", 2, "--resume")
+    assert again.returncode == 0 and "resumed from" in again.stdout and "done: 2 epochs" in again.stdout
+    for bad, message in ((["--amp_level", "O9"], "amp_level must be O0"), (["--scale", 3, "--patch_size", 20], "multiple")):
+        result = run_cli("train", *bad)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_baseline_learns_on_the_sample_photos_and_beats_bicubic(tmp_path):
+    """The issue's acceptance run, shortened: EDSR-baseline x2 with the training notebook's defaults (batch 16, HR
+    patch 64, lr 5e-4) for 5 epochs of 25 iterations, validated on the 3 held-out photos (about 5 CPU minutes)."""
+    opts = Options(data_train="sample", data_test="sample", scale=2, patch_size=64, batch_size=16, lr=5e-4,
+                   test_every=25, epochs=5, decay="6", seed=1, ckpt_save_path=str(tmp_path / "ckpt"))
+    trainer = _quiet(opts)
+    history = trainer.fit()
+    assert history[-1]["loss"] < history[0]["loss"] / 2
+    assert history[-1]["psnr"] > history[-1]["psnr_bicubic"] + 0.2, history
