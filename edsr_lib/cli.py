@@ -1,4 +1,4 @@
-"""The `edsr` command: convert, upscale, eval, train, download (and export).
+"""The `edsr` command: convert, upscale, eval, train, export, download.
 
 User mistakes raise KitError, printed here as one line with a non-zero exit; no traceback.
 """
@@ -28,7 +28,12 @@ def _cmd_upscale(args):
     from .weights import load_model
 
     setup_device(args.device_target)
-    model = load_model(args.ckpt, res_scale=args.res_scale)
+    if args.model:
+        from .export import load_exported
+
+        model = load_exported(args.model)
+    else:
+        model = load_model(args.ckpt, res_scale=args.res_scale)
     written, failed = upscale_paths(model, args.input, args.output, tile=args.tile or None,
                                     self_ensemble=args.self_ensemble, alpha=args.alpha,
                                     log=lambda m: print(m, file=sys.stderr))
@@ -130,6 +135,24 @@ def _add_option_flags(parser):
                             **extra)
 
 
+def _cmd_export(args):
+    from .export import export_model, verify_export
+    from .runtime import setup_device
+
+    setup_device(args.device_target)
+    path, meta = export_model(args.ckpt, args.format, args.output, input_size=args.input_size,
+                              batch_size=args.batch_size)
+    arch = meta["architecture"]
+    size = "x".join(map(str, meta["input_size"])) if meta["input_size"] else "dynamic HxW"
+    print(f"wrote {path} ({args.format.upper()}, EDSR x{arch['scale']}, input {meta['batch_size']}x3x{size}, 0-255)")
+    if args.verify:
+        diff, peak = verify_export(args.ckpt, path)
+        print(f"verify: max |exported - checkpoint| = {diff:.3g} on outputs up to {peak:.1f}")
+        if diff > 1e-3 * max(peak, 1.0):
+            raise KitError(f"{path}: exported output differs from the checkpoint by {diff:.3g}")
+    return 0
+
+
 def _cmd_download(args):
     from .download import download_dataset
 
@@ -150,7 +173,9 @@ def build_parser():
     p.set_defaults(run=_cmd_convert)
 
     p = sub.add_parser("upscale", help="super-resolve an image or a folder of images")
-    p.add_argument("--ckpt", required=True, help="kit checkpoint, published .pt or ModelZoo .ckpt")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="kit checkpoint, published .pt or ModelZoo .ckpt")
+    source.add_argument("--model", help="exported .mindir (run by MindSpore) or .onnx (run by onnxruntime)")
     p.add_argument("--tile", type=int, default=None,
                    help="LR tile size in pixels; exact (same output as whole-image) with bounded memory")
     p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true",
@@ -185,6 +210,18 @@ def build_parser():
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)
     p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("export", help="export a checkpoint to MINDIR, ONNX or AIR for deployment")
+    p.add_argument("--ckpt", required=True, help="kit checkpoint, published .pt or ModelZoo .ckpt")
+    p.add_argument("--format", type=str.upper, choices=("MINDIR", "ONNX", "AIR"), default="MINDIR")
+    p.add_argument("--output", required=True, help="file to write (.mindir, .onnx or .air)")
+    p.add_argument("--input-size", "--input_size", dest="input_size", type=int, nargs=2, metavar=("H", "W"),
+                   help="fixed LR input size (required for ONNX; MINDIR is dynamic in H and W without it)")
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=1)
+    p.add_argument("--verify", action="store_true",
+                   help="run the exported model on a sample input and report the difference to the checkpoint")
+    _add_device(p)
+    p.set_defaults(run=_cmd_export)
 
     p = sub.add_parser("train", help="train EDSR (EDSR-PyTorch's recipe; flags use the seed's option names)")
     p.add_argument("--preset", choices=("baseline", "paper"), default="baseline",

@@ -99,6 +99,15 @@ def read_image(path, alpha="white"):
         raise KitError(f"{path}: unreadable or truncated image ({exc})") from None
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path, write_fn):
     """Call write_fn(tmp_path) and move the result to `path` only if it succeeded."""
     path = Path(path)
@@ -107,6 +116,7 @@ def atomic_write(path, write_fn):
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,194 @@
+"""Exporting a checkpoint for deployment (MINDIR, ONNX, AIR) and running exported models.
+
+An exported model takes float32 NCHW RGB on the 0-255 scale and returns the unclamped 0-255 output, whatever
+`rgb_range` the checkpoint was trained with. Next to each export, `<file>.json` records the architecture and the
+input size, so `edsr upscale --model` can tile exactly and verify without the checkpoint.
+"""
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn
+
+from .errors import KitError
+from .images import atomic_write
+from .inference import forward_tiled
+from .model import Architecture
+from .runtime import current_device
+from .weights import load_model
+
+FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+
+
+class ZeroTo255(nn.Cell):
+    """The network with 0-255 input and output, for models trained on another rgb_range."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network, self.factor = network, float(network.arch.rgb_range) / 255.0
+
+    def construct(self, x):
+        if self.factor == 1.0:
+            return self.network(x)
+        return self.network(x * self.factor) / self.factor
+
+
+def sidecar_path(path):
+    return Path(str(path) + ".json")
+
+
+def export_model(checkpoint, file_format, output, input_size=None, batch_size=1, res_scale=None):
+    """Write `output` in `file_format`; returns (path, metadata). ONNX needs `input_size` (H, W) in LR pixels."""
+    file_format = file_format.upper()
+    if file_format not in FORMATS:
+        raise KitError(f"unknown export format {file_format!r}; choose MINDIR, ONNX or AIR")
+    if file_format == "AIR" and current_device() != "Ascend":
+        raise KitError("AIR export needs the Ascend backend (CANN), and this machine runs on "
+                       f"{current_device()}; export MINDIR here (and convert it with ATC on the Ascend host)")
+    if file_format == "ONNX" and not input_size:
+        raise KitError("ONNX export needs --input-size H W: MindSpore cannot export ONNX with dynamic height and "
+                       "width (MINDIR can)")
+    if batch_size < 1:
+        raise KitError(f"batch_size must be at least 1, got {batch_size}")
+    output = Path(output)
+    if output.suffix.lower() != FORMATS[file_format]:
+        raise KitError(f"{output}: a {file_format} file name must end in {FORMATS[file_format]}")
+    model = load_model(checkpoint, res_scale=res_scale)
+    model.set_train(False)
+    net = ZeroTo255(model)
+    arch = model.arch
+    if input_size:
+        height, width = (int(v) for v in input_size)
+        example = ms.Tensor(np.zeros((batch_size, arch.n_colors, height, width), np.float32))
+    else:
+        example = ms.Tensor(shape=[batch_size, arch.n_colors, None, None], dtype=ms.float32)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # MindSpore picks the file name itself (it appends the extension): export into a scratch folder beside the
+    # target, then rename, so a failed export leaves nothing half-written.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        ms.export(net, example, file_name=str(scratch / "model"), file_format=file_format)
+        produced = next(scratch.glob("model*"), None)
+        if produced is None:
+            raise KitError(f"{output}: MindSpore wrote no {file_format} file")
+        os.replace(produced, output)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    meta = {"format": file_format, "architecture": arch.to_dict(), "batch_size": batch_size,
+            "input_size": list(input_size) if input_size else None, "input": "float32 NCHW RGB, 0-255",
+            "output": "float32 NCHW RGB, 0-255, unclamped", "checkpoint": str(checkpoint)}
+    atomic_write(sidecar_path(output), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return output, meta
+
+
+def _exact_windows(length, window, margin):
+    """Window starts covering [0, length) so every position lies in some window's valid centre (its edges less
+    `margin`, except at the image border). Requires window > 2 * margin or a single window."""
+    if window >= length:
+        return [0]
+    step = window - 2 * margin
+    starts = list(range(0, length - window, step)) + [length - window]
+    return starts
+
+
+class ExportedModel:
+    """An exported MINDIR (MindSpore) or ONNX (onnxruntime) model with the inference interface of a checkpoint:
+    `arch`, and `forward_array(x)` on float32 NCHW 0-255 arrays, tiled to a fixed input size when it has one."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise KitError(f"{self.path}: no such exported model")
+        meta_path = sidecar_path(self.path)
+        if not meta_path.is_file():
+            raise KitError(f"{meta_path}: missing; it is written by `edsr export` next to the model and records its "
+                           "architecture and input size")
+        try:
+            meta = json.loads(meta_path.read_text())
+            self.arch = Architecture.from_dict({**meta["architecture"], "rgb_range": 255.0})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KitError(f"{meta_path}: unreadable export record ({exc})") from None
+        self.input_size = tuple(meta["input_size"]) if meta.get("input_size") else None
+        self.batch_size = int(meta.get("batch_size", 1))
+        suffix = self.path.suffix.lower()
+        if suffix == ".mindir":
+            try:
+                self._graph = nn.GraphCell(ms.load(str(self.path)))
+            except (RuntimeError, ValueError) as exc:
+                raise KitError(f"{self.path}: not a loadable MINDIR file ({str(exc).splitlines()[0]})") from None
+            self._infer = lambda x: self._graph(ms.Tensor(x)).asnumpy()
+        elif suffix == ".onnx":
+            try:
+                import onnxruntime
+            except ImportError:
+                raise KitError("running ONNX models needs onnxruntime: pip install -e '.[onnx]'") from None
+            try:
+                session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types for bad files
+                raise KitError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+            name = session.get_inputs()[0].name
+            self._infer = lambda x: session.run(None, {name: x})[0]
+        else:
+            raise KitError(f"{self.path}: exported models must be .mindir or .onnx")
+
+    def _batched(self, x):
+        """Run with the exported batch size (a static export wants exactly that many images)."""
+        if self.input_size is None or self.batch_size == x.shape[0]:
+            return np.asarray(self._infer(np.ascontiguousarray(x, np.float32)))
+        outputs = []
+        for image in x:
+            padded = np.repeat(image[None], self.batch_size, axis=0)
+            outputs.append(np.asarray(self._infer(np.ascontiguousarray(padded, np.float32)))[:1])
+        return np.concatenate(outputs)
+
+    def forward_array(self, x):
+        if self.input_size is None:
+            return self._batched(x)
+        (fixed_h, fixed_w), (_, _, height, width) = self.input_size, x.shape
+        if height < fixed_h or width < fixed_w:
+            # Smaller than the exported size: pad by edge replication and crop. Pixels near the padded edges differ
+            # slightly from a whole-image run; a dynamic MINDIR export has no such limit.
+            pad = ((0, 0), (0, 0), (0, max(0, fixed_h - height)), (0, max(0, fixed_w - width)))
+            x_padded = np.pad(x, pad, mode="edge")
+            return self.forward_array(x_padded)[:, :, : height * self.arch.scale, : width * self.arch.scale]
+        margin = self.arch.receptive_radius
+        if min(fixed_h, fixed_w) <= 2 * margin and (height > fixed_h or width > fixed_w):
+            margin = min(fixed_h, fixed_w) // 4
+            warnings.warn(f"{self.path}: exported size {fixed_h}x{fixed_w} is too small for exact tiling (needs more "
+                          f"than {2 * self.arch.receptive_radius} px); tiles will show faint seams", stacklevel=2)
+        s = self.arch.scale
+        out = np.empty((x.shape[0], self.arch.n_colors, height * s, width * s), np.float32)
+        rows, cols = _exact_windows(height, fixed_h, margin), _exact_windows(width, fixed_w, margin)
+        for top in rows:
+            for left in cols:
+                sr = self._batched(x[:, :, top : top + fixed_h, left : left + fixed_w])
+                y0 = 0 if top == 0 else margin
+                x0 = 0 if left == 0 else margin
+                y1 = fixed_h if top + fixed_h == height else fixed_h - margin
+                x1 = fixed_w if left + fixed_w == width else fixed_w - margin
+                out[:, :, (top + y0) * s : (top + y1) * s, (left + x0) * s : (left + x1) * s] = \
+                    sr[:, :, y0 * s : y1 * s, x0 * s : x1 * s]
+        return out
+
+
+def load_exported(path):
+    return ExportedModel(path)
+
+
+def verify_export(checkpoint, exported_path, input_size=None, seed=0):
+    """Max |exported - checkpoint| on a random 0-255 input (the export's size, else 40x52 LR pixels)."""
+    model = load_model(checkpoint)
+    model.set_train(False)
+    exported = ExportedModel(exported_path)
+    height, width = input_size or exported.input_size or (40, 52)
+    x = np.random.default_rng(seed).uniform(0, 255, (1, model.arch.n_colors, height, width)).astype(np.float32)
+    expected = forward_tiled(model, x * np.float32(model.arch.rgb_range / 255.0)) / np.float32(model.arch.rgb_range / 255.0)
+    got = exported.forward_array(x)
+    if got.shape != expected.shape:
+        raise KitError(f"{exported_path}: output shape {got.shape} differs from the checkpoint's {expected.shape}")
+    return float(np.abs(got - expected).max()), float(np.abs(expected).max())

@@ -1,0 +1,102 @@
+"""edsr export: MINDIR (dynamic and fixed) and ONNX exports of baseline x2/x3/x4 checked against an independent
+numpy forward of the published network, run through MindSpore and onnxruntime; AIR refused off Ascend."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from edsr_lib import Architecture, save_checkpoint
+from edsr_lib.errors import KitError
+from edsr_lib.export import ExportedModel, _exact_windows
+from reference import published_forward, random_published_weights
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module", params=[2, 3, 4])
+def exported(request, tmp_path_factory):
+    scale = request.param
+    rng = np.random.default_rng(scale)
+    weights = random_published_weights(rng, scale, 16, 64)
+    folder = tmp_path_factory.mktemp(f"x{scale}")
+    ckpt = folder / f"baseline_x{scale}.ckpt"
+    save_checkpoint(ckpt, Architecture.from_preset("baseline", scale), weights)
+    runs = {
+        "mindir": run_cli("export", "--ckpt", ckpt, "--format", "MINDIR", "--output", folder / "m.mindir", "--verify"),
+        "onnx": run_cli("export", "--ckpt", ckpt, "--format", "onnx", "--output", folder / "m.onnx",
+                        "--input-size", 20, 26, "--verify"),
+    }
+    return scale, weights, folder, ckpt, runs
+
+
+def test_exports_match_the_published_forward(exported):
+    scale, weights, folder, ckpt, runs = exported
+    for name, run in runs.items():
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "verify: max |exported - checkpoint|" in run.stdout
+    image = np.random.default_rng(0).integers(0, 256, (20, 26, 3)).astype(np.float32)
+    expected = published_forward(weights, image, 1.0)  # float64 numpy reference, HxWx3
+    x = image.transpose(2, 0, 1)[None]
+    outputs = {}
+    for name in ("m.mindir", "m.onnx"):
+        model = ExportedModel(folder / name)
+        assert model.arch.scale == scale
+        outputs[name] = model.forward_array(x)[0].transpose(1, 2, 0)
+        assert outputs[name].shape == (20 * scale, 26 * scale, 3)
+        np.testing.assert_allclose(outputs[name], expected, atol=2e-3, err_msg=name)
+    # the two runtimes agree to float32 round-off
+    assert np.abs(outputs["m.mindir"] - outputs["m.onnx"]).max() < 1e-3
+    meta = json.loads((folder / "m.onnx.json").read_text())
+    assert meta["input_size"] == [20, 26] and meta["architecture"]["scale"] == scale
+
+
+def test_dynamic_mindir_takes_any_size(exported):
+    scale, weights, folder, *_ = exported
+    image = np.random.default_rng(1).integers(0, 256, (13, 17, 3)).astype(np.float32)
+    got = ExportedModel(folder / "m.mindir").forward_array(image.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+    np.testing.assert_allclose(got, published_forward(weights, image, 1.0), atol=2e-3)
+
+
+def test_upscale_with_fixed_size_onnx_tiles_exactly(tmp_path_factory):
+    # An 80x80 export is larger than twice the baseline's receptive radius (36), so a 100x130 image is tiled
+    # exactly: the same pixels as the checkpoint up to rounding ties.
+    rng = np.random.default_rng(11)
+    folder = tmp_path_factory.mktemp("tiles")
+    weights = random_published_weights(rng, 2, 16, 64)
+    save_checkpoint(folder / "m.ckpt", Architecture.from_preset("baseline", 2), weights)
+    made = run_cli("export", "--ckpt", folder / "m.ckpt", "--format", "ONNX", "--output", folder / "m.onnx",
+                   "--input-size", 80, 80)
+    assert made.returncode == 0, made.stderr
+    Image.fromarray(rng.integers(0, 256, (100, 130, 3), dtype=np.uint8)).save(folder / "in.png")
+    a = run_cli("upscale", "--model", folder / "m.onnx", folder / "in.png", folder / "onnx.png")
+    b = run_cli("upscale", "--ckpt", folder / "m.ckpt", folder / "in.png", folder / "ckpt.png")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    x, y = (np.asarray(Image.open(folder / n)).astype(int) for n in ("onnx.png", "ckpt.png"))
+    assert x.shape == (200, 260, 3) and np.abs(x - y).max() <= 1 and (x == y).mean() > 0.999
+
+
+def test_window_starts_cover_every_pixel_in_a_valid_centre():
+    for length, window, margin in ((100, 80, 36), (257, 64, 10), (64, 64, 30), (65, 64, 30)):
+        starts = _exact_windows(length, window, margin)
+        covered = np.zeros(length, bool)
+        for s in starts:
+            lo = s if s == 0 else s + margin
+            hi = s + window if s + window == length else s + window - margin
+            covered[lo:hi] = True
+        assert covered.all() and starts[-1] + window == max(length, window) and starts[0] == 0
+
+
+def test_user_errors(tmp_path, exported):
+    _, _, folder, ckpt, _ = exported
+    air = run_cli("export", "--ckpt", ckpt, "--format", "AIR", "--output", tmp_path / "m.air")
+    assert air.returncode == 2 and "AIR export needs the Ascend backend" in air.stderr and "Traceback" not in air.stderr
+    onnx = run_cli("export", "--ckpt", ckpt, "--format", "ONNX", "--output", tmp_path / "m.onnx")
+    assert onnx.returncode == 2 and "dynamic" in onnx.stderr
+    suffix = run_cli("export", "--ckpt", ckpt, "--format", "MINDIR", "--output", tmp_path / "m.onnx")
+    assert suffix.returncode == 2 and "must end in .mindir" in suffix.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    (tmp_path / "lonely.onnx").write_bytes((folder / "m.onnx").read_bytes())
+    with pytest.raises(KitError, match="lonely.onnx.json: missing"):
+        ExportedModel(tmp_path / "lonely.onnx")
