@@ -31,7 +31,8 @@ def _errors(path):
 
 def test_there_are_the_four_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    for expected in ("01_data_exploration.ipynb", "02_train.ipynb", "03_evaluate.ipynb", "04_visual_comparison.ipynb"):
+    for expected in ("01_data_exploration.ipynb", "02_train.ipynb", "03_evaluate.ipynb", "04_visual_comparison.ipynb",
+                     "05_export_inference.ipynb"):
         assert expected in names
 
 
@@ -116,3 +117,20 @@ def test_failing_notebook_names_the_cell(tmp_path):
     result = _launch("eval", tmp_path, tmp_path / "missing.ckpt", "sample", "--output-dir", tmp_path / "eval")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "03_evaluate.ipynb: cell" in result.stderr and "missing.ckpt" in result.stderr
+
+
+def test_export_notebook_verifies_both_formats(standalone, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out, proc = standalone
+    assert proc.returncode == 0
+    nb_out = tmp_path / "05.ipynb"
+    result = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "05_export_inference.ipynb"),
+                             str(nb_out), "-p", "checkpoint", str(out / "ckpt" / "best.ckpt"), "-p", "onnx_input_size",
+                             "40,40", "-p", "output_dir", str(tmp_path / "export")], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert [c["format"] for c in metrics["checks"]] == ["MINDIR", "ONNX"]
+    assert all(c["max |exported - checkpoint|"] < 1e-2 for c in metrics["checks"])
+    assert all(d <= 1 for d in metrics["max_pixel_difference"].values())
+    assert (tmp_path / "export" / "edsr.mindir").is_file() and (tmp_path / "export" / "edsr.onnx.json").is_file()

@@ -1,0 +1,308 @@
+// Fast CPU convolution for EDSR: stride 1, odd square kernel, same padding, float32 NCHW, with bias.
+//
+// MindSpore's stock CPU Conv2d hands oneDNN plain weight layouts, which on AVX-512 CPUs forces oneDNN's reference
+// loops. Here oneDNN chooses its own (blocked) layouts for activations and weights ("any"), we reorder at the
+// boundaries, and we give oneDNN a thread pool whose idle workers sleep instead of spinning. The oneDNN library is
+// the one inside the MindSpore wheel (lib/libdnnl.so.3, built with the threadpool runtime); only its public C API
+// is used, with headers from the `onednn-devel` package.
+//
+// Three MindSpore AOT entry points (see edsr_lib/conv.py):
+//   ConvForward(x[N,C,H,W], w[O,C,K,K], b[O]) -> y[N,O,H,W]
+//   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
+//   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W]) -> dw[O,C,K,K], db[O]
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_threadpool.h>
+#include <oneapi/dnnl/dnnl_threadpool_iface.hpp>
+#include <sched.h>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// ---- thread pool -------------------------------------------------------------------------------------------
+
+thread_local bool in_pool_worker = false;
+
+class SleepingPool : public dnnl::threadpool_interop::threadpool_iface {
+ public:
+  explicit SleepingPool(int threads) : threads_(threads < 1 ? 1 : threads) {
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { Work(); });
+  }
+  ~SleepingPool() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto &t : workers_) t.join();
+  }
+  int get_num_threads() const override { return threads_; }
+  bool get_in_parallel() const override { return in_pool_worker; }
+  uint64_t get_flags() const override { return 0; }  // synchronous: parallel_for returns when all is done
+  void wait() override {}
+
+  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
+    if (n <= 0) return;
+    if (n == 1 || threads_ == 1 || in_pool_worker) {
+      for (int i = 0; i < n; ++i) fn(i, n);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    job_ = &fn;
+    total_ = n;
+    next_.store(0);
+    remaining_ = n;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    RunShare();
+    lock.lock();
+    done_.wait(lock, [this] { return remaining_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void RunShare() {
+    int finished = 0;
+    for (int i = next_.fetch_add(1); i < total_; i = next_.fetch_add(1)) {
+      (*job_)(i, total_);
+      ++finished;
+    }
+    if (finished) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      remaining_ -= finished;
+      if (remaining_ == 0) done_.notify_all();
+    }
+  }
+  void Work() {
+    in_pool_worker = true;
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || (generation_ != seen && job_ != nullptr); });
+      if (stop_) return;
+      seen = generation_;
+      lock.unlock();
+      RunShare();
+      lock.lock();
+    }
+  }
+
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int, int)> *job_ = nullptr;
+  int total_ = 0, remaining_ = 0;
+  std::atomic<int> next_{0};
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+int AvailableCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  unsigned n = std::thread::hardware_concurrency();
+  return n ? static_cast<int>(n) : 1;
+}
+
+// ---- oneDNN plumbing ---------------------------------------------------------------------------------------
+
+#define CHECK(call)                                                                   \
+  do {                                                                                \
+    dnnl_status_t status_ = (call);                                                   \
+    if (status_ != dnnl_success) {                                                    \
+      std::fprintf(stderr, "edsr_lib onednn_conv: %s failed (%d)\n", #call, status_); \
+      return nullptr;                                                                 \
+    }                                                                                 \
+  } while (0)
+
+struct Runtime {
+  dnnl_engine_t engine = nullptr;
+  dnnl_stream_t stream = nullptr;
+  std::unique_ptr<SleepingPool> pool;
+};
+
+Runtime *GetRuntime() {
+  static Runtime *runtime = [] {
+    auto *r = new Runtime();
+    r->pool.reset(new SleepingPool(AvailableCpus()));
+    if (dnnl_engine_create(&r->engine, dnnl_cpu, 0) != dnnl_success ||
+        dnnl_threadpool_interop_stream_create(&r->stream, r->engine, r->pool.get()) != dnnl_success) {
+      std::fprintf(stderr, "edsr_lib onednn_conv: cannot create the oneDNN engine/stream\n");
+      return static_cast<Runtime *>(nullptr);
+    }
+    return r;
+  }();
+  return runtime;
+}
+
+// A tensor as the user holds it (plain layout, caller's buffer) and as the primitive wants it (oneDNN's choice).
+struct Operand {
+  dnnl_memory_desc_t user_md = nullptr, prim_md = nullptr;
+  dnnl_memory_t user = nullptr, prim = nullptr;
+  dnnl_primitive_t reorder = nullptr;  // user -> prim for inputs, prim -> user for outputs; null if same layout
+  std::vector<float> buffer;
+};
+
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+struct Plan {
+  dnnl_primitive_t primitive = nullptr;
+  std::vector<std::unique_ptr<Operand>> operands;  // in execution-argument order
+  std::vector<int> arg_ids;
+  std::vector<bool> is_output;
+};
+
+dnnl_memory_desc_t Plain(const std::vector<int64_t> &dims, dnnl_format_tag_t tag) {
+  dnnl_memory_desc_t md = nullptr;
+  dnnl_memory_desc_create_with_tag(&md, static_cast<int>(dims.size()), dims.data(), dnnl_f32, tag);
+  return md;
+}
+
+Operand *MakeOperand(Runtime *rt, dnnl_memory_desc_t user_md, const_dnnl_memory_desc_t chosen, bool output) {
+  auto *op = new Operand();
+  op->user_md = user_md;
+  CHECK(dnnl_memory_desc_clone(&op->prim_md, chosen));
+  CHECK(dnnl_memory_create(&op->user, op->user_md, rt->engine, DNNL_MEMORY_NONE));
+  if (dnnl_memory_desc_equal(op->user_md, op->prim_md)) return op;
+  op->buffer.resize(dnnl_memory_desc_get_size(op->prim_md) / sizeof(float) + 16);
+  CHECK(dnnl_memory_create(&op->prim, op->prim_md, rt->engine, op->buffer.data()));
+  dnnl_primitive_desc_t rpd = nullptr;
+  if (output) {
+    CHECK(dnnl_reorder_primitive_desc_create(&rpd, op->prim_md, rt->engine, op->user_md, rt->engine, nullptr));
+  } else {
+    CHECK(dnnl_reorder_primitive_desc_create(&rpd, op->user_md, rt->engine, op->prim_md, rt->engine, nullptr));
+  }
+  CHECK(dnnl_primitive_create(&op->reorder, rpd));
+  dnnl_primitive_desc_destroy(rpd);
+  return op;
+}
+
+Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k) {
+  Runtime *rt = GetRuntime();
+  if (!rt) return nullptr;
+  const int64_t pad = k / 2;
+  dnnl_dims_t strides = {1, 1}, dilates = {0, 0}, padding = {pad, pad};
+  std::vector<int64_t> x_dims = {n, c, h, w}, y_dims = {n, o, h, w}, w_dims = {o, c, k, k}, b_dims = {o};
+  dnnl_memory_desc_t x_any = Plain(x_dims, dnnl_format_tag_any), y_any = Plain(y_dims, dnnl_format_tag_any);
+  dnnl_memory_desc_t w_any = Plain(w_dims, dnnl_format_tag_any), b_md = Plain(b_dims, dnnl_a);
+
+  dnnl_primitive_desc_t fwd = nullptr;
+  CHECK(dnnl_convolution_forward_primitive_desc_create(&fwd, rt->engine, dnnl_forward_training,
+                                                       dnnl_convolution_direct, x_any, w_any, b_md, y_any, strides,
+                                                       dilates, padding, padding, nullptr));
+  auto *plan = new Plan();
+  dnnl_primitive_desc_t pd = fwd;
+  // `index` 1 of the weights queries is the bias
+  auto add = [&](int arg, dnnl_memory_desc_t user_md, dnnl_query_t what, int index, bool output) {
+    plan->operands.emplace_back(MakeOperand(rt, user_md, dnnl_primitive_desc_query_md(pd, what, index), output));
+    plan->arg_ids.push_back(arg);
+    plan->is_output.push_back(output);
+  };
+  if (kind == kForward) {
+    add(DNNL_ARG_SRC, Plain(x_dims, dnnl_nchw), dnnl_query_src_md, 0, false);
+    add(DNNL_ARG_WEIGHTS, Plain(w_dims, dnnl_oihw), dnnl_query_weights_md, 0, false);
+    add(DNNL_ARG_BIAS, Plain(b_dims, dnnl_a), dnnl_query_weights_md, 1, false);
+    add(DNNL_ARG_DST, Plain(y_dims, dnnl_nchw), dnnl_query_dst_md, 0, true);
+  } else if (kind == kBackwardData) {
+    CHECK(dnnl_convolution_backward_data_primitive_desc_create(&pd, rt->engine, dnnl_convolution_direct, x_any,
+                                                               w_any, y_any, strides, dilates, padding, padding,
+                                                               fwd, nullptr));
+    add(DNNL_ARG_DIFF_DST, Plain(y_dims, dnnl_nchw), dnnl_query_diff_dst_md, 0, false);
+    add(DNNL_ARG_WEIGHTS, Plain(w_dims, dnnl_oihw), dnnl_query_weights_md, 0, false);
+    add(DNNL_ARG_DIFF_SRC, Plain(x_dims, dnnl_nchw), dnnl_query_diff_src_md, 0, true);
+  } else {
+    CHECK(dnnl_convolution_backward_weights_primitive_desc_create(&pd, rt->engine, dnnl_convolution_direct, x_any,
+                                                                  w_any, b_md, y_any, strides, dilates, padding,
+                                                                  padding, fwd, nullptr));
+    add(DNNL_ARG_SRC, Plain(x_dims, dnnl_nchw), dnnl_query_src_md, 0, false);
+    add(DNNL_ARG_DIFF_DST, Plain(y_dims, dnnl_nchw), dnnl_query_diff_dst_md, 0, false);
+    add(DNNL_ARG_DIFF_WEIGHTS, Plain(w_dims, dnnl_oihw), dnnl_query_diff_weights_md, 0, true);
+    add(DNNL_ARG_DIFF_BIAS, Plain(b_dims, dnnl_a), dnnl_query_diff_weights_md, 1, true);
+  }
+  CHECK(dnnl_primitive_create(&plan->primitive, pd));
+  if (pd != fwd) dnnl_primitive_desc_destroy(pd);
+  dnnl_primitive_desc_destroy(fwd);
+  for (auto md : {x_any, y_any, w_any, b_md}) dnnl_memory_desc_destroy(md);
+  for (auto &op : plan->operands)
+    if (!op) return nullptr;
+  return plan;
+}
+
+// Plans are kept per (kind, shape); a bounded cache, since every image size in inference is a new shape.
+constexpr size_t kMaxPlans = 96;
+std::mutex plans_mutex;  // one convolution at a time: each runs on all cores already
+std::map<std::array<int64_t, 7>, std::unique_ptr<Plan>> plans;
+
+int Run(Kind kind, const std::array<int64_t, 6> &shape, const std::vector<void *> &buffers) {
+  std::lock_guard<std::mutex> lock(plans_mutex);
+  std::array<int64_t, 7> key = {kind, shape[0], shape[1], shape[2], shape[3], shape[4], shape[5]};
+  auto found = plans.find(key);
+  if (found == plans.end()) {
+    if (plans.size() >= kMaxPlans) plans.clear();
+    Plan *plan = BuildPlan(kind, shape[0], shape[1], shape[2], shape[3], shape[4], shape[5]);
+    if (!plan) return 1;
+    found = plans.emplace(key, std::unique_ptr<Plan>(plan)).first;
+  }
+  Plan &plan = *found->second;
+  Runtime *rt = GetRuntime();
+  std::vector<dnnl_exec_arg_t> args;
+  for (size_t i = 0; i < plan.operands.size(); ++i) {
+    Operand &op = *plan.operands[i];
+    dnnl_memory_set_data_handle(op.user, buffers[i]);
+    if (op.reorder && !plan.is_output[i]) {
+      dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, op.user}, {DNNL_ARG_TO, op.prim}};
+      if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return 2;
+    }
+    args.push_back({plan.arg_ids[i], op.reorder ? op.prim : op.user});
+  }
+  if (dnnl_primitive_execute(plan.primitive, rt->stream, static_cast<int>(args.size()), args.data()) != dnnl_success)
+    return 3;
+  for (size_t i = 0; i < plan.operands.size(); ++i) {
+    Operand &op = *plan.operands[i];
+    if (op.reorder && plan.is_output[i]) {
+      dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, op.prim}, {DNNL_ARG_TO, op.user}};
+      if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return 4;
+    }
+  }
+  return dnnl_stream_wait(rt->stream) == dnnl_success ? 0 : 5;
+}
+
+bool IsFloat32(const char *dtype) { return std::string(dtype) == "float32" || std::string(dtype) == "float"; }
+
+}  // namespace
+
+extern "C" {
+
+int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
+  const int64_t *x = shapes[0], *w = shapes[1];
+  return Run(kForward, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
+}
+
+int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
+  const int64_t *dy = shapes[0], *w = shapes[1];
+  return Run(kBackwardData, {dy[0], w[1], dy[2], dy[3], w[0], w[2]}, {params[0], params[1], params[2]});
+}
+
+int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
+  const int64_t *x = shapes[0], *dy = shapes[1], *dw = shapes[2];
+  return Run(kBackwardWeights, {x[0], x[1], x[2], x[3], dy[1], dw[2]}, {params[0], params[1], params[2], params[3]});
+}
+
+}  // extern "C"
