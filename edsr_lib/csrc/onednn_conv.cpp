@@ -9,7 +9,7 @@
 // Three MindSpore AOT entry points (see edsr_lib/conv.py):
 //   ConvForward(x[N,C,H,W], w[O,C,K,K], b[O]) -> y[N,O,H,W]
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
-//   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W]) -> dw[O,C,K,K], db[O]
+//   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_threadpool.h>
 #include <oneapi/dnnl/dnnl_threadpool_iface.hpp>
@@ -300,9 +300,10 @@ int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, co
 
 int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                         void *) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
-  const int64_t *x = shapes[0], *dy = shapes[1], *dw = shapes[2];
-  return Run(kBackwardWeights, {x[0], x[1], x[2], x[3], dy[1], dw[2]}, {params[0], params[1], params[2], params[3]});
+  // inputs x, dy and w (w only for its shape), outputs dw and db
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsFloat32(dtypes[0])) return 10;
+  const int64_t *x = shapes[0], *dy = shapes[1], *w = shapes[2];
+  return Run(kBackwardWeights, {x[0], x[1], x[2], x[3], dy[1], w[2]}, {params[0], params[1], params[3], params[4]});
 }
 
 }  // extern "C"
