@@ -58,8 +58,8 @@ def export_model(checkpoint, file_format, output, input_size=None, batch_size=1,
     output = Path(output)
     if output.suffix.lower() != FORMATS[file_format]:
         raise KitError(f"{output}: a {file_format} file name must end in {FORMATS[file_format]}")
-    model = load_model(checkpoint, res_scale=res_scale)
-    model.set_train(False)
+    # MindSpore's own Conv2d: an export must not reference the kit's CPU kernel library
+    model = load_model(checkpoint, res_scale=res_scale, conv_kernel="stock")
     net = ZeroTo255(model)
     arch = model.arch
     if input_size:

@@ -4,6 +4,7 @@ Parameter names mirror the published state-dict keys (`head.0.weight`, `body.3.b
 ...), so a published checkpoint maps one to one. Input and output are float NCHW on the [0, rgb_range] scale.
 """
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -99,9 +100,10 @@ class MeanShift(nn.Cell):
 class ResBlock(nn.Cell):
     """conv -> ReLU -> conv, scaled by res_scale, plus the input; no batch norm, no ReLU after the sum."""
 
-    def __init__(self, n_feats, res_scale):
+    def __init__(self, n_feats, res_scale, conv_kernel="auto"):
         super().__init__()
-        self.body = nn.SequentialCell([make_conv(n_feats, n_feats), nn.ReLU(), make_conv(n_feats, n_feats)])
+        self.body = nn.SequentialCell([make_conv(n_feats, n_feats, kernel=conv_kernel), nn.ReLU(),
+                                       make_conv(n_feats, n_feats, kernel=conv_kernel)])
         self.res_scale = float(res_scale)
 
     def construct(self, x):
@@ -111,24 +113,26 @@ class ResBlock(nn.Cell):
         return res + x
 
 
-def _upsampler(scale, n_feats):
+def _upsampler(scale, n_feats, conv_kernel):
     layers = []
     for factor in upsampling_factors(scale):
-        layers += [make_conv(n_feats, factor * factor * n_feats), nn.PixelShuffle(factor)]
+        layers += [make_conv(n_feats, factor * factor * n_feats, kernel=conv_kernel), nn.PixelShuffle(factor)]
     return nn.SequentialCell(layers)
 
 
 class EDSR(nn.Cell):
     """sub_mean -> head -> body (+ head output) -> tail -> add_mean."""
 
-    def __init__(self, arch: Architecture):
+    def __init__(self, arch: Architecture, conv_kernel="auto"):
         super().__init__()
         self.arch = arch
+        k = conv_kernel
         self.sub_mean = MeanShift(arch.rgb_range, -1, arch.n_colors)
-        self.head = nn.SequentialCell([make_conv(arch.n_colors, arch.n_feats)])
-        blocks = [ResBlock(arch.n_feats, arch.res_scale) for _ in range(arch.n_resblocks)]
-        self.body = nn.SequentialCell(blocks + [make_conv(arch.n_feats, arch.n_feats)])
-        self.tail = nn.SequentialCell([_upsampler(arch.scale, arch.n_feats), make_conv(arch.n_feats, arch.n_colors)])
+        self.head = nn.SequentialCell([make_conv(arch.n_colors, arch.n_feats, kernel=k)])
+        blocks = [ResBlock(arch.n_feats, arch.res_scale, k) for _ in range(arch.n_resblocks)]
+        self.body = nn.SequentialCell(blocks + [make_conv(arch.n_feats, arch.n_feats, kernel=k)])
+        self.tail = nn.SequentialCell([_upsampler(arch.scale, arch.n_feats, k),
+                                       make_conv(arch.n_feats, arch.n_colors, kernel=k)])
         self.add_mean = MeanShift(arch.rgb_range, +1, arch.n_colors)
 
     def construct(self, x):
@@ -137,8 +141,9 @@ class EDSR(nn.Cell):
         return self.add_mean(self.tail(res))
 
 
-def build_model(arch: Architecture):
-    return EDSR(arch)
+def build_model(arch: Architecture, conv_kernel="auto"):
+    """conv_kernel: auto (the kit's fast convolution on CPU, MindSpore's Conv2d elsewhere), fast or stock."""
+    return EDSR(arch, conv_kernel)
 
 
 def count_parameters(model, trainable_only=True):
@@ -187,8 +192,42 @@ def load_state(model, weights, skip_mismatched_tail=False):
     return sorted(skipped)
 
 
+class _StaticGraph(nn.Cell):
+    """`net` compiled as one MindSpore graph for one input shape."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)  # keep the network's parameter names
+        self.net = net
+
+    @ms.jit
+    def construct(self, x):
+        return self.net(x)
+
+
+GRAPHS_PER_MODEL = 8
+
+
+def _uses_fast_conv(model):
+    from .conv import FastConv2d
+
+    return any(isinstance(cell, FastConv2d) for _, cell in model.cells_and_names())
+
+
 def forward_numpy(model, x_nchw):
-    """Run the network on a float32 NCHW numpy batch and return numpy (no gradient)."""
-    return model(Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))).asnumpy()
+    """Run the network on a float32 NCHW numpy batch and return numpy (no gradient).
 
-
+    With the kit's CPU convolution the network runs as a compiled graph, one per input shape (the last
+    GRAPHS_PER_MODEL shapes are kept): op-by-op execution leaves MindSpore's runtime threads spinning next to the
+    convolution's own threads, which costs up to 2x on a 2-core machine.
+    """
+    x = Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))
+    if not _uses_fast_conv(model):
+        return model(x).asnumpy()
+    graphs = model.__dict__.setdefault("_graphs_by_shape", OrderedDict())
+    key = tuple(x.shape)
+    if key not in graphs:
+        graphs[key] = _StaticGraph(model)
+        while len(graphs) > GRAPHS_PER_MODEL:
+            graphs.popitem(last=False)
+    graphs.move_to_end(key)
+    return graphs[key](x).asnumpy()

@@ -89,7 +89,8 @@ class Trainer:
         self.rank, self.world = init_distributed(opts.device_target)
         self.device = opts.device_target or ms.get_context("device_target")
         ms.set_seed(opts.seed)  # the same initial weights on every rank
-        self.model = build_model(opts.architecture())
+        # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
+        self.model = build_model(opts.architecture(), conv_kernel="auto" if opts.amp_level == "O0" else "stock")
         if opts.ckpt_path:
             skipped = init_from_checkpoint(self.model, opts.ckpt_path)
             self._log(f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else ""))

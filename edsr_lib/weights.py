@@ -166,13 +166,13 @@ def convert(src, dst, res_scale=None):
     return arch
 
 
-def load_model(path, res_scale=None):
-    """The ready network (inference mode) from any supported checkpoint."""
+def load_model(path, res_scale=None, conv_kernel="auto"):
+    """The ready network (inference mode) from any supported checkpoint (conv_kernel: see model.build_model)."""
     from .runtime import current_device
 
     current_device()
     arch, weights, _ = read_checkpoint(path, res_scale)
-    model = build_model(arch)
+    model = build_model(arch, conv_kernel)
     try:
         load_state(model, weights)
     except KitError as exc:

@@ -1,24 +1,28 @@
-"""Measure the kit's speed on this machine and print ratios against a reference in the same run.
+"""Measure the kit's speed on this machine and print ratios against references measured in the same run.
 
-    .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference
+    .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step
     .venv/bin/python scripts/bench.py --memory        # + tiled paper-x4 inference on a 2040x1356 output (slow)
+    .venv/bin/python scripts/bench.py --quick         # fewer sizes
 
-Inference is compared with PyTorch running the same network on the same CPU when torch is importable
-(pip install -e .[bench]); otherwise only absolute times are printed.
+Network timings compare the kit's CPU convolution ("fast") with MindSpore's stock Conv2d ("stock"), and with PyTorch
+running the same network on the same CPU when torch is importable (pip install -e '.[bench]'). MindSpore is timed
+first and PyTorch last, so PyTorch's OpenMP threads cannot steal cycles from the MindSpore runs.
 """
 import argparse
+import os
 import resource
+import tempfile
 import time
 
 import numpy as np
 
 import edsr_lib  # noqa: F401  (environment before MindSpore)
 from edsr_lib import Architecture, build_model
-from edsr_lib.data import SampleImages, ArrayCache
+from edsr_lib.data import ArrayCache, SampleImages
 from edsr_lib.imresize import imresize
 from edsr_lib.inference import forward_tiled
 from edsr_lib.pipeline import PatchSource
-from edsr_lib.runtime import setup_device
+from edsr_lib.runtime import FAST_CONV_LIBRARY, setup_device
 
 
 def best_of(fn, repeat=3):
@@ -51,30 +55,141 @@ def bench_pipeline(tmp):
           f"(50.75 ms, batch 16) needs {need:.0f}/s -> {per_s / need:.1f}x headroom per worker")
 
 
-def bench_inference(size=96):
+def _mindspore_models(preset, scale):
+    models = {}
+    for kernel in ("stock", "fast"):  # stock first: nothing of the fast path running before it
+        if kernel == "fast" and FAST_CONV_LIBRARY is None:
+            continue
+        model = build_model(Architecture.from_preset(preset, scale), conv_kernel=kernel)
+        model.set_train(False)
+        models[kernel] = model
+    return models
+
+
+def ms_inference_times(cases):
+    times = {}
+    for preset, scale, size in cases:
+        x = np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32)
+        for kernel, model in _mindspore_models(preset, scale).items():
+            times[(preset, scale, size, kernel)] = best_of(lambda: forward_tiled(model, x), repeat=2)
+    return times
+
+
+def ms_train_step_time(kernel, batch=16, lr_size=48, steps=3):
+    import mindspore as ms
+    from mindspore import nn
+
+    model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=kernel)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
+    loss_fn = nn.L1Loss()
+    grad = ms.value_and_grad(lambda lr, hr: loss_fn(model(lr), hr), None, optimizer.parameters)
+    rng = np.random.default_rng(0)
+    lr = ms.Tensor(rng.uniform(0, 255, (batch, 3, lr_size, lr_size)).astype(np.float32))
+    hr = ms.Tensor(rng.uniform(0, 255, (batch, 3, 2 * lr_size, 2 * lr_size)).astype(np.float32))
+
+    def step():
+        loss, grads = grad(lr, hr)
+        optimizer(grads)
+        loss.asnumpy()
+
+    return best_of(step, repeat=steps)
+
+
+# ---- PyTorch reference: the same network ---------------------------------------------------------------------
+
+def torch_edsr(preset, scale):
+    import torch
+    from torch import nn
+
+    spec = {"baseline": (16, 64, 1.0), "paper": (32, 256, 0.1)}[preset]
+    n_blocks, feats, res_scale = spec
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(feats, feats, 3, padding=1), nn.ReLU(True),
+                                      nn.Conv2d(feats, feats, 3, padding=1))
+
+        def forward(self, x):
+            return self.body(x) * res_scale + x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(3, feats, 3, padding=1)
+            self.body = nn.Sequential(*[Block() for _ in range(n_blocks)], nn.Conv2d(feats, feats, 3, padding=1))
+            ups = []
+            for factor in ([2] * {2: 1, 4: 2}.get(scale, 0) or [3]):
+                ups += [nn.Conv2d(feats, factor * factor * feats, 3, padding=1), nn.PixelShuffle(factor)]
+            self.tail = nn.Sequential(*ups, nn.Conv2d(feats, 3, 3, padding=1))
+            self.register_buffer("mean", torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1) * 255)
+
+        def forward(self, x):
+            x = self.head(x - self.mean)
+            return self.tail(self.body(x) + x) + self.mean
+
+    return Net()
+
+
+def torch_times(cases, train):
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    times = {}
+    for preset, scale, size in cases:
+        net = torch_edsr(preset, scale).eval()
+        x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32))
+
+        def run():
+            with torch.no_grad():
+                net(x)
+
+        times[(preset, scale, size, "torch")] = best_of(run, repeat=2)
+    if train:
+        net = torch_edsr("baseline", 2).train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        rng = np.random.default_rng(0)
+        lr = torch.from_numpy(rng.uniform(0, 255, (16, 3, 48, 48)).astype(np.float32))
+        hr = torch.from_numpy(rng.uniform(0, 255, (16, 3, 96, 96)).astype(np.float32))
+
+        def step():
+            opt.zero_grad()
+            loss = torch.nn.functional.l1_loss(net(lr), hr)
+            loss.backward()
+            opt.step()
+
+        times["train"] = best_of(step, repeat=3)
+    return times
+
+
+def bench_networks(quick):
     setup_device("CPU")
-    model = build_model(Architecture.from_preset("baseline", 2))
-    model.set_train(False)
-    x = np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32)
-    t_ms = best_of(lambda: forward_tiled(model, x))
-    line = f"baseline x2 forward {size}x{size}: MindSpore {t_ms * 1000:.0f} ms"
+    cases = [("baseline", 2, 48), ("baseline", 2, 96)] + ([] if quick else [("baseline", 2, 192), ("baseline", 4, 96),
+                                                                            ("paper", 2, 48)])
+    ms_times = ms_inference_times(cases)
+    train = {k: ms_train_step_time(k) for k in ("stock", "fast") if k == "stock" or FAST_CONV_LIBRARY}
     try:
-        import torch
+        import torch  # noqa: F401
+
+        pt = torch_times(cases, train=True)
     except ImportError:
-        print(line + " (install torch for a PyTorch ratio)")
-        return
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-    convs = [torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(35)]
-    xt = torch.from_numpy(np.random.rand(1, 64, size, size).astype(np.float32))
-
-    def run_torch():
-        with torch.no_grad():
-            y = xt
-            for c in convs:
-                y = c(y)
-
-    t_pt = best_of(run_torch)
-    print(line + f", PyTorch (same conv stack) {t_pt * 1000:.0f} ms, ratio {t_ms / t_pt:.2f}x")
+        pt = {}
+        print("(torch not installed: ratios against stock MindSpore only; pip install -e '.[bench]')")
+    print(f"{'inference':<28}{'fast':>10}{'stock':>10}{'torch':>10}{'fast/torch':>12}{'stock/fast':>12}")
+    for preset, scale, size in cases:
+        fast = ms_times.get((preset, scale, size, "fast"))
+        stock = ms_times[(preset, scale, size, "stock")]
+        torch_t = pt.get((preset, scale, size, "torch"))
+        cells = [f"{v * 1000:>8.0f}ms" if v else f"{'-':>10}" for v in (fast, stock, torch_t)]
+        ratio = f"{fast / torch_t:>11.2f}x" if fast and torch_t else f"{'-':>12}"
+        speedup = f"{stock / fast:>11.2f}x" if fast else f"{'-':>12}"
+        print(f"{f'{preset} x{scale} {size}x{size}':<28}" + "".join(cells) + ratio + speedup)
+    line = "train step baseline x2, batch 16, LR 48: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in train.items())
+    if "train" in pt:
+        line += f", torch {pt['train'] * 1000:.0f} ms"
+        if "fast" in train:
+            line += f"; fast/torch {train['fast'] / pt['train']:.2f}x"
+    print(line)
 
 
 def bench_memory():
@@ -92,12 +207,11 @@ def bench_memory():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         bench_imresize()
         bench_pipeline(tmp)
-        bench_inference()
-        if args.memory:
-            bench_memory()
+    bench_networks(args.quick)
+    if args.memory:
+        bench_memory()

@@ -37,7 +37,7 @@ thread_local bool in_pool_worker = false;
 class SleepingPool : public dnnl::threadpool_interop::threadpool_iface {
  public:
   explicit SleepingPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { Work(); });
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { Work(i); });
   }
   ~SleepingPool() override {
     {
@@ -61,31 +61,25 @@ class SleepingPool : public dnnl::threadpool_interop::threadpool_iface {
     std::unique_lock<std::mutex> lock(mutex_);
     job_ = &fn;
     total_ = n;
-    next_.store(0);
-    remaining_ = n;
+    remaining_ = threads_;
     ++generation_;
     lock.unlock();
     wake_.notify_all();
-    RunShare();
+    RunShare(0);
     lock.lock();
     done_.wait(lock, [this] { return remaining_ == 0; });
     job_ = nullptr;
   }
 
  private:
-  void RunShare() {
-    int finished = 0;
-    for (int i = next_.fetch_add(1); i < total_; i = next_.fetch_add(1)) {
-      (*job_)(i, total_);
-      ++finished;
-    }
-    if (finished) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      remaining_ -= finished;
-      if (remaining_ == 0) done_.notify_all();
-    }
+  // Static shares (thread t runs chunks t, t + threads, ...), as oneDNN's own runtimes do: oneDNN sizes the chunks
+  // for one thread each, so a caller that also took a late worker's chunk would run the convolution serially.
+  void RunShare(int thread) {
+    for (int i = thread; i < total_; i += threads_) (*job_)(i, total_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (--remaining_ == 0) done_.notify_all();
   }
-  void Work() {
+  void Work(int thread) {
     in_pool_worker = true;
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mutex_);
@@ -94,7 +88,7 @@ class SleepingPool : public dnnl::threadpool_interop::threadpool_iface {
       if (stop_) return;
       seen = generation_;
       lock.unlock();
-      RunShare();
+      RunShare(thread);
       lock.lock();
     }
   }
@@ -105,7 +99,6 @@ class SleepingPool : public dnnl::threadpool_interop::threadpool_iface {
   std::condition_variable wake_, done_;
   const std::function<void(int, int)> *job_ = nullptr;
   int total_ = 0, remaining_ = 0;
-  std::atomic<int> next_{0};
   uint64_t generation_ = 0;
   bool stop_ = false;
 };

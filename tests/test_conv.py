@@ -1,0 +1,129 @@
+"""The kit's CPU convolution (csrc/onednn_conv.cpp via conv.py): agreement with MindSpore's Conv2d forward and
+backward, identical training losses, interchangeable parameters, the build cache and the fallback."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from edsr_lib import native
+from edsr_lib.conv import FastConv2d, make_conv
+from edsr_lib.model import Architecture, build_model, forward_numpy
+from edsr_lib.runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE
+
+needs_fast = pytest.mark.skipif(FAST_CONV_LIBRARY is None, reason=f"fast conv unavailable: {FAST_CONV_UNAVAILABLE}")
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+@needs_fast
+@pytest.mark.parametrize("seed", range(6))
+def test_forward_and_backward_match_nn_conv2d_on_random_shapes(seed):
+    rng = np.random.default_rng(seed)
+    n, c, o = int(rng.integers(1, 4)), int(rng.choice([1, 3, 8, 64])), int(rng.choice([3, 16, 64, 256]))
+    h, w, k = int(rng.integers(5, 40)), int(rng.integers(5, 40)), int(rng.choice([1, 3, 5]))
+    ms.set_seed(seed)
+    fast = make_conv(c, o, k, kernel="fast")
+    assert isinstance(fast, FastConv2d)
+    x = ms.Tensor(rng.standard_normal((n, c, h, w)).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
+
+    def stock(x, weight, bias):  # MindSpore's own convolution with the same parameters
+        return ops.conv2d(x, weight, bias, pad_mode="pad", padding=k // 2)
+
+    def fast_fn(x, weight, bias):
+        return fast.conv2d(x, weight, bias)
+
+    assert _rel(stock(x, fast.weight, fast.bias).asnumpy(), fast(x).asnumpy()) <= 1e-5
+    grads = [ms.grad(lambda *a, f=f: (f(*a) * dy).sum(), grad_position=(0, 1, 2))(x, fast.weight, fast.bias)
+             for f in (stock, fast_fn)]
+    for name, ref, got in zip(("dx", "dw", "db"), *grads):
+        assert _rel(ref.asnumpy(), got.asnumpy()) <= 1e-5, name
+
+
+@needs_fast
+def test_same_parameters_and_same_losses_over_adam_steps():
+    arch = Architecture(scale=2, n_resblocks=2, n_feats=16)
+    ms.set_seed(7)
+    stock = build_model(arch, "stock")
+    ms.set_seed(7)
+    fast = build_model(arch, "fast")
+    names = [(p.name, p.shape) for p in stock.get_parameters()]
+    assert names == [(p.name, p.shape) for p in fast.get_parameters()]
+    assert all(np.array_equal(a.asnumpy(), b.asnumpy()) for a, b in zip(stock.get_parameters(), fast.get_parameters()))
+    rng = np.random.default_rng(0)
+    lr = ms.Tensor(rng.uniform(0, 255, (4, 3, 12, 12)).astype(np.float32))
+    hr = ms.Tensor(rng.uniform(0, 255, (4, 3, 24, 24)).astype(np.float32))
+    losses = {}
+    for name, model in (("stock", stock), ("fast", fast)):
+        opt = nn.Adam(model.trainable_params(), learning_rate=1e-3)
+        grad = ms.value_and_grad(lambda a, b, m=model: nn.L1Loss()(m(a), b), None, opt.parameters)
+        losses[name] = []
+        for _ in range(5):
+            loss, grads = grad(lr, hr)
+            opt(grads)
+            losses[name].append(float(loss.asnumpy()))
+    np.testing.assert_allclose(losses["fast"], losses["stock"], rtol=1e-5)
+    assert losses["fast"][-1] < losses["fast"][0]
+
+
+@needs_fast
+def test_graph_inference_equals_op_by_op_for_several_sizes():
+    ms.set_seed(3)
+    model = build_model(Architecture(scale=3, n_resblocks=2, n_feats=8))
+    model.set_train(False)
+    for h, w in ((9, 13), (16, 16), (9, 13)):
+        x = np.random.default_rng(h).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+        assert np.array_equal(forward_numpy(model, x), model(ms.Tensor(x)).asnumpy())
+    assert len(model.__dict__["_graphs_by_shape"]) == 2  # one graph per shape, reused
+
+
+@needs_fast
+def test_library_is_built_once_and_keyed_by_source(tmp_path, monkeypatch):
+    assert FAST_CONV_LIBRARY.parent.name == native.build_key()
+    mtime = FAST_CONV_LIBRARY.stat().st_mtime_ns
+    assert native.fast_conv_library() == (FAST_CONV_LIBRARY, None)
+    assert FAST_CONV_LIBRARY.stat().st_mtime_ns == mtime  # cached, not rebuilt
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built, reason = native.fast_conv_library()
+    assert reason is None and built.is_file() and str(built).startswith(str(tmp_path))
+
+
+def test_fallback_without_compiler_warns_once_and_matches():
+    code = """
+import json, warnings, numpy as np
+warnings.simplefilter("default")
+import edsr_lib, mindspore as ms, os
+from edsr_lib.runtime import setup_device, FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE
+setup_device("CPU")
+from edsr_lib.model import Architecture, build_model
+ms.set_seed(11)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("default")
+    model = build_model(Architecture(scale=2, n_resblocks=2, n_feats=8))
+x = np.random.default_rng(0).uniform(0, 255, (1, 3, 10, 12)).astype(np.float32)
+print(json.dumps({"library": str(FAST_CONV_LIBRARY), "reason": FAST_CONV_UNAVAILABLE, "isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                  "warnings": [str(w.message) for w in caught], "kinds": sorted({type(c).__name__ for _, c in model.cells_and_names()}),
+                  "out": model(ms.Tensor(x)).asnumpy().ravel()[:50].tolist()}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, "CXX": "/nonexistent/c++"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["library"] == "None" and "no C++ compiler" in info["reason"] and info["isa"] == "AVX2"
+    assert len(info["warnings"]) == 1 and "fast CPU convolution unavailable" in info["warnings"][0]
+    assert "Conv2d" in info["kinds"] and "FastConv2d" not in info["kinds"]
+    if FAST_CONV_LIBRARY is not None:  # the fast path computes the same network
+        ms.set_seed(11)
+        model = build_model(Architecture(scale=2, n_resblocks=2, n_feats=8), "fast")
+        x = np.random.default_rng(0).uniform(0, 255, (1, 3, 10, 12)).astype(np.float32)
+        ours = model(ms.Tensor(x)).asnumpy().ravel()[:50]
+        assert _rel(np.array(info["out"]), ours) <= 1e-5
