@@ -5,6 +5,7 @@
 # Results: outputs/demo/ (executed notebooks, figures, checkpoints, metrics.json). Extra -p NAME VALUE pairs are
 # passed to the notebooks (e.g. -p epochs 4 for a quicker look).
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+# The demo is the laptop path: CPU even on an Ascend host (set DEVICE_TARGET to override).
 export DEVICE_TARGET="${DEVICE_TARGET:-CPU}"
 rm -rf outputs/demo
 "$VENV_PY" -m edsr_lib.launch standalone sample --output-dir outputs/demo "$@"
