@@ -3,11 +3,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .imresize import imresize
 from .images import atomic_write, write_image
 from .metrics import protocol_for, psnr, quantize, ssim
+from .progress import progress_bar
 
 
 # Published EDSR (paper model) PSNR/SSIM on the Y channel (Lim et al. 2017, Table 3), and EDSR-PyTorch's README
@@ -38,6 +38,7 @@ def bicubic_upscale(lr, scale):
 def evaluate(dataset, model=None, protocol=None, self_ensemble=False, tile=None, save_dir=None, progress=True):
     """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset`.
 
+    progress: True/False, or a mode of `progress.progress_bar` (auto, text, none).
     Returns {"dataset", "scale", "method", "protocol", "psnr", "ssim", "per_image": [{"name", "psnr", "ssim"}]}.
     """
     from .inference import upscale
@@ -45,8 +46,8 @@ def evaluate(dataset, model=None, protocol=None, self_ensemble=False, tile=None,
     scale = dataset.scale
     protocol = protocol or protocol_for(dataset.name, scale)
     rows = []
-    for i in tqdm(range(len(dataset)), desc=f"eval {dataset.name} x{scale}", unit="img", disable=not progress,
-                  leave=False):
+    mode = progress if isinstance(progress, str) else ("auto" if progress else "none")
+    for i in progress_bar(range(len(dataset)), f"eval {dataset.name} x{scale}", mode, unit="img", leave=False):
         lr, hr = dataset.pair(i)
         lr, hr = np.asarray(lr), np.asarray(hr)
         if model is None:
