@@ -8,7 +8,7 @@ from PIL import Image
 
 from edsr_lib import Architecture, build_model, read_image, save_checkpoint, upscale
 from edsr_lib.inference import forward_tiled
-from edsr_lib.model import load_state, state_dict
+from edsr_lib.model import load_state
 from conftest import run_cli
 from reference import published_forward, quantise, random_published_weights
 

@@ -32,7 +32,7 @@ def test_comparison_explorer_redraws_for_each_image_and_crop():
     dataset = SampleImages(2, "test")
     comparison = widgets.Comparison(dataset, {"EDSR": model}, protocol_for("sample", 2))
     explorer = widgets.comparison_explorer(comparison, size=32)
-    (image, crop), (y, x) = explorer.children[0].children, explorer.children[1].children
+    (image, crop), (_, x) = explorer.children[0].children, explorer.children[1].children
     hr, images, scores = comparison.outputs(0)
     assert set(images) == {"bicubic", "EDSR"} and set(scores) == {"bicubic", "EDSR"}
     image.value = 2
