@@ -4,7 +4,6 @@ Parameter names mirror the published state-dict keys (`head.0.weight`, `body.3.b
 ...), so a published checkpoint maps one to one. Input and output are float NCHW on the [0, rgb_range] scale.
 """
 import math
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -192,42 +191,6 @@ def load_state(model, weights, skip_mismatched_tail=False):
     return sorted(skipped)
 
 
-class _StaticGraph(nn.Cell):
-    """`net` compiled as one MindSpore graph for one input shape."""
-
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)  # keep the network's parameter names
-        self.net = net
-
-    @ms.jit
-    def construct(self, x):
-        return self.net(x)
-
-
-GRAPHS_PER_MODEL = 8
-
-
-def _uses_fast_conv(model):
-    from .conv import FastConv2d
-
-    return any(isinstance(cell, FastConv2d) for _, cell in model.cells_and_names())
-
-
 def forward_numpy(model, x_nchw):
-    """Run the network on a float32 NCHW numpy batch and return numpy (no gradient).
-
-    With the kit's CPU convolution the network runs as a compiled graph, one per input shape (the last
-    GRAPHS_PER_MODEL shapes are kept): op-by-op execution leaves MindSpore's runtime threads spinning next to the
-    convolution's own threads, which costs up to 2x on a 2-core machine.
-    """
-    x = Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))
-    if not _uses_fast_conv(model):
-        return model(x).asnumpy()
-    graphs = model.__dict__.setdefault("_graphs_by_shape", OrderedDict())
-    key = tuple(x.shape)
-    if key not in graphs:
-        graphs[key] = _StaticGraph(model)
-        while len(graphs) > GRAPHS_PER_MODEL:
-            graphs.popitem(last=False)
-    graphs.move_to_end(key)
-    return graphs[key](x).asnumpy()
+    """Run the network on a float32 NCHW numpy batch and return numpy (no gradient)."""
+    return model(Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))).asnumpy()

@@ -166,8 +166,12 @@ def convert(src, dst, res_scale=None):
     return arch
 
 
-def load_model(path, res_scale=None, conv_kernel="auto"):
-    """The ready network (inference mode) from any supported checkpoint (conv_kernel: see model.build_model)."""
+def load_model(path, res_scale=None, conv_kernel="stock"):
+    """The ready network (inference mode) from any supported checkpoint.
+
+    Inference uses MindSpore's Conv2d by default: run op by op, the kit's CPU convolution competes with MindSpore's
+    spinning runtime threads and measured anywhere from 1.2x faster to 1.6x slower (docs/benchmarks.md); in
+    training it is 1.5x faster. Pass conv_kernel="auto" or "fast" to choose it (see model.build_model)."""
     from .runtime import current_device
 
     current_device()

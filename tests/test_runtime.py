@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from edsr_lib.errors import KitError
-from edsr_lib.runtime import FAST_CONV_LIBRARY, resolve_device
+from edsr_lib.runtime import resolve_device
 
 
 def test_device_override_and_default(monkeypatch):
@@ -22,11 +22,10 @@ def test_environment_set_before_mindspore_and_warning_when_too_late():
     code = "import os, edsr_lib; print(os.environ['MS_DEV_HOST_BLOCKING_RUN'], os.environ.get('ONEDNN_MAX_CPU_ISA'))"
     env = {k: v for k, v in os.environ.items() if k not in ("MS_DEV_HOST_BLOCKING_RUN", "ONEDNN_MAX_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    # the ISA cap is the fallback for MindSpore's own Conv2d only: with the kit's convolution oneDNN keeps its ISA
-    assert out.stdout.split() == ["1", "None" if FAST_CONV_LIBRARY else "AVX2"]
-    fallback = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              env={**env, "CXX": "/nonexistent/c++"})
-    assert fallback.stdout.split() == ["1", "AVX2"]
+    assert out.stdout.split() == ["1", "AVX2"]
+    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    assert kept.stdout.split() == ["1", "AVX512_CORE"]  # a value the user exported wins
     late = subprocess.run([sys.executable, "-W", "always", "-c", "import mindspore, edsr_lib"], capture_output=True,
                           text=True, env=env)
     assert "imported before edsr_lib" in late.stderr

@@ -146,7 +146,7 @@ struct Operand {
   dnnl_memory_desc_t user_md = nullptr, prim_md = nullptr;
   dnnl_memory_t user = nullptr, prim = nullptr;
   dnnl_primitive_t reorder = nullptr;  // user -> prim for inputs, prim -> user for outputs; null if same layout
-  std::vector<float> buffer;
+  size_t prim_bytes = 0;                // scratch for the primitive's layout, allocated per call (not kept)
 };
 
 enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
@@ -170,8 +170,8 @@ Operand *MakeOperand(Runtime *rt, dnnl_memory_desc_t user_md, const_dnnl_memory_
   CHECK(dnnl_memory_desc_clone(&op->prim_md, chosen));
   CHECK(dnnl_memory_create(&op->user, op->user_md, rt->engine, DNNL_MEMORY_NONE));
   if (dnnl_memory_desc_equal(op->user_md, op->prim_md)) return op;
-  op->buffer.resize(dnnl_memory_desc_get_size(op->prim_md) / sizeof(float) + 16);
-  CHECK(dnnl_memory_create(&op->prim, op->prim_md, rt->engine, op->buffer.data()));
+  op->prim_bytes = dnnl_memory_desc_get_size(op->prim_md);
+  CHECK(dnnl_memory_create(&op->prim, op->prim_md, rt->engine, DNNL_MEMORY_NONE));
   dnnl_primitive_desc_t rpd = nullptr;
   if (output) {
     CHECK(dnnl_reorder_primitive_desc_create(&rpd, op->prim_md, rt->engine, op->user_md, rt->engine, nullptr));
@@ -235,7 +235,7 @@ Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
 }
 
 // Plans are kept per (kind, shape); a bounded cache, since every image size in inference is a new shape.
-constexpr size_t kMaxPlans = 96;
+constexpr size_t kMaxPlans = 32;
 std::mutex plans_mutex;  // one convolution at a time: each runs on all cores already
 std::map<std::array<int64_t, 7>, std::unique_ptr<Plan>> plans;
 
@@ -252,9 +252,16 @@ int Run(Kind kind, const std::array<int64_t, 6> &shape, const std::vector<void *
   Plan &plan = *found->second;
   Runtime *rt = GetRuntime();
   std::vector<dnnl_exec_arg_t> args;
+  // Layout scratch lives only for this call: kept per plan it grew to gigabytes over the tile shapes of a large
+  // image (paper model, 256-1024 channels).
+  std::vector<std::unique_ptr<float[]>> scratch;
   for (size_t i = 0; i < plan.operands.size(); ++i) {
     Operand &op = *plan.operands[i];
     dnnl_memory_set_data_handle(op.user, buffers[i]);
+    if (op.reorder) {
+      scratch.emplace_back(new float[op.prim_bytes / sizeof(float) + 16]);
+      dnnl_memory_set_data_handle(op.prim, scratch.back().get());
+    }
     if (op.reorder && !plan.is_output[i]) {
       dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, op.user}, {DNNL_ARG_TO, op.prim}};
       if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return 2;
