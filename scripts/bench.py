@@ -194,7 +194,7 @@ def bench_networks(quick):
 
 def bench_memory():
     setup_device("CPU")
-    model = build_model(Architecture.from_preset("paper", 4))
+    model = build_model(Architecture.from_preset("paper", 4), conv_kernel="stock")  # what load_model gives
     model.set_train(False)
     x = np.random.default_rng(0).uniform(0, 255, (1, 3, 339, 510)).astype(np.float32)
     t = time.perf_counter()
