@@ -95,8 +95,9 @@ def run_standalone(train_data, output_dir, parameters=None, log=print):
     shared = {k: params[k] for k in ("data_test", "dir_data", "data_range", "progress") if k in params}
     execute_notebook(EVALUATE, output_dir / EVALUATE,
                      {**shared, "checkpoint": checkpoint, "output_dir": str(output_dir / "evaluate")}, log)
-    execute_notebook(COMPARE, output_dir / COMPARE,
-                     {**shared, "checkpoint": checkpoint, "output_dir": str(output_dir / "compare")}, log)
+    # No widgets headless: nothing would show them, and executing widget cells can hang nbclient (jupyter/nbclient#312).
+    execute_notebook(COMPARE, output_dir / COMPARE, {**shared, "checkpoint": checkpoint, "interactive": False,
+                                                     "output_dir": str(output_dir / "compare")}, log)
     train, evaluation = _read_metrics(output_dir / "train" / "metrics.json"), _read_metrics(
         output_dir / "evaluate" / "metrics.json")
     summary = {"psnr": evaluation["psnr"], "psnr_bicubic": evaluation["psnr_bicubic"], "ssim": evaluation["ssim"],
