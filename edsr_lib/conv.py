@@ -54,7 +54,6 @@ class FastConv2d(nn.Cell):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
-        self.kernel_size = conv.kernel_size
         self.conv2d = _fast_kernels().forward
 
     def construct(self, x):

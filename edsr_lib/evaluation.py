@@ -46,8 +46,7 @@ def evaluate(dataset, model=None, protocol=None, self_ensemble=False, tile=None,
     scale = dataset.scale
     protocol = protocol or protocol_for(dataset.name, scale)
     rows = []
-    mode = progress if isinstance(progress, str) else ("auto" if progress else "none")
-    for i in progress_bar(range(len(dataset)), f"eval {dataset.name} x{scale}", mode, unit="img", leave=False):
+    for i in progress_bar(range(len(dataset)), f"eval {dataset.name} x{scale}", progress, unit="img", leave=False):
         lr, hr = dataset.pair(i)
         lr, hr = np.asarray(lr), np.asarray(hr)
         if model is None:
@@ -77,4 +76,4 @@ def format_table(result):
 
 
 def write_json(path, payload):
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))

@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import nn
 
 from .errors import KitError
-from .images import atomic_write
+from .evaluation import write_json
 from .inference import forward_tiled
 from .model import Architecture
 from .runtime import current_device
@@ -82,7 +82,7 @@ def export_model(checkpoint, file_format, output, input_size=None, batch_size=1,
     meta = {"format": file_format, "architecture": arch.to_dict(), "batch_size": batch_size,
             "input_size": list(input_size) if input_size else None, "input": "float32 NCHW RGB, 0-255",
             "output": "float32 NCHW RGB, 0-255, unclamped", "checkpoint": str(checkpoint)}
-    atomic_write(sidecar_path(output), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    write_json(sidecar_path(output), meta)
     return output, meta
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import KitError
+from .evaluation import write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 TRAIN, EVALUATE, COMPARE = "02_train.ipynb", "03_evaluate.ipynb", "04_visual_comparison.ipynb"
@@ -104,8 +105,6 @@ def run_standalone(train_data, output_dir, parameters=None, log=print):
                "ssim_bicubic": evaluation["ssim_bicubic"], "dataset": evaluation["dataset"],
                "scale": evaluation["scale"], "checkpoint": checkpoint, "final_loss": train["final_loss"],
                "epochs": train["epochs"], "per_image": evaluation["per_image"]}
-    from .evaluation import write_json
-
     write_json(output_dir / "metrics.json", summary)
     return summary
 

@@ -7,7 +7,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .conv import make_conv

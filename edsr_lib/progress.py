@@ -8,7 +8,9 @@ TEXT_INTERVAL_SECONDS = 30.0
 
 def progress_bar(total=None, desc="", mode="auto", **kwargs):
     """tqdm bar for `mode`: auto = widget bar in Jupyter, terminal bar otherwise; text = plain, throttled lines
-    (what papermill runs pass); none = silent. `total` may also be an iterable to wrap."""
+    (what papermill runs pass); none = silent; True/False mean auto/none. `total` may also be an iterable to wrap."""
+    if isinstance(mode, bool):
+        mode = "auto" if mode else "none"
     if mode not in PROGRESS_MODES:
         raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
     iterable, total = (None, total) if total is None or isinstance(total, int) else (total, None)

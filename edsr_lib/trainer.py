@@ -18,7 +18,7 @@ from mindspore import nn, ops
 
 from .data import open_dataset
 from .errors import KitError
-from .evaluation import evaluate
+from .evaluation import evaluate, write_json
 from .figures import plot_history, save_figure
 from .images import atomic_write
 from .metrics import protocol_for
@@ -26,7 +26,7 @@ from .model import build_model, count_parameters, load_state
 from .options import Options
 from .pipeline import PatchSource, train_dataset
 from .progress import progress_bar
-from .runtime import init_distributed
+from .runtime import current_device, init_distributed
 from .weights import init_from_checkpoint, read_checkpoint, save_checkpoint
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -84,10 +84,9 @@ def versions():
 
 class Trainer:
     def __init__(self, opts: Options, log=print, progress="auto"):
-        self.opts, self.log = opts, log
-        self.progress = progress if isinstance(progress, str) else ("auto" if progress else "none")
+        self.opts, self.log, self.progress = opts, log, progress
         self.rank, self.world = init_distributed(opts.device_target)
-        self.device = opts.device_target or ms.get_context("device_target")
+        self.device = current_device()
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
         self.model = build_model(opts.architecture(), conv_kernel="auto" if opts.amp_level == "O0" else "stock")
@@ -280,9 +279,7 @@ class Trainer:
         record = {"options": self.opts.to_dict(), "versions": versions(), "device": self.device,
                   "world_size": self.world, "summary": self.summary(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        path = self.ckpt_dir / "run.json"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=str) + "\n"))
-        return path
+        return write_json(self.ckpt_dir / "run.json", record)
 
     def write_curves(self):
         """history.csv and curves.png in the run folder (rewritten every epoch, so a kill keeps them)."""
