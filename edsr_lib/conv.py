@@ -1,9 +1,10 @@
 """The network's convolution layer, kept in one swappable place.
 
-Every 3x3 convolution in the model is made by `make_conv`. On CPU, for training, it is a oneDNN kernel of our own
-(`csrc/onednn_conv.cpp`, built by `native.py`) with its own backward pass: a training step is 1.5x faster than with
-MindSpore's stock CPU Conv2d. On Ascend and GPU, for inference (see `weights.load_model`), and wherever that kernel
-cannot be built, it is the stock `nn.Conv2d`.
+Every 3x3 convolution in the model is made by `make_conv`. On CPU it is a oneDNN kernel of our own
+(`csrc/onednn_conv.cpp`, built by `native.py`) with its own backward pass, run inside MindSpore graphs with dynamic
+shapes (`model.EDSR.forward_array`, `trainer.GradientGraph`): within 1.1x of PyTorch on the same CPU, where
+MindSpore's stock CPU Conv2d is 1.5-2x slower (docs/benchmarks.md). On Ascend and GPU, in exports, and wherever that
+kernel cannot be built, it is the stock `nn.Conv2d`.
 Parameters are always named, shaped and initialised as `nn.Conv2d` (`weight` [out, in, k, k], `bias`), so
 checkpoints are interchangeable whatever kernel runs.
 """
@@ -11,6 +12,7 @@ import functools
 import warnings
 
 from mindspore import nn, ops
+from mindspore.ops import CustomRegOp, DataType
 
 from .errors import KitError
 from .runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE, current_device
@@ -18,23 +20,36 @@ from .runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE, current_device
 CONV_KERNELS = ("auto", "fast", "stock")
 
 
+def _registration(name, inputs, outputs):
+    """CPU float32 registration. Naming the op this way is what lets MindSpore find the C++ `<func>InferShape`
+    functions, which dynamic-shape graphs need (a Python out_shape cannot be re-run once shapes are known)."""
+    info = CustomRegOp(name)
+    for index, input_name in enumerate(inputs):
+        info = info.input(index, input_name)
+    for index, output_name in enumerate(outputs):
+        info = info.output(index, output_name)
+    return info.dtype_format(*[DataType.F32_Default] * (len(inputs) + len(outputs))).target("CPU").get_op_info()
+
+
 class _FastKernels:
-    """The three AOT entry points as MindSpore Custom ops; the forward op carries the backward as its bprop."""
+    """The three AOT entry points as MindSpore Custom ops; the forward op carries the backward as its bprop.
+    out_shape=None: output shapes come from the library's C++ infer functions."""
 
     def __init__(self, library):
-        self.backward_data = ops.Custom(f"{library}:ConvBackwardData",
-                                        out_shape=lambda dy, w: [dy[0], w[1], dy[2], dy[3]],
-                                        out_dtype=lambda dy, w: dy, func_type="aot")
-        self.backward_weights = ops.Custom(f"{library}:ConvBackwardWeights",
-                                           out_shape=lambda x, dy, w: (list(w), [w[0]]),
-                                           out_dtype=lambda x, dy, w: (x, x), func_type="aot")
+        self.backward_data = ops.Custom(
+            f"{library}:ConvBackwardData", out_shape=None, out_dtype=lambda dy, w: dy, func_type="aot",
+            reg_info=_registration("edsr_conv_backward_data", ["dy", "w"], ["dx"]))
+        self.backward_weights = ops.Custom(
+            f"{library}:ConvBackwardWeights", out_shape=None, out_dtype=lambda x, dy, w: (x, x), func_type="aot",
+            reg_info=_registration("edsr_conv_backward_weights", ["x", "dy", "w"], ["dw", "db"]))
 
         def bprop(x, w, b, out, dout):
             dw, db = self.backward_weights(x, dout, w)
             return self.backward_data(dout, w), dw, db
 
-        self.forward = ops.Custom(f"{library}:ConvForward", out_shape=lambda x, w, b: [x[0], w[0], x[2], x[3]],
-                                  out_dtype=lambda x, w, b: x, func_type="aot", bprop=bprop)
+        self.forward = ops.Custom(
+            f"{library}:ConvForward", out_shape=None, out_dtype=lambda x, w, b: x, func_type="aot", bprop=bprop,
+            reg_info=_registration("edsr_conv_forward", ["x", "w", "b"], ["y"]))
 
 
 @functools.lru_cache(maxsize=1)

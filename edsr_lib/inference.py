@@ -11,19 +11,15 @@ from tqdm.auto import tqdm
 
 from .errors import KitError
 from .images import list_images, read_image, write_image
-from .model import forward_numpy
-
-
-def _forward(model, x):
-    # Exported models (export.ExportedModel) bring their own runner; networks go through MindSpore.
-    return model.forward_array(x) if hasattr(model, "forward_array") else forward_numpy(model, x)
 
 
 def forward_tiled(model, x, tile=None):
-    """Network output for a float32 1xCxHxW array on the [0, rgb_range] scale, computed tile by tile."""
+    """Network output for a float32 1xCxHxW array on the [0, rgb_range] scale, computed tile by tile.
+
+    `model` is a network (`model.EDSR`) or an exported one (`export.ExportedModel`): both have `forward_array`."""
     _, _, height, width = x.shape
     if not tile or (tile >= height and tile >= width):
-        return _forward(model, x)
+        return model.forward_array(x)
     if tile < 1:
         raise KitError(f"tile must be a positive number of LR pixels, got {tile}")
     scale, margin = model.arch.scale, model.arch.receptive_radius
@@ -33,7 +29,7 @@ def forward_tiled(model, x, tile=None):
             bottom, right = min(top + tile, height), min(left + tile, width)
             in_top, in_left = max(0, top - margin), max(0, left - margin)
             patch = x[:, :, in_top : min(height, bottom + margin), in_left : min(width, right + margin)]
-            sr = _forward(model, patch)
+            sr = model.forward_array(patch)
             oy, ox = (top - in_top) * scale, (left - in_left) * scale
             out[:, :, top * scale : bottom * scale, left * scale : right * scale] = sr[
                 :, :, oy : oy + (bottom - top) * scale, ox : ox + (right - left) * scale

@@ -6,6 +6,7 @@ Parameter names mirror the published state-dict keys (`head.0.weight`, `body.3.b
 import math
 from dataclasses import asdict, dataclass
 
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
@@ -89,10 +90,11 @@ class MeanShift(nn.Cell):
         self.bias = Parameter(Tensor(bias), name="bias", requires_grad=False)
 
     def construct(self, x):
-        x = x.astype(self.weight.dtype)  # under mixed precision the tail hands over float16; keep the output float32
+        # Always float32: under mixed precision the tail hands over float16, and graph-mode O2 casts parameters.
+        x = x.astype(ms.float32)
         n, c, h, w = x.shape
-        y = ops.matmul(self.weight.reshape(c, c), x.reshape(n, c, h * w))
-        return y.reshape(n, c, h, w) + self.bias.reshape(1, c, 1, 1)
+        y = ops.matmul(self.weight.astype(ms.float32).reshape(c, c), x.reshape(n, c, h * w))
+        return y.reshape(n, c, h, w) + self.bias.astype(ms.float32).reshape(1, c, 1, 1)
 
 
 class ResBlock(nn.Cell):
@@ -132,11 +134,36 @@ class EDSR(nn.Cell):
         self.tail = nn.SequentialCell([_upsampler(arch.scale, arch.n_feats, k),
                                        make_conv(arch.n_feats, arch.n_colors, kernel=k)])
         self.add_mean = MeanShift(arch.rgb_range, +1, arch.n_colors)
+        self._graph = None
 
     def construct(self, x):
         x = self.head(self.sub_mean(x))
         res = self.body(x) + x
         return self.add_mean(self.tail(res))
+
+    def forward_array(self, x_nchw):
+        """Output for a float32 NCHW numpy batch, as numpy (no gradient).
+
+        Runs as one MindSpore graph, compiled at the first call with the batch, height and width left dynamic, so
+        every later size reuses it: graphs compiled per size are never freed by MindSpore 2.10 (+60 MB each), and op
+        by op the kit's CPU convolution competes with MindSpore's spinning runtime threads. `MS_JIT=0` in the
+        environment (MindSpore's own switch) runs it op by op, for debugging.
+        """
+        if self._graph is None:
+            self._graph = ms.jit(_DynamicShapeGraph(self))
+        return self._graph(Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))).asnumpy()
+
+
+class _DynamicShapeGraph(nn.Cell):
+    """The network with its input declared [any batch, n_colors, any height, any width] for graph compilation."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.set_inputs(Tensor(shape=[None, net.arch.n_colors, None, None], dtype=ms.float32))
+
+    def construct(self, x):
+        return self.net(x)
 
 
 def build_model(arch: Architecture, conv_kernel="auto"):
@@ -188,8 +215,3 @@ def load_state(model, weights, skip_mismatched_tail=False):
         if name not in skipped:
             param.set_data(Tensor(np.ascontiguousarray(weights[name], dtype=np.float32)))
     return sorted(skipped)
-
-
-def forward_numpy(model, x_nchw):
-    """Run the network on a float32 NCHW numpy batch and return numpy (no gradient)."""
-    return model(Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))).asnumpy()

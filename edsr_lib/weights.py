@@ -166,12 +166,9 @@ def convert(src, dst, res_scale=None):
     return arch
 
 
-def load_model(path, res_scale=None, conv_kernel="stock"):
-    """The ready network (inference mode) from any supported checkpoint.
-
-    Inference uses MindSpore's Conv2d by default: run op by op, the kit's CPU convolution competes with MindSpore's
-    spinning runtime threads and measured anywhere from 1.2x faster to 1.6x slower (docs/benchmarks.md); in
-    training it is 1.5x faster. Pass conv_kernel="auto" or "fast" to choose it (see model.build_model)."""
+def load_model(path, res_scale=None, conv_kernel="auto"):
+    """The ready network (inference mode) from any supported checkpoint; run it with `model.forward_array` or
+    `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock")."""
     from .runtime import current_device
 
     current_device()

@@ -1,7 +1,7 @@
 """Measure the kit's speed on this machine and print ratios against references measured in the same run.
 
     .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step
-    .venv/bin/python scripts/bench.py --memory        # + tiled paper-x4 inference on a 2040x1356 output (slow)
+    .venv/bin/python scripts/bench.py --memory        # + peak memory of tiled paper-x4 inference (slow)
     .venv/bin/python scripts/bench.py --quick         # fewer sizes
 
 Network timings compare the kit's CPU convolution ("fast") with MindSpore's stock Conv2d ("stock"), and with PyTorch
@@ -9,8 +9,12 @@ running the same network on the same CPU when torch is importable (pip install -
 first and PyTorch last, so PyTorch's OpenMP threads cannot steal cycles from the MindSpore runs.
 """
 import argparse
+import importlib.util
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -76,13 +80,20 @@ def ms_inference_times(cases):
 
 
 def ms_train_step_time(kernel, batch=16, lr_size=48, steps=3):
+    """One Adam step as the Trainer runs it: loss and gradients in a dynamic-shape graph, then the optimizer."""
     import mindspore as ms
     from mindspore import nn
+
+    from edsr_lib.trainer import GradientGraph
 
     model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=kernel)
     optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
     loss_fn = nn.L1Loss()
-    grad = ms.value_and_grad(lambda lr, hr: loss_fn(model(lr), hr), None, optimizer.parameters)
+
+    def loss_of(lr, hr):
+        return loss_fn(model(lr), hr)
+
+    grad = ms.jit(GradientGraph(ms.value_and_grad(loss_of, None, optimizer.parameters), 3))
     rng = np.random.default_rng(0)
     lr = ms.Tensor(rng.uniform(0, 255, (batch, 3, lr_size, lr_size)).astype(np.float32))
     hr = ms.Tensor(rng.uniform(0, 255, (batch, 3, 2 * lr_size, 2 * lr_size)).astype(np.float32))
@@ -93,6 +104,28 @@ def ms_train_step_time(kernel, batch=16, lr_size=48, steps=3):
         loss.asnumpy()
 
     return best_of(step, repeat=steps)
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def ms_new_sizes(sizes):
+    """Baseline x2 on a series of sizes never seen before: time per call and resident memory growth. One dynamic
+    graph serves them all (a graph per size cost ~60 MB each and was never freed)."""
+    model = build_model(Architecture.from_preset("baseline", 2))
+    model.set_train(False)
+    t = time.perf_counter()
+    model.forward_array(np.zeros((1, 3, 40, 40), np.float32))
+    compile_s = time.perf_counter() - t
+    before, times = rss_mb(), []
+    for h, w in sizes:
+        x = np.random.default_rng(h * w).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+        t = time.perf_counter()
+        model.forward_array(x)
+        times.append(time.perf_counter() - t)
+    return compile_s, sum(times), (rss_mb() - before) / len(sizes)
 
 
 # ---- PyTorch reference: the same network ---------------------------------------------------------------------
@@ -131,7 +164,7 @@ def torch_edsr(preset, scale):
     return Net()
 
 
-def torch_times(cases, train):
+def torch_times(cases, new_sizes, train):
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -145,6 +178,15 @@ def torch_times(cases, train):
                 net(x)
 
         times[(preset, scale, size, "torch")] = best_of(run, repeat=2)
+    net = torch_edsr("baseline", 2).eval()
+    total = 0.0
+    for h, w in new_sizes:
+        x = torch.from_numpy(np.random.default_rng(h * w).uniform(0, 255, (1, 3, h, w)).astype(np.float32))
+        t = time.perf_counter()
+        with torch.no_grad():
+            net(x)
+        total += time.perf_counter() - t
+    times["new sizes"] = total
     if train:
         net = torch_edsr("baseline", 2).train()
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -166,12 +208,14 @@ def bench_networks(quick):
     setup_device("CPU")
     cases = [("baseline", 2, 48), ("baseline", 2, 96)] + ([] if quick else [("baseline", 2, 192), ("baseline", 4, 96),
                                                                             ("paper", 2, 48)])
+    new_sizes = [tuple(int(v) for v in hw) for hw in np.random.default_rng(1).integers(40, 120, (12, 2))]
     ms_times = ms_inference_times(cases)
+    compile_s, ms_new, growth = ms_new_sizes(new_sizes)
     train = {k: ms_train_step_time(k) for k in ("stock", "fast") if k == "stock" or FAST_CONV_LIBRARY}
     try:
         import torch  # noqa: F401
 
-        pt = torch_times(cases, train=True)
+        pt = torch_times(cases, new_sizes, train=True)
     except ImportError:
         pt = {}
         print("(torch not installed: ratios against stock MindSpore only; pip install -e '.[bench]')")
@@ -184,6 +228,11 @@ def bench_networks(quick):
         ratio = f"{fast / torch_t:>11.2f}x" if fast and torch_t else f"{'-':>12}"
         speedup = f"{stock / fast:>11.2f}x" if fast else f"{'-':>12}"
         print(f"{f'{preset} x{scale} {size}x{size}':<28}" + "".join(cells) + ratio + speedup)
+    line = (f"baseline x2 on {len(new_sizes)} new sizes (40-119 px): {ms_new * 1000:.0f} ms in all after a "
+            f"{compile_s:.1f} s first compile, RSS +{growth:.2f} MB per new size")
+    if "new sizes" in pt:
+        line += f"; torch {pt['new sizes'] * 1000:.0f} ms, ratio {ms_new / pt['new sizes']:.2f}x"
+    print(line)
     line = "train step baseline x2, batch 16, LR 48: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in train.items())
     if "train" in pt:
         line += f", torch {pt['train'] * 1000:.0f} ms"
@@ -192,23 +241,76 @@ def bench_networks(quick):
     print(line)
 
 
-def bench_memory():
-    setup_device("CPU")
-    model = build_model(Architecture.from_preset("paper", 4), conv_kernel="stock")  # what load_model gives
-    model.set_train(False)
-    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 339, 510)).astype(np.float32)
+# Tiled inference of the paper x4 model on a quarter of a DIV2K image (output 1020x680), 128-pixel tiles.
+MEMORY_CASE = ("paper", 4, (170, 255), 128)
+
+
+class TorchNetwork:
+    """PyTorch's network behind the interface `forward_tiled` expects, so both engines tile identically."""
+
+    def __init__(self, preset, scale):
+        self.net = torch_edsr(preset, scale).eval()
+        self.arch = Architecture.from_preset(preset, scale)
+
+    def forward_array(self, x):
+        import torch
+
+        with torch.no_grad():
+            return self.net(torch.from_numpy(x)).numpy()
+
+
+def memory_worker(engine):
+    """Run MEMORY_CASE in this (fresh) process and print one JSON line: seconds, peak RSS and RSS after set-up."""
+    preset, scale, (h, w), tile = MEMORY_CASE
+    if engine == "torch":
+        import torch
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        model = TorchNetwork(preset, scale)
+    else:
+        setup_device("CPU")
+        model = build_model(Architecture.from_preset(preset, scale))  # the kit's default, as load_model gives
+        model.set_train(False)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+    start_mb = rss_mb()
     t = time.perf_counter()
-    out = forward_tiled(model, x, tile=256)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"paper x4, 510x339 -> {out.shape[3]}x{out.shape[2]}, tile 256: {time.perf_counter() - t:.0f} s, "
-          f"peak RSS {peak:.1f} GB")
+    forward_tiled(model, x, tile=tile)
+    seconds = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "start_mb": start_mb}))
+
+
+def bench_memory():
+    """Each engine in its own process, so each peak is its own."""
+    preset, scale, (h, w), tile = MEMORY_CASE
+    results = {}
+    for engine in ("mindspore", "torch"):
+        if engine == "torch" and importlib.util.find_spec("torch") is None:
+            continue
+        done = subprocess.run([sys.executable, __file__, "--memory-worker", engine], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"memory worker ({engine}) failed: {done.stderr.strip().splitlines()[-1:]}")
+        results[engine] = json.loads(done.stdout.strip().splitlines()[-1])
+    for engine, r in results.items():
+        print(f"tiled {preset} x{scale}, {w}x{h} -> {w * scale}x{h * scale}, tile {tile}, {engine}: "
+              f"{r['seconds']:.0f} s, peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['start_mb']:+.0f} MB over "
+              f"the {r['start_mb']:.0f} MB after set-up)")
+    if len(results) == 2:
+        ms_r, pt_r = results["mindspore"], results["torch"]
+        print(f"  mindspore/torch: time {ms_r['seconds'] / pt_r['seconds']:.2f}x, peak RSS "
+              f"{ms_r['peak_mb'] / pt_r['peak_mb']:.2f}x, growth "
+              f"{(ms_r['peak_mb'] - ms_r['start_mb']) / (pt_r['peak_mb'] - pt_r['start_mb']):.2f}x")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-worker", choices=("mindspore", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args.memory_worker)
+        raise SystemExit(0)
     with tempfile.TemporaryDirectory() as tmp:
         bench_imresize()
         bench_pipeline(tmp)

@@ -10,6 +10,8 @@
 //   ConvForward(x[N,C,H,W], w[O,C,K,K], b[O]) -> y[N,O,H,W]
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
 //   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
+// each with its `<name>InferShape`: MindSpore calls these C++ shape functions (not Python ones) when it runs a graph
+// whose N, H and W are only known at run time, so one compiled graph serves every image size.
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_threadpool.h>
 #include <oneapi/dnnl/dnnl_threadpool_iface.hpp>
@@ -304,6 +306,24 @@ int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes,
   if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsFloat32(dtypes[0])) return 10;
   const int64_t *x = shapes[0], *dy = shapes[1], *w = shapes[2];
   return Run(kBackwardWeights, {x[0], x[1], x[2], x[3], dy[1], w[2]}, {params[0], params[1], params[3], params[4]});
+}
+
+// Shape inference for dynamic-shape graphs. An unknown dimension is -1 and stays -1; an unknown rank is {-2}.
+std::vector<int64_t> ConvForwardInferShape(int *, int64_t **shapes, void *) {
+  const int64_t *x = shapes[0], *w = shapes[1];
+  if (x[0] == -2) return {-2};
+  return {x[0], w[0], x[2], x[3]};
+}
+
+std::vector<int64_t> ConvBackwardDataInferShape(int *, int64_t **shapes, void *) {
+  const int64_t *dy = shapes[0], *w = shapes[1];
+  if (dy[0] == -2) return {-2};
+  return {dy[0], w[1], dy[2], dy[3]};
+}
+
+std::vector<std::vector<int64_t>> ConvBackwardWeightsInferShape(int *, int64_t **shapes, void *) {
+  const int64_t *w = shapes[2];  // weights are never dynamic
+  return {{w[0], w[1], w[2], w[3]}, {w[0]}};
 }
 
 }  // extern "C"
