@@ -32,24 +32,36 @@ def _registration(name, inputs, outputs):
 
 
 class _FastKernels:
-    """The three AOT entry points as MindSpore Custom ops; the forward op carries the backward as its bprop.
+    """The library's entry points as MindSpore Custom ops, each forward op carrying its backward as its bprop.
     out_shape=None: output shapes come from the library's C++ infer functions."""
 
     def __init__(self, library):
-        self.backward_data = ops.Custom(
-            f"{library}:ConvBackwardData", out_shape=None, out_dtype=lambda dy, w: dy, func_type="aot",
-            reg_info=_registration("edsr_conv_backward_data", ["dy", "w"], ["dx"]))
-        self.backward_weights = ops.Custom(
-            f"{library}:ConvBackwardWeights", out_shape=None, out_dtype=lambda x, dy, w: (x, x), func_type="aot",
-            reg_info=_registration("edsr_conv_backward_weights", ["x", "dy", "w"], ["dw", "db"]))
+        def custom(function, inputs, outputs, out_dtype, bprop=None):
+            return ops.Custom(f"{library}:{function}", out_shape=None, out_dtype=out_dtype, func_type="aot",
+                              bprop=bprop, reg_info=_registration(f"edsr_{function}", inputs, outputs))
 
-        def bprop(x, w, b, out, dout):
-            dw, db = self.backward_weights(x, dout, w)
-            return self.backward_data(dout, w), dw, db
+        self.backward_data = custom("ConvBackwardData", ["dy", "w"], ["dx"], lambda dy, w: dy)
+        self.backward_weights = custom("ConvBackwardWeights", ["x", "dy", "w"], ["dw", "db"],
+                                       lambda x, dy, w: (x, x))
 
-        self.forward = ops.Custom(
-            f"{library}:ConvForward", out_shape=None, out_dtype=lambda x, w, b: x, func_type="aot", bprop=bprop,
-            reg_info=_registration("edsr_conv_forward", ["x", "w", "b"], ["y"]))
+        def conv_grads(x, w, dy):
+            dw, db = self.backward_weights(x, dy, w)
+            return self.backward_data(dy, w), dw, db
+
+        def forward_bprop(x, w, b, out, dout):
+            return conv_grads(x, w, dout)
+
+        def relu_bprop(x, w, b, out, dout):
+            return conv_grads(x, w, ops.select(out > 0, dout, ops.zeros_like(dout)))
+
+        def residual_bprop(x, w, b, skip, scale, out, dout):
+            dx, dw, db = conv_grads(x, w, dout * scale)
+            return dx, dw, db, dout, ops.zeros_like(scale)
+
+        self.forward = custom("ConvForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, forward_bprop)
+        self.forward_relu = custom("ConvReluForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, relu_bprop)
+        self.forward_residual = custom("ConvResidualForward", ["x", "w", "b", "skip", "scale"], ["y"],
+                                       lambda x, w, b, skip, scale: x, residual_bprop)
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,10 +81,20 @@ class FastConv2d(nn.Cell):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
-        self.conv2d = _fast_kernels().forward
+        kernels = _fast_kernels()
+        self.conv2d, self.conv2d_relu, self.conv2d_residual = (kernels.forward, kernels.forward_relu,
+                                                               kernels.forward_residual)
 
     def construct(self, x):
         return self.conv2d(x, self.weight, self.bias)
+
+    def relu(self, x):
+        """relu(conv(x)) in one op."""
+        return self.conv2d_relu(x, self.weight, self.bias)
+
+    def residual(self, x, skip, scale):
+        """conv(x) * scale + skip in one op; scale is a float32 tensor of one element."""
+        return self.conv2d_residual(x, self.weight, self.bias, skip, scale)
 
 
 def make_conv(in_channels, out_channels, kernel_size=3, kernel="auto"):

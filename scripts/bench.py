@@ -1,12 +1,14 @@
 """Measure the kit's speed on this machine and print ratios against references measured in the same run.
 
     .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step
-    .venv/bin/python scripts/bench.py --memory        # + peak memory of tiled paper-x4 inference (slow)
-    .venv/bin/python scripts/bench.py --quick         # fewer sizes
+    .venv/bin/python scripts/bench.py --quick         # fewer sizes, and one round instead of two
+    .venv/bin/python scripts/bench.py --memory        # + time and peak memory of tiled paper-x4 inference (slow)
 
-Network timings compare the kit's CPU convolution ("fast") with MindSpore's stock Conv2d ("stock"), and with PyTorch
-running the same network on the same CPU when torch is importable (pip install -e '.[bench]'). MindSpore is timed
-first and PyTorch last, so PyTorch's OpenMP threads cannot steal cycles from the MindSpore runs.
+Network timings compare three engines running the same network on the same CPU: the kit ("kit": MindSpore graphs
+with dynamic shapes and the kit's CPU convolution, what `load_model` and the Trainer use), MindSpore's stock Conv2d in
+the same graphs ("stock"), and PyTorch when torch is importable (pip install -e '.[bench]'). Each engine runs in a
+fresh process of its own, one after the other, so no engine's idle threads take cycles from another's.
+Times are the best of several runs after a warm-up (the first run compiles), over two rounds of all engines.
 """
 import argparse
 import importlib.util
@@ -26,7 +28,16 @@ from edsr_lib.data import ArrayCache, SampleImages
 from edsr_lib.imresize import imresize
 from edsr_lib.inference import forward_tiled
 from edsr_lib.pipeline import PatchSource
-from edsr_lib.runtime import FAST_CONV_LIBRARY, setup_device
+from edsr_lib.runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE, setup_device
+
+ENGINES = ("kit", "stock", "torch")
+FULL_CASES = [("baseline", 2, 48), ("baseline", 2, 96), ("baseline", 2, 192), ("baseline", 4, 96), ("paper", 2, 48)]
+QUICK_CASES = FULL_CASES[:2]
+# Sizes the networks have not seen: a graph per size would recompile (and, in MindSpore 2.10, keep ~60 MB) each time.
+NEW_SIZES = [tuple(int(v) for v in hw) for hw in np.random.default_rng(1).integers(40, 120, (12, 2))]
+TRAIN_BATCH, TRAIN_LR_SIZE = 16, 48
+# Tiled inference of the paper x4 model on a quarter of a DIV2K image (output 1020x680), 128-pixel tiles.
+MEMORY_CASE = ("paper", 4, (170, 255), 128)
 
 
 def best_of(fn, repeat=3):
@@ -37,6 +48,15 @@ def best_of(fn, repeat=3):
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def random_array(shape, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
 
 
 def bench_imresize():
@@ -59,83 +79,50 @@ def bench_pipeline(tmp):
           f"(50.75 ms, batch 16) needs {need:.0f}/s -> {per_s / need:.1f}x headroom per worker")
 
 
-def _mindspore_models(preset, scale):
-    models = {}
-    for kernel in ("stock", "fast"):  # stock first: nothing of the fast path running before it
-        if kernel == "fast" and FAST_CONV_LIBRARY is None:
-            continue
-        model = build_model(Architecture.from_preset(preset, scale), conv_kernel=kernel)
+# ---- the engines ---------------------------------------------------------------------------------------------
+
+class MindSporeEngine:
+    def __init__(self, kernel):
+        setup_device("CPU")
+        self.kernel = "auto" if kernel == "kit" else "stock"
+
+    def network(self, preset, scale):
+        model = build_model(Architecture.from_preset(preset, scale), conv_kernel=self.kernel)
         model.set_train(False)
-        models[kernel] = model
-    return models
+        return model  # has forward_array and arch, as forward_tiled expects
 
+    def train_step(self):
+        """One Adam step as the Trainer runs it: loss and gradients in a dynamic-shape graph, then the optimizer."""
+        import mindspore as ms
+        from mindspore import nn
 
-def ms_inference_times(cases):
-    times = {}
-    for preset, scale, size in cases:
-        x = np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32)
-        for kernel, model in _mindspore_models(preset, scale).items():
-            times[(preset, scale, size, kernel)] = best_of(lambda: forward_tiled(model, x), repeat=2)
-    return times
+        from edsr_lib.trainer import GradientGraph
 
+        model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=self.kernel)
+        optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
+        loss_fn = nn.L1Loss()
 
-def ms_train_step_time(kernel, batch=16, lr_size=48, steps=3):
-    """One Adam step as the Trainer runs it: loss and gradients in a dynamic-shape graph, then the optimizer."""
-    import mindspore as ms
-    from mindspore import nn
+        def loss_of(lr, hr):
+            return loss_fn(model(lr), hr)
 
-    from edsr_lib.trainer import GradientGraph
+        grad = ms.jit(GradientGraph(ms.value_and_grad(loss_of, None, optimizer.parameters), 3))
+        lr = ms.Tensor(random_array((TRAIN_BATCH, 3, TRAIN_LR_SIZE, TRAIN_LR_SIZE)))
+        hr = ms.Tensor(random_array((TRAIN_BATCH, 3, 2 * TRAIN_LR_SIZE, 2 * TRAIN_LR_SIZE), seed=1))
 
-    model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=kernel)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    loss_fn = nn.L1Loss()
+        def step():
+            loss, grads = grad(lr, hr)
+            optimizer(grads)
+            loss.asnumpy()
 
-    def loss_of(lr, hr):
-        return loss_fn(model(lr), hr)
+        return step
 
-    grad = ms.jit(GradientGraph(ms.value_and_grad(loss_of, None, optimizer.parameters), 3))
-    rng = np.random.default_rng(0)
-    lr = ms.Tensor(rng.uniform(0, 255, (batch, 3, lr_size, lr_size)).astype(np.float32))
-    hr = ms.Tensor(rng.uniform(0, 255, (batch, 3, 2 * lr_size, 2 * lr_size)).astype(np.float32))
-
-    def step():
-        loss, grads = grad(lr, hr)
-        optimizer(grads)
-        loss.asnumpy()
-
-    return best_of(step, repeat=steps)
-
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def ms_new_sizes(sizes):
-    """Baseline x2 on a series of sizes never seen before: time per call and resident memory growth. One dynamic
-    graph serves them all (a graph per size cost ~60 MB each and was never freed)."""
-    model = build_model(Architecture.from_preset("baseline", 2))
-    model.set_train(False)
-    t = time.perf_counter()
-    model.forward_array(np.zeros((1, 3, 40, 40), np.float32))
-    compile_s = time.perf_counter() - t
-    before, times = rss_mb(), []
-    for h, w in sizes:
-        x = np.random.default_rng(h * w).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
-        t = time.perf_counter()
-        model.forward_array(x)
-        times.append(time.perf_counter() - t)
-    return compile_s, sum(times), (rss_mb() - before) / len(sizes)
-
-
-# ---- PyTorch reference: the same network ---------------------------------------------------------------------
 
 def torch_edsr(preset, scale):
+    """The published network in plain PyTorch (EDSR-PyTorch's structure and parameter layout)."""
     import torch
     from torch import nn
 
-    spec = {"baseline": (16, 64, 1.0), "paper": (32, 256, 0.1)}[preset]
-    n_blocks, feats, res_scale = spec
+    n_blocks, feats, res_scale = {"baseline": (16, 64, 1.0), "paper": (32, 256, 0.1)}[preset]
 
     class Block(nn.Module):
         def __init__(self):
@@ -164,89 +151,8 @@ def torch_edsr(preset, scale):
     return Net()
 
 
-def torch_times(cases, new_sizes, train):
-    import torch
-
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    times = {}
-    for preset, scale, size in cases:
-        net = torch_edsr(preset, scale).eval()
-        x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32))
-
-        def run():
-            with torch.no_grad():
-                net(x)
-
-        times[(preset, scale, size, "torch")] = best_of(run, repeat=2)
-    net = torch_edsr("baseline", 2).eval()
-    total = 0.0
-    for h, w in new_sizes:
-        x = torch.from_numpy(np.random.default_rng(h * w).uniform(0, 255, (1, 3, h, w)).astype(np.float32))
-        t = time.perf_counter()
-        with torch.no_grad():
-            net(x)
-        total += time.perf_counter() - t
-    times["new sizes"] = total
-    if train:
-        net = torch_edsr("baseline", 2).train()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-        rng = np.random.default_rng(0)
-        lr = torch.from_numpy(rng.uniform(0, 255, (16, 3, 48, 48)).astype(np.float32))
-        hr = torch.from_numpy(rng.uniform(0, 255, (16, 3, 96, 96)).astype(np.float32))
-
-        def step():
-            opt.zero_grad()
-            loss = torch.nn.functional.l1_loss(net(lr), hr)
-            loss.backward()
-            opt.step()
-
-        times["train"] = best_of(step, repeat=3)
-    return times
-
-
-def bench_networks(quick):
-    setup_device("CPU")
-    cases = [("baseline", 2, 48), ("baseline", 2, 96)] + ([] if quick else [("baseline", 2, 192), ("baseline", 4, 96),
-                                                                            ("paper", 2, 48)])
-    new_sizes = [tuple(int(v) for v in hw) for hw in np.random.default_rng(1).integers(40, 120, (12, 2))]
-    ms_times = ms_inference_times(cases)
-    compile_s, ms_new, growth = ms_new_sizes(new_sizes)
-    train = {k: ms_train_step_time(k) for k in ("stock", "fast") if k == "stock" or FAST_CONV_LIBRARY}
-    try:
-        import torch  # noqa: F401
-
-        pt = torch_times(cases, new_sizes, train=True)
-    except ImportError:
-        pt = {}
-        print("(torch not installed: ratios against stock MindSpore only; pip install -e '.[bench]')")
-    print(f"{'inference':<28}{'fast':>10}{'stock':>10}{'torch':>10}{'fast/torch':>12}{'stock/fast':>12}")
-    for preset, scale, size in cases:
-        fast = ms_times.get((preset, scale, size, "fast"))
-        stock = ms_times[(preset, scale, size, "stock")]
-        torch_t = pt.get((preset, scale, size, "torch"))
-        cells = [f"{v * 1000:>8.0f}ms" if v else f"{'-':>10}" for v in (fast, stock, torch_t)]
-        ratio = f"{fast / torch_t:>11.2f}x" if fast and torch_t else f"{'-':>12}"
-        speedup = f"{stock / fast:>11.2f}x" if fast else f"{'-':>12}"
-        print(f"{f'{preset} x{scale} {size}x{size}':<28}" + "".join(cells) + ratio + speedup)
-    line = (f"baseline x2 on {len(new_sizes)} new sizes (40-119 px): {ms_new * 1000:.0f} ms in all after a "
-            f"{compile_s:.1f} s first compile, RSS +{growth:.2f} MB per new size")
-    if "new sizes" in pt:
-        line += f"; torch {pt['new sizes'] * 1000:.0f} ms, ratio {ms_new / pt['new sizes']:.2f}x"
-    print(line)
-    line = "train step baseline x2, batch 16, LR 48: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in train.items())
-    if "train" in pt:
-        line += f", torch {pt['train'] * 1000:.0f} ms"
-        if "fast" in train:
-            line += f"; fast/torch {train['fast'] / pt['train']:.2f}x"
-    print(line)
-
-
-# Tiled inference of the paper x4 model on a quarter of a DIV2K image (output 1020x680), 128-pixel tiles.
-MEMORY_CASE = ("paper", 4, (170, 255), 128)
-
-
 class TorchNetwork:
-    """PyTorch's network behind the interface `forward_tiled` expects, so both engines tile identically."""
+    """PyTorch's network behind the interface `forward_tiled` expects, so both frameworks tile identically."""
 
     def __init__(self, preset, scale):
         self.net = torch_edsr(preset, scale).eval()
@@ -259,61 +165,154 @@ class TorchNetwork:
             return self.net(torch.from_numpy(x)).numpy()
 
 
-def memory_worker(engine):
-    """Run MEMORY_CASE in this (fresh) process and print one JSON line: seconds, peak RSS and RSS after set-up."""
-    preset, scale, (h, w), tile = MEMORY_CASE
-    if engine == "torch":
+class TorchEngine:
+    def __init__(self):
         import torch
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-        model = TorchNetwork(preset, scale)
-    else:
-        setup_device("CPU")
-        model = build_model(Architecture.from_preset(preset, scale))  # the kit's default, as load_model gives
-        model.set_train(False)
-    x = np.random.default_rng(0).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+
+    def network(self, preset, scale):
+        return TorchNetwork(preset, scale)
+
+    def train_step(self):
+        import torch
+
+        net = torch_edsr("baseline", 2).train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        lr = torch.from_numpy(random_array((TRAIN_BATCH, 3, TRAIN_LR_SIZE, TRAIN_LR_SIZE)))
+        hr = torch.from_numpy(random_array((TRAIN_BATCH, 3, 2 * TRAIN_LR_SIZE, 2 * TRAIN_LR_SIZE), seed=1))
+
+        def step():
+            opt.zero_grad()
+            loss = torch.nn.functional.l1_loss(net(lr), hr)
+            loss.backward()
+            opt.step()
+
+        return step
+
+
+def make_engine(name):
+    return TorchEngine() if name == "torch" else MindSporeEngine(name)
+
+
+def engine_worker(name, cases):
+    """Everything timed for one engine, in this (fresh) process; prints one JSON line."""
+    engine = make_engine(name)
+    result = {"inference": {}}
+    for preset, scale, size in cases:
+        network = engine.network(preset, scale)
+        x = random_array((1, 3, size, size))
+        result["inference"][f"{preset} x{scale} {size}x{size}"] = best_of(lambda: network.forward_array(x), repeat=5)
+    network = engine.network("baseline", 2)
+    t = time.perf_counter()
+    network.forward_array(random_array((1, 3, 40, 40)))
+    result["first_call"] = time.perf_counter() - t
+    before, t = rss_mb(), time.perf_counter()
+    for h, w in NEW_SIZES:
+        network.forward_array(random_array((1, 3, h, w), seed=h * w))
+    result["new_sizes"] = time.perf_counter() - t
+    result["new_size_rss_mb"] = (rss_mb() - before) / len(NEW_SIZES)
+    result["train_step"] = best_of(engine.train_step(), repeat=3)
+    print(json.dumps(result))
+
+
+def memory_worker(name):
+    """MEMORY_CASE in this (fresh) process; prints one JSON line: seconds, peak RSS and RSS after set-up."""
+    preset, scale, (h, w), tile = MEMORY_CASE
+    network = make_engine(name).network(preset, scale)
+    x = random_array((1, 3, h, w))
     start_mb = rss_mb()
     t = time.perf_counter()
-    forward_tiled(model, x, tile=tile)
+    forward_tiled(network, x, tile=tile)
     seconds = time.perf_counter() - t
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "start_mb": start_mb}))
 
 
-def bench_memory():
-    """Each engine in its own process, so each peak is its own."""
-    preset, scale, (h, w), tile = MEMORY_CASE
+def available_engines():
+    engines = ["kit", "stock", "torch"]
+    if FAST_CONV_LIBRARY is None:
+        print(f"(the kit's CPU convolution is unavailable: {FAST_CONV_UNAVAILABLE}; 'kit' runs stock Conv2d)")
+    if importlib.util.find_spec("torch") is None:
+        engines.remove("torch")
+        print("(torch not installed: ratios against stock MindSpore only; pip install -e '.[bench]')")
+    return engines
+
+
+def run_worker(*args):
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench worker {' '.join(args)} failed: {last}")
+    return json.loads(lines[-1])
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def fastest(a, b):
+    """Elementwise minimum of two worker results (times; memory growth too, as the least disturbed round)."""
+    if isinstance(a, dict):
+        return {key: fastest(a[key], b[key]) for key in a}
+    return min(a, b)
+
+
+def bench_networks(quick, rounds):
+    engines = available_engines()
     results = {}
-    for engine in ("mindspore", "torch"):
-        if engine == "torch" and importlib.util.find_spec("torch") is None:
-            continue
-        done = subprocess.run([sys.executable, __file__, "--memory-worker", engine], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"memory worker ({engine}) failed: {done.stderr.strip().splitlines()[-1:]}")
-        results[engine] = json.loads(done.stdout.strip().splitlines()[-1])
-    for engine, r in results.items():
-        print(f"tiled {preset} x{scale}, {w}x{h} -> {w * scale}x{h * scale}, tile {tile}, {engine}: "
+    for _ in range(rounds):  # engines alternate, so slow spells of a shared machine do not hit one engine only
+        for name in engines:
+            result = run_worker("--engine-worker", name, *(["--quick"] if quick else []))
+            results[name] = fastest(results[name], result) if name in results else result
+    reference = "torch" if "torch" in results else "stock"
+    kit, ref = results["kit"], results[reference]
+    print(f"{f'inference (best of {5 * rounds})':<26}" + "".join(f"{name:>10}" for name in engines)
+          + f"{'kit/' + reference:>13}")
+    for case in kit["inference"]:
+        cells = "".join(f"{results[name]['inference'][case] * 1000:>8.0f}ms" for name in engines)
+        print(f"{case:<26}{cells}{ratio(kit['inference'][case], ref['inference'][case]):>13}")
+    print(f"{'12 new sizes 40-119 px':<26}" + "".join(f"{results[n]['new_sizes'] * 1000:>8.0f}ms" for n in engines)
+          + f"{ratio(kit['new_sizes'], ref['new_sizes']):>13}")
+    print(f"{'train step b16 LR48':<26}" + "".join(f"{results[n]['train_step'] * 1000:>8.0f}ms" for n in engines)
+          + f"{ratio(kit['train_step'], ref['train_step']):>13}")
+    print("first call (graph compile), baseline x2: "
+          + ", ".join(f"{n} {results[n]['first_call']:.2f} s" for n in engines))
+    print("resident memory per new input size: "
+          + ", ".join(f"{n} {results[n]['new_size_rss_mb']:+.2f} MB" for n in engines))
+
+
+def bench_memory():
+    preset, scale, (h, w), tile = MEMORY_CASE
+    results = {name: run_worker("--memory-worker", name) for name in available_engines()}
+    for name, r in results.items():
+        print(f"tiled {preset} x{scale}, {w}x{h} -> {w * scale}x{h * scale}, tile {tile}, {name}: "
               f"{r['seconds']:.0f} s, peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['start_mb']:+.0f} MB over "
               f"the {r['start_mb']:.0f} MB after set-up)")
-    if len(results) == 2:
-        ms_r, pt_r = results["mindspore"], results["torch"]
-        print(f"  mindspore/torch: time {ms_r['seconds'] / pt_r['seconds']:.2f}x, peak RSS "
-              f"{ms_r['peak_mb'] / pt_r['peak_mb']:.2f}x, growth "
-              f"{(ms_r['peak_mb'] - ms_r['start_mb']) / (pt_r['peak_mb'] - pt_r['start_mb']):.2f}x")
+    reference = "torch" if "torch" in results else "stock"
+    kit, ref = results["kit"], results[reference]
+    print(f"  kit/{reference}: time {ratio(kit['seconds'], ref['seconds'])}, peak RSS "
+          f"{ratio(kit['peak_mb'], ref['peak_mb'])}, growth "
+          f"{ratio(kit['peak_mb'] - kit['start_mb'], ref['peak_mb'] - ref['start_mb'])}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--memory-worker", choices=("mindspore", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help="times each engine is run, alternating (default 2; 1 with --quick)")
+    parser.add_argument("--engine-worker", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_worker:
+    if args.engine_worker:
+        engine_worker(args.engine_worker, QUICK_CASES if args.quick else FULL_CASES)
+    elif args.memory_worker:
         memory_worker(args.memory_worker)
-        raise SystemExit(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_imresize()
-        bench_pipeline(tmp)
-    bench_networks(args.quick)
-    if args.memory:
-        bench_memory()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_imresize()
+            bench_pipeline(tmp)
+        bench_networks(args.quick, args.rounds or (1 if args.quick else 2))
+        if args.memory:
+            bench_memory()

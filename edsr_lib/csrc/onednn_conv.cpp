@@ -6,10 +6,14 @@
 // the one inside the MindSpore wheel (lib/libdnnl.so.3, built with the threadpool runtime); only its public C API
 // is used, with headers from the `onednn-devel` package.
 //
-// Three MindSpore AOT entry points (see edsr_lib/conv.py):
+// MindSpore AOT entry points (see edsr_lib/conv.py):
 //   ConvForward(x[N,C,H,W], w[O,C,K,K], b[O]) -> y[N,O,H,W]
+//   ConvReluForward(x, w, b) -> relu(y)                                   (ReLU fused as a oneDNN post-op)
+//   ConvResidualForward(x, w, b, skip[N,O,H,W], scale[1]) -> y * scale + skip   (EDSR's residual block tail)
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
 //   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
+// The fused forms exist because each MindSpore op between two convolutions costs ~0.3-0.5 ms of launch overhead
+// on CPU, about 15% of an EDSR-baseline forward pass.
 // each with its `<name>InferShape`: MindSpore calls these C++ shape functions (not Python ones) when it runs a graph
 // whose N, H and W are only known at run time, so one compiled graph serves every image size.
 #include <oneapi/dnnl/dnnl.h>
@@ -148,10 +152,10 @@ struct Operand {
   dnnl_memory_desc_t user_md = nullptr, prim_md = nullptr;
   dnnl_memory_t user = nullptr, prim = nullptr;
   dnnl_primitive_t reorder = nullptr;  // user -> prim for inputs, prim -> user for outputs; null if same layout
-  size_t prim_bytes = 0;                // scratch for the primitive's layout, allocated per call (not kept)
+  size_t prim_bytes = 0;                // size of its buffer in the primitive's layout (see Workspace)
 };
 
-enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2, kForwardRelu = 3 };
 
 struct Plan {
   dnnl_primitive_t primitive = nullptr;
@@ -194,10 +198,21 @@ Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
   dnnl_memory_desc_t x_any = Plain(x_dims, dnnl_format_tag_any), y_any = Plain(y_dims, dnnl_format_tag_any);
   dnnl_memory_desc_t w_any = Plain(w_dims, dnnl_format_tag_any), b_md = Plain(b_dims, dnnl_a);
 
+  dnnl_primitive_attr_t attr = nullptr;  // null: no post-op
+  if (kind == kForwardRelu) {
+    dnnl_post_ops_t relu = nullptr;
+    CHECK(dnnl_post_ops_create(&relu));
+    CHECK(dnnl_post_ops_append_eltwise(relu, dnnl_eltwise_relu, 0.f, 0.f));
+    CHECK(dnnl_primitive_attr_create(&attr));
+    CHECK(dnnl_primitive_attr_set_post_ops(attr, relu));
+    dnnl_post_ops_destroy(relu);
+  }
   dnnl_primitive_desc_t fwd = nullptr;
-  CHECK(dnnl_convolution_forward_primitive_desc_create(&fwd, rt->engine, dnnl_forward_training,
-                                                       dnnl_convolution_direct, x_any, w_any, b_md, y_any, strides,
-                                                       dilates, padding, padding, nullptr));
+  const dnnl_status_t created = dnnl_convolution_forward_primitive_desc_create(
+      &fwd, rt->engine, dnnl_forward_training, dnnl_convolution_direct, x_any, w_any, b_md, y_any, strides, dilates,
+      padding, padding, attr);
+  if (attr) dnnl_primitive_attr_destroy(attr);
+  CHECK(created);
   auto *plan = new Plan();
   dnnl_primitive_desc_t pd = fwd;
   // `index` 1 of the weights queries is the bias
@@ -206,7 +221,7 @@ Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
     plan->arg_ids.push_back(arg);
     plan->is_output.push_back(output);
   };
-  if (kind == kForward) {
+  if (kind == kForward || kind == kForwardRelu) {
     add(DNNL_ARG_SRC, Plain(x_dims, dnnl_nchw), dnnl_query_src_md, 0, false);
     add(DNNL_ARG_WEIGHTS, Plain(w_dims, dnnl_oihw), dnnl_query_weights_md, 0, false);
     add(DNNL_ARG_BIAS, Plain(b_dims, dnnl_a), dnnl_query_weights_md, 1, false);
@@ -238,11 +253,35 @@ Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
 
 // Plans are kept per (kind, shape); a bounded cache, since every image size in inference is a new shape.
 constexpr size_t kMaxPlans = 32;
-std::mutex plans_mutex;  // one convolution at a time: each runs on all cores already
+std::mutex pool_mutex;  // one job on the thread pool at a time: each uses all cores already
 std::map<std::array<int64_t, 7>, std::unique_ptr<Plan>> plans;
 
+// Buffers for operands in the primitive's layout, shared by all plans (one convolution runs at a time) and reused
+// from call to call: allocating them per call cost ~10% of a forward pass in page faults, and keeping them per plan
+// grew to gigabytes over the tile shapes of a large image. A slot larger than kKeptSlotBytes is freed after use.
+constexpr size_t kKeptSlotBytes = size_t(256) << 20;
+struct Slot {
+  std::unique_ptr<char[]> data;
+  size_t bytes = 0;
+  void *Get(size_t need) {
+    if (need > bytes) {
+      data.reset();  // free first: the old and new buffers need not coexist
+      data.reset(new char[need + 64]);
+      bytes = need;
+    }
+    return reinterpret_cast<void *>((reinterpret_cast<uintptr_t>(data.get()) + 63) & ~uintptr_t(63));
+  }
+  void Trim() {
+    if (bytes > kKeptSlotBytes) {
+      data.reset();
+      bytes = 0;
+    }
+  }
+};
+std::array<Slot, 4> workspace;  // one per operand position (a plan has at most 4)
+
 int Run(Kind kind, const std::array<int64_t, 6> &shape, const std::vector<void *> &buffers) {
-  std::lock_guard<std::mutex> lock(plans_mutex);
+  std::lock_guard<std::mutex> lock(pool_mutex);
   std::array<int64_t, 7> key = {kind, shape[0], shape[1], shape[2], shape[3], shape[4], shape[5]};
   auto found = plans.find(key);
   if (found == plans.end()) {
@@ -254,16 +293,10 @@ int Run(Kind kind, const std::array<int64_t, 6> &shape, const std::vector<void *
   Plan &plan = *found->second;
   Runtime *rt = GetRuntime();
   std::vector<dnnl_exec_arg_t> args;
-  // Layout scratch lives only for this call: kept per plan it grew to gigabytes over the tile shapes of a large
-  // image (paper model, 256-1024 channels).
-  std::vector<std::unique_ptr<float[]>> scratch;
   for (size_t i = 0; i < plan.operands.size(); ++i) {
     Operand &op = *plan.operands[i];
     dnnl_memory_set_data_handle(op.user, buffers[i]);
-    if (op.reorder) {
-      scratch.emplace_back(new float[op.prim_bytes / sizeof(float) + 16]);
-      dnnl_memory_set_data_handle(op.prim, scratch.back().get());
-    }
+    if (op.reorder) dnnl_memory_set_data_handle(op.prim, workspace[i].Get(op.prim_bytes));
     if (op.reorder && !plan.is_output[i]) {
       dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, op.user}, {DNNL_ARG_TO, op.prim}};
       if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return 2;
@@ -279,10 +312,27 @@ int Run(Kind kind, const std::array<int64_t, 6> &shape, const std::vector<void *
       if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return 4;
     }
   }
-  return dnnl_stream_wait(rt->stream) == dnnl_success ? 0 : 5;
+  const bool ok = dnnl_stream_wait(rt->stream) == dnnl_success;
+  for (auto &slot : workspace) slot.Trim();
+  return ok ? 0 : 5;
 }
 
 bool IsFloat32(const char *dtype) { return std::string(dtype) == "float32" || std::string(dtype) == "float"; }
+
+// y = y * scale + skip over `count` floats, on the kit's threads.
+void ScaleAndAdd(float *y, const float *skip, float scale, int64_t count) {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  SleepingPool *pool = GetRuntime()->pool.get();
+  const int chunks = pool->get_num_threads();
+  pool->parallel_for(chunks, [=](int chunk, int total) {
+    const int64_t begin = count * chunk / total, end = count * (chunk + 1) / total;
+    if (scale == 1.f) {
+      for (int64_t i = begin; i < end; ++i) y[i] += skip[i];
+    } else {
+      for (int64_t i = begin; i < end; ++i) y[i] = y[i] * scale + skip[i];
+    }
+  });
+}
 
 }  // namespace
 
@@ -292,6 +342,25 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
   const int64_t *x = shapes[0], *w = shapes[1];
   return Run(kForward, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
+}
+
+int ConvReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
+  const int64_t *x = shapes[0], *w = shapes[1];
+  return Run(kForwardRelu, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
+}
+
+int ConvResidualForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  // inputs x, w, b, skip (shaped as the output) and scale (one float), output y
+  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || !IsFloat32(dtypes[0])) return 10;
+  const int64_t *x = shapes[0], *w = shapes[1], *skip = shapes[3];
+  if (skip[0] != x[0] || skip[1] != w[0] || skip[2] != x[2] || skip[3] != x[3]) return 11;
+  const int status = Run(kForward, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[5]});
+  if (status != 0) return status;
+  ScaleAndAdd(static_cast<float *>(params[5]), static_cast<const float *>(params[3]),
+              *static_cast<const float *>(params[4]), skip[0] * skip[1] * skip[2] * skip[3]);
+  return 0;
 }
 
 int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
@@ -313,6 +382,14 @@ std::vector<int64_t> ConvForwardInferShape(int *, int64_t **shapes, void *) {
   const int64_t *x = shapes[0], *w = shapes[1];
   if (x[0] == -2) return {-2};
   return {x[0], w[0], x[2], x[3]};
+}
+
+std::vector<int64_t> ConvReluForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ConvForwardInferShape(ndims, shapes, extra);
+}
+
+std::vector<int64_t> ConvResidualForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ConvForwardInferShape(ndims, shapes, extra);
 }
 
 std::vector<int64_t> ConvBackwardDataInferShape(int *, int64_t **shapes, void *) {
