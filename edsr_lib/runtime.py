@@ -13,11 +13,13 @@ FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE = fast_conv_library()
 
 # Read by MindSpore/oneDNN when they load, so they must be set before `import mindspore`:
 # - MS_DEV_HOST_BLOCKING_RUN: without it the host thread busy-waits for each op and burns one of two cores.
-# - ONEDNN_MAX_CPU_ISA: on AVX-512 CPUs, MindSpore's stock Conv2d (used for inference, and everywhere when the kit's
-#   own convolution cannot be built) pushes oneDNN into its reference loops (100x slower); capping the ISA at AVX2
-#   restores JIT kernels. No effect on AVX2-only CPUs or Ascend.
+# - ONEDNN_MAX_CPU_ISA, only where the kit's convolution cannot be built: on AVX-512 CPUs MindSpore's stock Conv2d
+#   pushes oneDNN into its reference loops (100x slower); capping the ISA at AVX2 restores JIT kernels (~2x PyTorch).
+#   The kit's kernel lets oneDNN pick its layouts, so it needs no cap and keeps AVX-512. No effect on Ascend.
 # A value the user already exported wins.
-KIT_ENVIRONMENT = {"MS_DEV_HOST_BLOCKING_RUN": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+KIT_ENVIRONMENT = {"MS_DEV_HOST_BLOCKING_RUN": "1"}
+if FAST_CONV_LIBRARY is None:
+    KIT_ENVIRONMENT["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 
 
 def apply_environment():

@@ -105,6 +105,9 @@ class Trainer:
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
         self.model = build_model(opts.architecture(), conv_kernel="auto" if opts.amp_level == "O0" else "stock")
+        if self.device == "CPU" and opts.amp_level != "O0":
+            self._log(f"warning: amp_level {opts.amp_level} on CPU uses MindSpore's Conv2d instead of the kit's faster "
+                      "float32 CPU convolution (amp_level O0); mixed precision is meant for Ascend and GPU")
         if opts.ckpt_path:
             skipped = init_from_checkpoint(self.model, opts.ckpt_path)
             self._log(f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else ""))

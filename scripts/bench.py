@@ -6,7 +6,8 @@
 
 Network timings compare three engines running the same network on the same CPU: the kit ("kit": MindSpore graphs
 with dynamic shapes and the kit's CPU convolution, what `load_model` and the Trainer use), MindSpore's stock Conv2d in
-the same graphs ("stock"), and PyTorch when torch is importable (pip install -e '.[bench]'). Each engine runs in a
+the same graphs with ONEDNN_MAX_CPU_ISA=AVX2 ("stock"), and PyTorch when torch is importable
+(pip install -e '.[bench]'). Each engine runs in a
 fresh process of its own, one after the other, so no engine's idle threads take cycles from another's.
 Times are the best of several runs after a warm-up (the first run compiles), over two rounds of all engines.
 """
@@ -33,8 +34,14 @@ from edsr_lib.runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE, setup_dev
 ENGINES = ("kit", "stock", "torch")
 FULL_CASES = [("baseline", 2, 48), ("baseline", 2, 96), ("baseline", 2, 192), ("baseline", 4, 96), ("paper", 2, 48)]
 QUICK_CASES = FULL_CASES[:2]
-# Sizes the networks have not seen: a graph per size would recompile (and, in MindSpore 2.10, keep ~60 MB) each time.
-NEW_SIZES = [tuple(int(v) for v in hw) for hw in np.random.default_rng(1).integers(40, 120, (12, 2))]
+
+
+def new_sizes(count):
+    """Sizes the networks have not seen: a graph per size would recompile (and, in MindSpore 2.10, keep ~60 MB) each
+    time; one dynamic-shape graph serves them all."""
+    return [tuple(int(v) for v in hw) for hw in np.random.default_rng(1).integers(40, 120, (count, 2))]
+
+
 TRAIN_BATCH, TRAIN_LR_SIZE = 16, 48
 # Tiled inference of the paper x4 model on a quarter of a DIV2K image (output 1020x680), 128-pixel tiles.
 MEMORY_CASE = ("paper", 4, (170, 255), 128)
@@ -195,7 +202,7 @@ def make_engine(name):
     return TorchEngine() if name == "torch" else MindSporeEngine(name)
 
 
-def engine_worker(name, cases):
+def engine_worker(name, cases, sizes):
     """Everything timed for one engine, in this (fresh) process; prints one JSON line."""
     engine = make_engine(name)
     result = {"inference": {}}
@@ -208,10 +215,10 @@ def engine_worker(name, cases):
     network.forward_array(random_array((1, 3, 40, 40)))
     result["first_call"] = time.perf_counter() - t
     before, t = rss_mb(), time.perf_counter()
-    for h, w in NEW_SIZES:
+    for h, w in sizes:
         network.forward_array(random_array((1, 3, h, w), seed=h * w))
     result["new_sizes"] = time.perf_counter() - t
-    result["new_size_rss_mb"] = (rss_mb() - before) / len(NEW_SIZES)
+    result["new_size_rss_mb"] = (rss_mb() - before) / len(sizes)
     result["train_step"] = best_of(engine.train_step(), repeat=3)
     print(json.dumps(result))
 
@@ -239,12 +246,15 @@ def available_engines():
     return engines
 
 
-def run_worker(*args):
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def run_worker(mode, engine, *args):
+    env = dict(os.environ)
+    if engine == "stock":  # stock Conv2d with the documented mitigation (on AVX-512 it is ~100x slower without)
+        env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    done = subprocess.run([sys.executable, __file__, mode, engine, *args], capture_output=True, text=True, env=env)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"bench worker {' '.join(args)} failed: {last}")
+        raise SystemExit(f"bench worker {mode} {engine} failed: {last}")
     return json.loads(lines[-1])
 
 
@@ -259,12 +269,12 @@ def fastest(a, b):
     return min(a, b)
 
 
-def bench_networks(quick, rounds):
+def bench_networks(quick, rounds, sizes):
     engines = available_engines()
     results = {}
     for _ in range(rounds):  # engines alternate, so slow spells of a shared machine do not hit one engine only
         for name in engines:
-            result = run_worker("--engine-worker", name, *(["--quick"] if quick else []))
+            result = run_worker("--engine-worker", name, "--new-sizes", str(sizes), *(["--quick"] if quick else []))
             results[name] = fastest(results[name], result) if name in results else result
     reference = "torch" if "torch" in results else "stock"
     kit, ref = results["kit"], results[reference]
@@ -273,8 +283,8 @@ def bench_networks(quick, rounds):
     for case in kit["inference"]:
         cells = "".join(f"{results[name]['inference'][case] * 1000:>8.0f}ms" for name in engines)
         print(f"{case:<26}{cells}{ratio(kit['inference'][case], ref['inference'][case]):>13}")
-    print(f"{'12 new sizes 40-119 px':<26}" + "".join(f"{results[n]['new_sizes'] * 1000:>8.0f}ms" for n in engines)
-          + f"{ratio(kit['new_sizes'], ref['new_sizes']):>13}")
+    cells = "".join(f"{results[n]['new_sizes'] * 1000:>8.0f}ms" for n in engines)
+    print(f"{f'{sizes} new sizes 40-119 px':<26}{cells}{ratio(kit['new_sizes'], ref['new_sizes']):>13}")
     print(f"{'train step b16 LR48':<26}" + "".join(f"{results[n]['train_step'] * 1000:>8.0f}ms" for n in engines)
           + f"{ratio(kit['train_step'], ref['train_step']):>13}")
     print("first call (graph compile), baseline x2: "
@@ -302,17 +312,18 @@ if __name__ == "__main__":
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, help="times each engine is run, alternating (default 2; 1 with --quick)")
+    parser.add_argument("--new-sizes", type=int, default=12, help="unseen input sizes to time (default 12)")
     parser.add_argument("--engine-worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_worker:
-        engine_worker(args.engine_worker, QUICK_CASES if args.quick else FULL_CASES)
+        engine_worker(args.engine_worker, QUICK_CASES if args.quick else FULL_CASES, new_sizes(args.new_sizes))
     elif args.memory_worker:
         memory_worker(args.memory_worker)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             bench_imresize()
             bench_pipeline(tmp)
-        bench_networks(args.quick, args.rounds or (1 if args.quick else 2))
+        bench_networks(args.quick, args.rounds or (1 if args.quick else 2), args.new_sizes)
         if args.memory:
             bench_memory()

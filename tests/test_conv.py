@@ -15,6 +15,7 @@ from edsr_lib import native
 from edsr_lib.conv import FastConv2d, make_conv
 from edsr_lib.model import Architecture, build_model
 from edsr_lib.runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE
+from edsr_lib.trainer import GradientGraph
 
 needs_fast = pytest.mark.skipif(FAST_CONV_LIBRARY is None, reason=f"fast conv unavailable: {FAST_CONV_UNAVAILABLE}")
 
@@ -49,6 +50,39 @@ def test_forward_and_backward_match_nn_conv2d_on_random_shapes(seed):
 
 
 @needs_fast
+@pytest.mark.parametrize("seed", range(3))
+def test_fused_block_forms_match_stock_ops(seed):
+    """conv+ReLU and conv*scale+skip (the residual block's two fused ops) against MindSpore's own ops, both ways."""
+    rng = np.random.default_rng(100 + seed)
+    n, c, o = int(rng.integers(1, 3)), int(rng.choice([3, 16, 64])), int(rng.choice([16, 64]))
+    h, w = int(rng.integers(5, 30)), int(rng.integers(5, 30))
+    scale = ms.Tensor([float(rng.choice([1.0, 0.1]))], ms.float32)
+    ms.set_seed(seed)
+    fast = make_conv(c, o, 3, kernel="fast")
+    x = ms.Tensor(rng.standard_normal((n, c, h, w)).astype(np.float32))
+    skip = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
+
+    def conv(x, weight, bias):
+        return ops.conv2d(x, weight, bias, pad_mode="pad", padding=1)
+
+    cases = {
+        "relu": (lambda x, wt, b, s: ops.relu(conv(x, wt, b)), lambda x, wt, b, s: fast.conv2d_relu(x, wt, b)),
+        "residual": (lambda x, wt, b, s: conv(x, wt, b) * scale + s,
+                     lambda x, wt, b, s: fast.conv2d_residual(x, wt, b, s, scale)),
+    }
+    for form, (reference, fused) in cases.items():
+        args = (x, fast.weight, fast.bias, skip)
+        assert _rel(reference(*args).asnumpy(), fused(*args).asnumpy()) <= 1e-5, form
+        grads = [ms.grad(lambda *a, f=f: (f(*a) * dy).sum(), grad_position=(0, 1, 2, 3))(*args)
+                 for f in (reference, fused)]
+        for name, ref, got in zip(("dx", "dw", "db", "dskip"), *grads):
+            if form == "relu" and name == "dskip":
+                continue  # not an input of conv+ReLU
+            assert _rel(ref.asnumpy(), got.asnumpy()) <= 1e-5, (form, name)
+
+
+@needs_fast
 def test_same_parameters_and_same_losses_over_adam_steps():
     arch = Architecture(scale=2, n_resblocks=2, n_feats=16)
     ms.set_seed(7)
@@ -59,18 +93,24 @@ def test_same_parameters_and_same_losses_over_adam_steps():
     assert names == [(p.name, p.shape) for p in fast.get_parameters()]
     assert all(np.array_equal(a.asnumpy(), b.asnumpy()) for a, b in zip(stock.get_parameters(), fast.get_parameters()))
     rng = np.random.default_rng(0)
-    lr = ms.Tensor(rng.uniform(0, 255, (4, 3, 12, 12)).astype(np.float32))
-    hr = ms.Tensor(rng.uniform(0, 255, (4, 3, 24, 24)).astype(np.float32))
+    ms.set_seed(7)
+    fast_graph = build_model(arch, "fast")
+    # Two patch sizes, alternating: the trainer's dynamic-shape graph must serve both.
+    batches = [(ms.Tensor(rng.uniform(0, 255, (4, 3, s, t)).astype(np.float32)),
+                ms.Tensor(rng.uniform(0, 255, (4, 3, 2 * s, 2 * t)).astype(np.float32))) for s, t in ((12, 12), (10, 14))]
     losses = {}
-    for name, model in (("stock", stock), ("fast", fast)):
+    for name, model in (("stock", stock), ("fast", fast), ("fast, graph", fast_graph)):
         opt = nn.Adam(model.trainable_params(), learning_rate=1e-3)
-        grad = ms.value_and_grad(lambda a, b, m=model: nn.L1Loss()(m(a), b), None, opt.parameters)
+        grad = ms.value_and_grad(nn.WithLossCell(model, nn.L1Loss()), None, opt.parameters)
+        if name == "fast, graph":
+            grad = ms.jit(GradientGraph(grad, 3))
         losses[name] = []
-        for _ in range(5):
-            loss, grads = grad(lr, hr)
+        for step in range(6):
+            loss, grads = grad(*batches[step % 2])
             opt(grads)
             losses[name].append(float(loss.asnumpy()))
     np.testing.assert_allclose(losses["fast"], losses["stock"], rtol=1e-5)
+    np.testing.assert_allclose(losses["fast, graph"], losses["stock"], rtol=1e-5)
     assert losses["fast"][-1] < losses["fast"][0]
 
 
