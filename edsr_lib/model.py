@@ -91,10 +91,7 @@ class MeanShift(nn.Cell):
 
     def construct(self, x):
         # Always float32: under mixed precision the tail hands over float16, and graph-mode O2 casts parameters.
-        x = x.astype(ms.float32)
-        n, c, h, w = x.shape
-        y = ops.matmul(self.weight.astype(ms.float32).reshape(c, c), x.reshape(n, c, h * w))
-        return y.reshape(n, c, h, w) + self.bias.astype(ms.float32).reshape(1, c, 1, 1)
+        return ops.conv2d(x.astype(ms.float32), self.weight.astype(ms.float32), self.bias.astype(ms.float32))
 
 
 class ResBlock(nn.Cell):
