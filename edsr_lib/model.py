@@ -144,28 +144,31 @@ class EDSR(nn.Cell):
         return self.add_mean(self.tail(res))
 
     def forward_array(self, x_nchw):
-        """Output for a float32 NCHW numpy batch, as numpy (no gradient).
-
-        Runs as one MindSpore graph, compiled at the first call with the batch, height and width left dynamic, so
-        every later size reuses it: graphs compiled per size are never freed by MindSpore 2.10 (+60 MB each), and op
-        by op the kit's CPU convolution competes with MindSpore's spinning runtime threads. `MS_JIT=0` in the
-        environment (MindSpore's own switch) runs it op by op, for debugging.
-        """
+        """Output for a float32 NCHW numpy batch, as numpy (no gradient), through one graph for every size."""
         if self._graph is None:
-            self._graph = ms.jit(_DynamicShapeGraph(self))
+            self._graph = compile_dynamic(self, self.arch.n_colors)
         return self._graph(Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))).asnumpy()
 
 
+def compile_dynamic(function, n_colors, n_inputs=1):
+    """`function` (a network, or a function of image batches) as one MindSpore graph whose inputs are declared
+    [any batch, n_colors, any height, any width]: compiled at the first call, reused for every later size.
+
+    Graphs compiled per size are never freed by MindSpore 2.10 (+60 MB each), and op by op the kit's CPU convolution
+    competes with MindSpore's spinning runtime threads (docs/benchmarks.md). `MS_JIT=0` in the environment
+    (MindSpore's own switch) runs it op by op, for debugging.
+    """
+    return ms.jit(_DynamicShapeGraph(function, n_colors, n_inputs))
+
+
 class _DynamicShapeGraph(nn.Cell):
-    """The network with its input declared [any batch, n_colors, any height, any width] for graph compilation."""
-
-    def __init__(self, net):
+    def __init__(self, function, n_colors, n_inputs):
         super().__init__(auto_prefix=False)
-        self.net = net
-        self.set_inputs(Tensor(shape=[None, net.arch.n_colors, None, None], dtype=ms.float32))
+        self.function = function
+        self.set_inputs(*[Tensor(shape=[None, n_colors, None, None], dtype=ms.float32)] * n_inputs)
 
-    def construct(self, x):
-        return self.net(x)
+    def construct(self, *images):
+        return self.function(*images)
 
 
 def build_model(arch: Architecture, conv_kernel="auto"):

@@ -25,6 +25,7 @@ import numpy as np
 
 import edsr_lib  # noqa: F401  (environment before MindSpore)
 from edsr_lib import Architecture, build_model
+from edsr_lib.model import compile_dynamic
 from edsr_lib.data import ArrayCache, SampleImages
 from edsr_lib.imresize import imresize
 from edsr_lib.inference import forward_tiled
@@ -103,8 +104,6 @@ class MindSporeEngine:
         import mindspore as ms
         from mindspore import nn
 
-        from edsr_lib.trainer import GradientGraph
-
         model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=self.kernel)
         optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
         loss_fn = nn.L1Loss()
@@ -112,7 +111,7 @@ class MindSporeEngine:
         def loss_of(lr, hr):
             return loss_fn(model(lr), hr)
 
-        grad = ms.jit(GradientGraph(ms.value_and_grad(loss_of, None, optimizer.parameters), 3))
+        grad = compile_dynamic(ms.value_and_grad(loss_of, None, optimizer.parameters), 3, n_inputs=2)
         lr = ms.Tensor(random_array((TRAIN_BATCH, 3, TRAIN_LR_SIZE, TRAIN_LR_SIZE)))
         hr = ms.Tensor(random_array((TRAIN_BATCH, 3, 2 * TRAIN_LR_SIZE, 2 * TRAIN_LR_SIZE), seed=1))
 

@@ -13,9 +13,8 @@ from mindspore import nn, ops
 
 from edsr_lib import native
 from edsr_lib.conv import FastConv2d, make_conv
-from edsr_lib.model import Architecture, build_model
+from edsr_lib.model import Architecture, build_model, compile_dynamic
 from edsr_lib.runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE
-from edsr_lib.trainer import GradientGraph
 
 needs_fast = pytest.mark.skipif(FAST_CONV_LIBRARY is None, reason=f"fast conv unavailable: {FAST_CONV_UNAVAILABLE}")
 
@@ -103,7 +102,7 @@ def test_same_parameters_and_same_losses_over_adam_steps():
         opt = nn.Adam(model.trainable_params(), learning_rate=1e-3)
         grad = ms.value_and_grad(nn.WithLossCell(model, nn.L1Loss()), None, opt.parameters)
         if name == "fast, graph":
-            grad = ms.jit(GradientGraph(grad, 3))
+            grad = compile_dynamic(grad, 3, n_inputs=2)
         losses[name] = []
         for step in range(6):
             loss, grads = grad(*batches[step % 2])
@@ -132,7 +131,7 @@ warnings.simplefilter("default")
 import edsr_lib, mindspore as ms, os
 from edsr_lib.runtime import setup_device, FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE
 setup_device("CPU")
-from edsr_lib.model import Architecture, build_model
+from edsr_lib.model import Architecture, build_model, compile_dynamic
 ms.set_seed(11)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("default")
