@@ -218,5 +218,7 @@ def load_state(model, weights, skip_mismatched_tail=False):
         raise KitError(f"checkpoint does not fit EDSR {model.arch.to_dict()}: " + "; ".join(problems))
     for name, param in params.items():
         if name not in skipped:
-            param.set_data(Tensor(np.ascontiguousarray(weights[name], dtype=np.float32)))
+            # In place: a graph compiled earlier (forward_array, the training step) keeps reading the tensor it was
+            # compiled with, so set_data() would leave it running the old weights.
+            ops.assign(param, Tensor(np.ascontiguousarray(weights[name], dtype=np.float32)))
     return sorted(skipped)

@@ -69,3 +69,14 @@ def test_finetune_skips_only_tail(rng):
     np.testing.assert_array_equal(model.head[0].weight.asnumpy(), weights["head.0.weight"])
     np.testing.assert_array_equal(model.tail[0][0].weight.asnumpy(), weights["tail.0.0.weight"])
     np.testing.assert_array_equal(model.tail[0][2].weight.asnumpy(), before_tail2)
+
+
+def test_weights_loaded_after_the_graph_compiled_are_used(rng):
+    """forward_array compiles a graph at its first call; loading other weights afterwards must change its output."""
+    model = build_model(Architecture(scale=2, n_resblocks=2, n_feats=16))
+    first, second = (random_published_weights(rng, 2, 2, 16) for _ in range(2))
+    image = rng.integers(0, 256, (9, 11, 3)).astype(np.float32)
+    for weights in (first, second, first):
+        load_state(model, weights)
+        ours = model.forward_array(image.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+        assert_same_pixels(np.round(np.clip(ours, 0, 255)).astype(np.uint8), published_forward(weights, image, 1.0))
