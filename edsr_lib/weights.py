@@ -166,14 +166,20 @@ def convert(src, dst, res_scale=None):
     return arch
 
 
-def load_model(path, res_scale=None, conv_kernel="auto"):
+def load_model(path, res_scale=None, conv_kernel="auto", into=None):
     """The ready network (inference mode) from any supported checkpoint; run it with `model.forward_array` or
-    `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock")."""
+    `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock").
+
+    into: a network of the same architecture to load the weights into instead of building one. It keeps its
+    compiled graph, and MindSpore 2.10 never frees a compiled network, so going through many checkpoints in one
+    process should reuse one network this way."""
     from .runtime import current_device
 
     current_device()
     arch, weights, _ = read_checkpoint(path, res_scale)
-    model = build_model(arch, conv_kernel)
+    if into is not None and into.arch != arch:
+        raise KitError(f"{path}: architecture {arch.to_dict()} differs from the network's {into.arch.to_dict()}")
+    model = into if into is not None else build_model(arch, conv_kernel)
     try:
         load_state(model, weights)
     except KitError as exc:

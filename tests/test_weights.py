@@ -60,6 +60,23 @@ def test_self_ensemble_matches_reference(tmp_path, rng):
     assert np.abs(reference - single).max() > 0.5  # the ensemble really is different from one pass
 
 
+def test_load_model_into_an_existing_network(tmp_path, rng):
+    """Reusing one network (and its compiled graph) for several checkpoints gives each checkpoint's output."""
+    paths, weights = [], []
+    for i in range(2):
+        weights.append(random_published_weights(rng, 2, 2, 16))
+        paths.append(tmp_path / f"m{i}.pt")
+        write_pt_zip(paths[-1], weights[-1])
+    image = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    model = load_model(paths[0])
+    assert_same_pixels(upscale(model, image), published_forward(weights[0], image, 1.0))
+    assert load_model(paths[1], into=model) is model
+    assert_same_pixels(upscale(model, image), published_forward(weights[1], image, 1.0))
+    write_pt_zip(tmp_path / "x3.pt", random_published_weights(rng, 3, 2, 16))
+    with pytest.raises(KitError, match="x3.pt: architecture .* differs"):
+        load_model(tmp_path / "x3.pt", into=model)
+
+
 def _random_modelzoo(rng, scale, blocks, feats):
     def conv(o, i):
         b = 1.0 / np.sqrt(i * 9)
