@@ -6,7 +6,7 @@ import os
 import sys
 import warnings
 
-from .native import fast_conv_library  # noqa: E402  (no MindSpore import inside)
+from .native import fast_conv_library  # imports no MindSpore
 
 # The kit's own CPU convolution (conv.py), built once per machine; None (with the reason) where it cannot be.
 FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE = fast_conv_library()

@@ -106,12 +106,8 @@ class MindSporeEngine:
 
         model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=self.kernel)
         optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-        loss_fn = nn.L1Loss()
-
-        def loss_of(lr, hr):
-            return loss_fn(model(lr), hr)
-
-        grad = compile_dynamic(ms.value_and_grad(loss_of, None, optimizer.parameters), 3, n_inputs=2)
+        loss = nn.WithLossCell(model, nn.L1Loss())
+        grad = compile_dynamic(ms.value_and_grad(loss, None, optimizer.parameters), 3, n_inputs=2)
         lr = ms.Tensor(random_array((TRAIN_BATCH, 3, TRAIN_LR_SIZE, TRAIN_LR_SIZE)))
         hr = ms.Tensor(random_array((TRAIN_BATCH, 3, 2 * TRAIN_LR_SIZE, 2 * TRAIN_LR_SIZE), seed=1))
 

@@ -12,10 +12,10 @@
 //   ConvResidualForward(x, w, b, skip[N,O,H,W], scale[1]) -> y * scale + skip   (EDSR's residual block tail)
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
 //   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
-// The fused forms exist because each MindSpore op between two convolutions costs ~0.3-0.5 ms of launch overhead
-// on CPU, about 15% of an EDSR-baseline forward pass.
 // each with its `<name>InferShape`: MindSpore calls these C++ shape functions (not Python ones) when it runs a graph
 // whose N, H and W are only known at run time, so one compiled graph serves every image size.
+// The fused forms exist because each MindSpore op between two convolutions costs ~0.3-0.5 ms of launch overhead
+// on CPU, about 15% of an EDSR-baseline forward pass.
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_threadpool.h>
 #include <oneapi/dnnl/dnnl_threadpool_iface.hpp>
@@ -334,20 +334,23 @@ void ScaleAndAdd(float *y, const float *skip, float scale, int64_t count) {
   });
 }
 
+// Inputs x, w, b and output y, as ConvForward and ConvReluForward receive them.
+int Forward(Kind kind, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
+  const int64_t *x = shapes[0], *w = shapes[1];
+  return Run(kind, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
+}
+
 }  // namespace
 
 extern "C" {
 
 int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
-  const int64_t *x = shapes[0], *w = shapes[1];
-  return Run(kForward, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
+  return Forward(kForward, nparam, params, ndims, shapes, dtypes);
 }
 
 int ConvReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
-  const int64_t *x = shapes[0], *w = shapes[1];
-  return Run(kForwardRelu, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
+  return Forward(kForwardRelu, nparam, params, ndims, shapes, dtypes);
 }
 
 int ConvResidualForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
