@@ -6,6 +6,12 @@ from .errors import KitError
 from .model import PRESETS, Architecture
 
 
+OPTIMIZERS = ("ADAM", "SGD")
+# CANN's operator precision modes (mindspore.device_context.ascend.op_precision.precision_mode).
+PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype", "force_fp32",
+                   "allow_fp32_to_bf16", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
+
+
 @dataclass
 class Options:
     # data
@@ -31,7 +37,12 @@ class Options:
     lr: float = 1e-4
     decay: str = "200"
     gamma: float = 0.5
+    optimizer: str = "ADAM"  # ADAM (the recipe) or SGD, as in EDSR-PyTorch
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    gclip: float = 0.0  # clip every gradient element to [-gclip, gclip]; 0 = off
     seed: int = 1
+    print_every: int = 100  # steps between host reads of the loss (progress bar); also the dataset-sink size
     # checkpoints
     ckpt_save_path: str = "ckpt"
     ckpt_save_interval: int = 10
@@ -42,6 +53,9 @@ class Options:
     # precision and device
     amp_level: str = "O0"
     loss_scale: float = 0.0
+    precision_mode: str = ""  # Ascend only: CANN precision mode; "" = the chip's default (see README)
+    deterministic: bool = False  # Ascend only (CPU always is): bit-exact reruns and resume, somewhat slower
+    dataset_sink: str = "auto"  # auto (on for Ascend/GPU), on, off: feed print_every steps per device call
     device_target: Optional[str] = None
 
     def __post_init__(self):
@@ -54,7 +68,16 @@ class Options:
             raise KitError(f"patch_size {self.patch_size} must be a multiple of scale {self.scale}")
         if self.amp_level not in ("O0", "O1", "O2", "O3"):
             raise KitError(f"amp_level must be O0, O1, O2 or O3, got {self.amp_level!r}")
-        for name in ("test_every", "epochs", "batch_size", "ckpt_save_interval", "ckpt_save_max"):
+        self.optimizer = str(self.optimizer).upper()
+        if self.optimizer not in OPTIMIZERS:
+            raise KitError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if str(self.dataset_sink).lower() not in ("auto", "on", "off", "true", "false"):
+            raise KitError(f"dataset_sink must be auto, on or off, got {self.dataset_sink!r}")
+        if self.precision_mode and self.precision_mode not in PRECISION_MODES:
+            raise KitError(f"precision_mode must be one of {', '.join(PRECISION_MODES)}, got {self.precision_mode!r}")
+        if self.gclip < 0:
+            raise KitError(f"gclip must be 0 (off) or positive, got {self.gclip}")
+        for name in ("test_every", "epochs", "batch_size", "ckpt_save_interval", "ckpt_save_max", "print_every"):
             if getattr(self, name) < 1:
                 raise KitError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.decay_epochs()  # validates
@@ -96,6 +119,22 @@ class Options:
             raise KitError(f"decay epochs must be positive and increasing, got {self.decay!r}")
         return milestones
 
+    def sink_mode(self, device):
+        """Whether training feeds the device `sync_every()` steps per call (MindSpore's data_sink: Ascend and GPU)."""
+        choice = str(self.dataset_sink).lower()
+        if choice in ("off", "false"):
+            return False
+        if device in ("Ascend", "GPU"):
+            return True
+        if choice in ("on", "true"):
+            raise KitError(f"dataset_sink on needs Ascend or GPU (MindSpore's data_sink); this run is on {device}")
+        return False
+
+    def sync_every(self):
+        """Steps between host reads of the loss: the largest divisor of test_every not above print_every, so every
+        epoch ends on a read."""
+        return max(d for d in range(1, min(self.print_every, self.test_every) + 1) if self.test_every % d == 0)
+
     def learning_rate(self, epoch):
         """lr during (0-based) `epoch`: halved (times gamma) once for every milestone already passed."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.decay_epochs())
@@ -118,11 +157,16 @@ OPTION_HELP = {
     "res_scale": "residual scaling (baseline 1.0, paper 0.1)",
     "test_every": "iterations per epoch",
     "epochs": "number of epochs",
-    "batch_size": "patches per step on each device",
+    "batch_size": "patches per step on each device (global batch = batch_size x ranks)",
     "lr": "Adam learning rate",
     "decay": "epochs after which lr is multiplied by gamma, e.g. 200 or 200-400",
     "gamma": "lr decay factor",
+    "optimizer": "ADAM (the recipe) or SGD",
+    "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay",
+    "gclip": "clip gradient elements to [-gclip, gclip] (0 = off)",
     "seed": "random seed (weights and patch sampling)",
+    "print_every": "steps between loss reads for the progress bar (the only per-step host syncs)",
     "ckpt_save_path": "run folder: checkpoints, history.csv, curves.png, run.json",
     "ckpt_save_interval": "keep a numbered checkpoint every this many epochs",
     "ckpt_save_max": "numbered checkpoints kept at most",
@@ -130,6 +174,9 @@ OPTION_HELP = {
     "resume": "continue from latest.ckpt in ckpt_save_path",
     "task_id": "task index (kept for the seed's scripts; not used in training)",
     "amp_level": "mixed precision O0 (float32), O1, O2 or O3",
-    "loss_scale": "fixed loss scale; 0 = dynamic under O1-O3, none under O0",
+    "loss_scale": "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend",
+    "precision_mode": "Ascend: CANN precision mode, e.g. must_keep_origin_dtype for float32 convolutions",
+    "deterministic": "Ascend: deterministic kernels and HCCL (exact resume); CPU is always deterministic",
+    "dataset_sink": "auto, on or off: run print_every steps per device call (Ascend/GPU data sink)",
     "device_target": "Ascend, GPU or CPU (default: $DEVICE_TARGET, else Ascend when present, else CPU)",
 }

@@ -11,13 +11,23 @@ from .native import fast_conv_library  # imports no MindSpore
 # The kit's own CPU convolution (conv.py), built once per machine; None (with the reason) where it cannot be.
 FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE = fast_conv_library()
 
+def _expects_cpu():
+    """The device decision before MindSpore loads: $DEVICE_TARGET, else whether CANN is installed."""
+    chosen = os.environ.get("DEVICE_TARGET", "")
+    if chosen:
+        return chosen.lower() == "cpu"
+    return not (os.environ.get("ASCEND_HOME_PATH") or os.path.isdir("/usr/local/Ascend"))
+
+
 # Read by MindSpore/oneDNN when they load, so they must be set before `import mindspore`:
-# - MS_DEV_HOST_BLOCKING_RUN: without it the host thread busy-waits for each op and burns one of two cores.
+# - MS_DEV_HOST_BLOCKING_RUN, CPU runs only: without it the host thread busy-waits for every launched op and takes one
+#   of two cores from the kernels (a training step 1.2-2x slower, docs/benchmarks.md). On Ascend the host must keep
+#   queueing work while the device runs, so it is left alone there.
 # - ONEDNN_MAX_CPU_ISA, only where the kit's convolution cannot be built: on AVX-512 CPUs MindSpore's stock Conv2d
 #   pushes oneDNN into its reference loops (100x slower); capping the ISA at AVX2 restores JIT kernels (~2x PyTorch).
 #   The kit's kernel lets oneDNN pick its layouts, so it needs no cap and keeps AVX-512. No effect on Ascend.
 # A value the user already exported wins.
-KIT_ENVIRONMENT = {"MS_DEV_HOST_BLOCKING_RUN": "1"}
+KIT_ENVIRONMENT = {"MS_DEV_HOST_BLOCKING_RUN": "1"} if _expects_cpu() else {}
 if FAST_CONV_LIBRARY is None:
     KIT_ENVIRONMENT["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 
@@ -81,6 +91,38 @@ def setup_device(device_target=None, mode="pynative"):
         ms.set_device(target, device_id)
     _configured["target"] = target
     return target
+
+
+def configure_precision(device, precision_mode="", deterministic=False):
+    """What the device computes float32 work in, and whether runs repeat bit for bit; returns a record for run.json.
+
+    Ascend: CANN's precision mode is the chip's default unless `precision_mode` names one; Atlas training cards (910A)
+    default to allow_fp32_to_fp16, i.e. float32 convolutions run in float16, which is why O0 keeps a loss scale
+    there (trainer.make_loss_scaler). must_keep_origin_dtype also turns off HF32 convolutions and
+    matmuls, so O0 really is float32. CPU: deterministic always (the kit's kernels and MindSpore's CPU ops are), which
+    is what makes resume bit-exact."""
+    record = {"device": device, "deterministic": bool(deterministic or device == "CPU")}
+    if device == "Ascend":
+        from mindspore.device_context.ascend import op_precision
+
+        if precision_mode:
+            op_precision.precision_mode(precision_mode)
+            if precision_mode in FLOAT32_PRECISION_MODES:
+                op_precision.conv_allow_hf32(False)
+                op_precision.matmul_allow_hf32(False)
+        record["precision_mode"] = precision_mode or "chip default (910A: allow_fp32_to_fp16; A2: must_keep_origin_dtype)"
+        record["float32_convolutions"] = precision_mode in FLOAT32_PRECISION_MODES
+    elif precision_mode:
+        raise KitError(f"precision_mode {precision_mode!r} is a CANN setting: it applies on Ascend only, not {device}")
+    if record["deterministic"] and not _configured.get("deterministic"):
+        ms.set_deterministic(True)  # once per process, and before init() so collectives are deterministic too
+        _configured["deterministic"] = True
+    record["deterministic"] = bool(_configured.get("deterministic"))
+    return record
+
+
+# Precision modes in which float32 convolutions stay float32 (with HF32 switched off by configure_precision).
+FLOAT32_PRECISION_MODES = ("must_keep_origin_dtype",)
 
 
 def current_device():

@@ -6,6 +6,7 @@ The run folder is `ckpt_save_path`: checkpoints, `history.csv`, `curves.png` and
 device). Only rank 0 writes there.
 """
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 
 from .data import open_dataset
 from .errors import KitError
@@ -22,11 +23,11 @@ from .evaluation import evaluate, write_json
 from .figures import plot_history, save_figure
 from .images import atomic_write
 from .metrics import protocol_for
-from .model import build_model, compile_dynamic, count_parameters, load_state
+from .model import build_model, count_parameters, load_state
 from .options import Options
 from .pipeline import PatchSource, train_dataset
 from .progress import progress_bar
-from .runtime import current_device, init_distributed
+from .runtime import configure_precision, init_distributed, setup_device
 from .weights import init_from_checkpoint, read_checkpoint, save_checkpoint
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -35,9 +36,12 @@ LOSS_SCALER_PREFIX = "loss_scaler."
 # while it settles; twice that many means the loss itself is broken.
 MAX_CONSECUTIVE_NONFINITE = 32
 DYNAMIC_SCALE_START, DYNAMIC_SCALE_WINDOW = 2.0**16, 1000
+# Under O0 on Ascend the chip's default precision mode may run float32 convolutions in float16 (runtime.py); the
+# MindSpore ModelZoo EDSR trains with a fixed scale of about 1000 for that reason. A power of two is exact in float32.
+ASCEND_O0_LOSS_SCALE = 1024.0
 # Options that may change between a run and its resumption without breaking it.
 RESUMABLE_CHANGES = {"epochs", "resume", "test_every", "ckpt_save_interval", "ckpt_save_max", "num_workers",
-                     "device_target", "data_test", "ckpt_path", "dir_data"}
+                     "device_target", "data_test", "ckpt_path", "dir_data", "print_every", "dataset_sink"}
 
 
 class TrainingStopped(KitError):
@@ -57,19 +61,96 @@ def apply_mixed_precision(model, amp_level):
     return model
 
 
-def make_loss_scaler(opts):
-    """loss_scale > 0: that fixed scale. 0: dynamic under O1-O3, none (1.0) under O0 where float32 cannot
-    underflow the gradients."""
+def make_loss_scaler(opts, device="CPU"):
+    """loss_scale > 0: that fixed scale. 0: dynamic under O1-O3; under O0 none (1.0) where float32 is float32 (CPU,
+    GPU, Ascend with a float32 precision_mode) and the ModelZoo's fixed scale on Ascend's default precision."""
     if opts.loss_scale > 0:
         return ms.amp.StaticLossScaler(float(opts.loss_scale))
     if opts.amp_level == "O0":
-        return ms.amp.StaticLossScaler(1.0)
+        from .runtime import FLOAT32_PRECISION_MODES
+
+        float16_convs = device == "Ascend" and opts.precision_mode not in FLOAT32_PRECISION_MODES
+        return ms.amp.StaticLossScaler(ASCEND_O0_LOSS_SCALE if float16_convs else 1.0)
     return ms.amp.DynamicLossScaler(DYNAMIC_SCALE_START, scale_factor=2, scale_window=DYNAMIC_SCALE_WINDOW)
+
+
+def make_optimizer(opts, params):
+    """EDSR-PyTorch's choices: Adam (0.9, 0.999, 1e-8) or SGD with momentum. The lr is a tensor assigned in place at
+    each epoch (a per-step lr list failed on resume: MindSpore reused an earlier instance's compiled graph)."""
+    lr = ms.Tensor(opts.lr, ms.float32)
+    if opts.optimizer == "SGD":
+        return nn.SGD(params, learning_rate=lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+    return nn.Adam(params, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=opts.weight_decay)
+
+
+_clip = ops.MultitypeFuncGraph("clip")
+
+
+@_clip.register("Number", "Tensor")
+def _clip_tensor(limit, grad):
+    return ops.clamp(grad, -limit, limit)
+
+
+class TrainStep(nn.Cell):
+    """One training step as one graph, after MindSpore's TrainOneStepWithLossScaleCell: forward, scaled L1 loss,
+    gradients, their mean over ranks, an overflow flag summed over ranks (so every rank skips the same steps),
+    unscaling, optional clipping, the update, and the loss-scale adjustment. Nothing leaves the device: the step
+    adds its loss and outcome to `totals`, which the host reads every `print_every` steps."""
+
+    # totals: loss summed over applied steps, applied steps, skipped steps, current run of skipped steps
+    LOSS_SUM, APPLIED, SKIPPED, STREAK = range(4)
+
+    def __init__(self, model, loss_fn, optimizer, scaler, world=1, gclip=0.0):
+        super().__init__(auto_prefix=False)
+        self.model, self.loss_fn, self.optimizer, self.scaler = model, loss_fn, optimizer, scaler
+        self.world, self.gclip = int(world), float(gclip)
+        self.hyper_map = ops.HyperMap()
+        self.grad_fn = ops.value_and_grad(self.scaled_loss, None, optimizer.parameters, has_aux=True)
+        if self.world > 1:
+            self.reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=self.world)
+            self.all_reduce = ops.AllReduce()  # sum
+        self.totals = Parameter(Tensor(np.zeros(4, np.float32)), name="train_step_totals", requires_grad=False)
+
+    def scaled_loss(self, lr, hr):
+        loss = self.loss_fn(self.model(lr).astype(ms.float32), hr)
+        return self.scaler.scale(loss), loss
+
+    def construct(self, lr, hr):
+        (scaled, loss), grads = self.grad_fn(lr, hr)
+        if self.world > 1:
+            grads = self.reducer(grads)
+            loss = self.all_reduce(loss) / self.world
+        grads = self.scaler.unscale(grads)
+        # On Ascend all_finite reads the device's own overflow status, so each rank's verdict is summed over all.
+        finite = ops.logical_and(ms.amp.all_finite(grads), ops.logical_and(ops.isfinite(loss), ops.isfinite(scaled)))
+        overflow = 1.0 - finite.astype(ms.float32)
+        if self.world > 1:
+            overflow = self.all_reduce(overflow)
+        finite = overflow < 0.5
+        self.scaler.adjust(finite)
+        if self.gclip > 0:
+            grads = self.hyper_map(ops.partial(_clip, self.gclip), grads)
+        if finite:
+            loss = ops.depend(loss, self.optimizer(grads))
+        applied = finite.astype(ms.float32)
+        t = self.totals
+        ops.assign(self.totals, ops.stack([t[0] + ops.select(finite, loss, ops.zeros_like(loss)), t[1] + applied,
+                                           t[2] + 1.0 - applied, (t[3] + 1.0) * (1.0 - applied)]))
+        return loss, finite
 
 
 def param_checksum(model):
     """Sum of every parameter as float64: equal on all ranks of a correct data-parallel run."""
     return float(sum(p.asnumpy().astype(np.float64).sum() for p in model.get_parameters()))
+
+
+def param_digest(model):
+    """SHA-256 of every parameter's bytes in order: equal on two ranks only if every weight is bit-identical."""
+    digest = hashlib.sha256()
+    for p in model.get_parameters():
+        digest.update(p.name.encode())
+        digest.update(np.ascontiguousarray(p.asnumpy()).tobytes())
+    return digest.hexdigest()
 
 
 def versions():
@@ -85,8 +166,10 @@ def versions():
 class Trainer:
     def __init__(self, opts: Options, log=print, progress="auto"):
         self.opts, self.log, self.progress = opts, log, progress
+        self.device = setup_device(opts.device_target)
+        self.precision = configure_precision(self.device, opts.precision_mode, opts.deterministic)
         self.rank, self.world = init_distributed(opts.device_target)
-        self.device = current_device()
+        self.sink = opts.sink_mode(self.device)
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
         self.model = build_model(opts.architecture(), conv_kernel="auto" if opts.amp_level == "O0" else "stock")
@@ -106,19 +189,13 @@ class Trainer:
         self.samples_per_epoch = opts.test_every * opts.batch_size * self.world
         self.source = PatchSource(self.train_set, opts.patch_size, opts.epochs * self.samples_per_epoch,
                                   seed=opts.seed, no_augment=opts.no_augment, rgb_range=opts.rgb_range)
-        # A scalar lr assigned at the start of each epoch (MultiStepLR); a per-step lr list failed on resume in
-        # one process (MindSpore reused the compiled optimizer graph of an earlier instance with a shorter list).
-        self.optimizer = nn.Adam(self.model.trainable_params(), learning_rate=ms.Tensor(opts.lr, ms.float32),
-                                 beta1=0.9, beta2=0.999, eps=1e-8)
+        self.optimizer = make_optimizer(opts, self.model.trainable_params())
         self.loss_fn = nn.L1Loss()
-        self.scaler = make_loss_scaler(opts)
-        self.reducer = None
-        if self.world > 1:
-            self.reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=self.world)
-            self.all_reduce = ops.AllReduce()
-        # Loss and gradients as one graph for any patch size: ~5% faster than op by op (docs/benchmarks.md).
-        self._grad = compile_dynamic(ms.value_and_grad(self._scaled_loss, None, self.optimizer.parameters,
-                                                       has_aux=True), opts.n_colors, n_inputs=2)
+        self.scaler = make_loss_scaler(opts, self.device)
+        self.step = TrainStep(self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip)
+        # One static graph: the patch size is fixed, so it compiles once, at the first step.
+        self._step_graph = ms.jit(self.step)
+        self._feed, self._feed_epoch = None, None
         self.epoch, self.history, self.best_psnr = 0, [], -np.inf
         self.bicubic_psnr, self.last_loss, self.skipped_steps = None, None, 0
         self.ckpt_dir = Path(opts.ckpt_save_path)
@@ -129,17 +206,21 @@ class Trainer:
         if self.rank == 0:
             self.log(message)
 
-    def _scaled_loss(self, lr, hr):
-        loss = self.loss_fn(self.model(lr).astype(ms.float32), hr)
-        return self.scaler.scale(loss), loss
-
     def summary(self):
         o = self.opts
         return {"parameters": count_parameters(self.model), "architecture": o.architecture().to_dict(),
                 "train images": len(self.train_set), "validation images": len(self.val_set or []),
                 "device": self.device, "world size": self.world, "amp_level": o.amp_level,
-                "loss scaling": type(self.scaler).__name__, "batch per rank": o.batch_size,
-                "LR patch": o.patch_size // o.scale, "iterations": o.epochs * o.test_every}
+                "loss scaling": self.loss_scaling(), "batch per device": o.batch_size,
+                "global batch": o.batch_size * self.world, "LR patch": o.patch_size // o.scale,
+                "iterations": o.epochs * o.test_every, "optimizer": o.optimizer,
+                "dataset sink": f"{self.opts.sync_every()} steps per call" if self.sink else "off"}
+
+    def loss_scaling(self):
+        if isinstance(self.scaler, ms.amp.DynamicLossScaler):
+            return f"dynamic (from {DYNAMIC_SCALE_START:g}, window {DYNAMIC_SCALE_WINDOW})"
+        scale = float(self.scaler.scale_value.asnumpy())
+        return "none" if scale == 1.0 else f"fixed {scale:g}"
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _state(self):
@@ -203,53 +284,75 @@ class Trainer:
 
     # ---- loop ----------------------------------------------------------------------------------------------
     def train_step(self, lr, hr):
-        """One optimizer step; returns (loss, applied). A non-finite loss or gradient skips the step and lets a
-        dynamic loss scale shrink. With several ranks, gradients and the logged loss are averaged over all."""
-        (_, loss), grads = self._grad(lr, hr)
-        if self.reducer is not None:
-            grads = self.reducer(grads)
-            loss = self.all_reduce(loss) / self.world
-        grads = self.scaler.unscale(grads)
-        finite = bool(ms.amp.all_finite(grads).asnumpy()) and bool(np.isfinite(loss.asnumpy()))
-        self.scaler.adjust(ms.Tensor(finite))
-        if finite:
-            self.optimizer(grads)
-        return float(loss.asnumpy()), finite
+        """One optimizer step (the step graph, then a host read); returns (loss, applied). A non-finite loss or
+        gradient on any rank skips the step on every rank and lets a dynamic loss scale shrink."""
+        loss, finite = self._step_graph(ms.Tensor(lr), ms.Tensor(hr))
+        return float(loss.asnumpy()), bool(finite.asnumpy())
+
+    def _open_feed(self):
+        """The batches from this epoch to the end of the run: one dataset (and, with dataset sink, one device loop
+        of `sync_every` steps) for the whole run rather than one per epoch, so nothing recompiles between epochs."""
+        o = self.opts
+        data = train_dataset(self.source, o.batch_size, start_index=self.epoch * self.samples_per_epoch,
+                             num_shards=self.world if self.world > 1 else None, shard_id=self.rank,
+                             num_workers=o.num_workers)
+        if self.sink:
+            sink = ms.data_sink(self.step, data, sink_size=o.sync_every())
+
+            def run(steps):
+                for _ in range(steps // o.sync_every()):
+                    sink()
+        else:
+            batches = data.create_tuple_iterator(num_epochs=1)
+
+            def run(steps):
+                for _ in range(steps):
+                    self._step_graph(*next(batches))
+
+        self._feed, self._feed_epoch = run, self.epoch
+
+    def _read_totals(self):
+        """The one host synchronisation between two progress reads; starts the next counts from zero."""
+        totals = self.step.totals.asnumpy().copy()  # on CPU asnumpy() shares memory with the tensor
+        ops.assign(self.step.totals, ms.Tensor(np.array([0, 0, 0, totals[TrainStep.STREAK]], np.float32)))
+        return totals
 
     def train_epoch(self):
         o = self.opts
         self.model.set_train(True)
         # In-place assign: the optimizer's compiled graph keeps seeing the old tensor after a set_data().
         ms.ops.assign(self.optimizer.learning_rate, ms.Tensor(o.learning_rate(self.epoch), ms.float32))
-        data = train_dataset(self.source, o.batch_size, start_index=self.epoch * self.samples_per_epoch,
-                             num_shards=self.world if self.world > 1 else None, shard_id=self.rank,
-                             num_workers=o.num_workers)
-        losses, consecutive_bad, t0 = [], 0, time.perf_counter()
+        if self._feed is None or self._feed_epoch != self.epoch:
+            self._open_feed()
+        self._read_totals()
+        loss_sum, applied, t0, every = 0.0, 0, time.perf_counter(), o.sync_every()
         bar = progress_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}",
                            self.progress if self.rank == 0 else "none", unit="it")
-        for i, batch in enumerate(data.create_tuple_iterator()):
-            if i == o.test_every:
-                break
-            loss, applied = self.train_step(*batch)
-            if applied:
-                losses.append(loss)
-                consecutive_bad = 0
-            else:
-                consecutive_bad += 1
-                self.skipped_steps += 1
-                self._log(f"epoch {self.epoch + 1} iteration {i + 1}: non-finite loss or gradients "
-                          f"(loss {loss}); step skipped, loss scale now {float(self.scaler.scale_value.asnumpy()):g}")
-                if consecutive_bad >= MAX_CONSECUTIVE_NONFINITE:
-                    raise TrainingStopped(
-                        f"training stopped in epoch {self.epoch + 1}: {consecutive_bad} non-finite steps in a row "
-                        f"(try a lower lr, amp_level O0 or a smaller loss_scale); the last good checkpoint is "
-                        f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})")
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{o.learning_rate(self.epoch):.2e}", refresh=False)
+        for done in range(every, o.test_every + 1, every):
+            self._feed(every)
+            totals = self._read_totals()
+            loss_sum, applied = loss_sum + float(totals[TrainStep.LOSS_SUM]), applied + int(totals[TrainStep.APPLIED])
+            skipped, streak = int(totals[TrainStep.SKIPPED]), int(totals[TrainStep.STREAK])
+            if skipped:
+                self.skipped_steps += skipped
+                self._log(f"epoch {self.epoch + 1}, iterations {done - every + 1}-{done}: {skipped} step(s) skipped "
+                          f"for a non-finite loss or gradients; loss scale now {self.loss_scale_value():g}")
+            if streak >= MAX_CONSECUTIVE_NONFINITE:
+                bar.close()
+                raise TrainingStopped(
+                    f"training stopped in epoch {self.epoch + 1}: {streak} non-finite steps in a row "
+                    f"(try a lower lr, amp_level O0 or a smaller loss_scale); the last good checkpoint is "
+                    f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})")
+            bar.update(every)
+            mean = totals[TrainStep.LOSS_SUM] / max(totals[TrainStep.APPLIED], 1)
+            bar.set_postfix(loss=f"{mean:.3f}", lr=f"{o.learning_rate(self.epoch):.2e}", refresh=False)
         bar.close()
-        self.epoch += 1
-        self.last_loss = float(np.mean(losses)) if losses else float("nan")
+        self._feed_epoch = self.epoch = self.epoch + 1
+        self.last_loss = loss_sum / applied if applied else float("nan")
         return self.last_loss, o.test_every / (time.perf_counter() - t0)
+
+    def loss_scale_value(self):
+        return float(self.scaler.scale_value.asnumpy())
 
     def validate(self):
         if self.val_set is None:
@@ -282,7 +385,10 @@ class Trainer:
     # ---- run records ---------------------------------------------------------------------------------------
     def write_run_record(self):
         record = {"options": self.opts.to_dict(), "versions": versions(), "device": self.device,
-                  "world_size": self.world, "summary": self.summary(),
+                  "world_size": self.world, "batch_size_per_device": self.opts.batch_size,
+                  "global_batch": self.opts.batch_size * self.world, "precision": {
+                      **self.precision, "amp_level": self.opts.amp_level, "loss_scaling": self.loss_scaling()},
+                  "summary": self.summary(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         return write_json(self.ckpt_dir / "run.json", record)
 
@@ -298,18 +404,22 @@ class Trainer:
         return save_figure(plot_history(self.history, f"EDSR x{self.opts.scale}"), self.ckpt_dir / "curves.png")
 
     def final_metrics(self):
-        """What every rank reports: equal `param_checksum` (and loss, averaged over ranks) on all of them.
+        """What every rank reports: equal `param_checksum` and `param_digest` (and loss, averaged over ranks) on all.
 
-        With several ranks this is also the closing barrier: every rank leaves it together, so the kernels that
-        papermill shuts down next finish MindSpore's cluster teardown at the same time."""
+        With several ranks, every parameter's sum is gathered from all ranks and compared here (`ranks_agree`), so
+        each server learns whether all ranks agree even without a shared output folder. That gather is also the
+        closing barrier: every rank leaves it together, so the kernels that papermill shuts down next finish
+        MindSpore's cluster teardown at the same time."""
         last = self.history[-1] if self.history else {}
-        checksum = param_checksum(self.model)
         metrics = {"rank": self.rank, "world_size": self.world, "epochs": self.epoch,
                    "final_loss": self.last_loss if self.last_loss is not None else last.get("loss"),
-                   "param_checksum": checksum, "psnr": last.get("psnr"), "psnr_bicubic": last.get("psnr_bicubic"),
+                   "param_checksum": param_checksum(self.model), "param_digest": param_digest(self.model),
+                   "psnr": last.get("psnr"), "psnr_bicubic": last.get("psnr_bicubic"),
                    "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,
-                   "skipped_steps": self.skipped_steps}
+                   "skipped_steps": self.skipped_steps, "loss_scale": self.loss_scale_value(),
+                   "global_batch": self.opts.batch_size * self.world}
         if self.world > 1:
-            everyone = ops.AllGather()(ms.Tensor([checksum], ms.float32)).asnumpy()  # (MAX/MIN: not on CPU)
+            sums = np.array([p.asnumpy().sum(dtype=np.float32) for p in self.model.get_parameters()], np.float32)
+            everyone = ops.AllGather()(ms.Tensor(sums)).asnumpy().reshape(self.world, -1)  # (MAX/MIN: not on CPU)
             metrics["ranks_agree"] = bool((everyone == everyone[0]).all())
         return metrics
