@@ -4,10 +4,12 @@ data-parallel training on N ranks launched by msrun or an HCCL rank table.
 Every rank executes `02_train.ipynb` itself, writing `rank_<i>/02_train.ipynb`, its log and `metrics.json`;
 the checkpoints of the run go to one shared folder that rank 0 alone writes.
 """
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .errors import KitError
@@ -89,7 +91,8 @@ def _read_metrics(path):
 def run_standalone(train_data, output_dir, parameters=None, log=print):
     """Train, evaluate on the held-out images and compare visually, on one device. Returns the summary metrics."""
     output_dir = Path(output_dir)
-    params = {**train_data_parameters(train_data), "progress": "text", **(parameters or {})}
+    params = {"progress": "text", **batch_run_parameters(train_data, parameters or {})}
+    log(describe_schedule(params, 1))
     ckpt_dir = params.setdefault("ckpt_save_path", str(output_dir / "ckpt"))
     execute_notebook(TRAIN, output_dir / TRAIN, {**params, "output_dir": str(output_dir / "train")}, log)
     checkpoint = str(Path(ckpt_dir) / "best.ckpt")
@@ -121,6 +124,14 @@ def run_evaluation(test_data, checkpoint, dataset_type, output_dir, parameters=N
 
 
 # ---- data parallel ----------------------------------------------------------------------------------------
+# A job is `nodes` servers of `device_num` ranks each. Each server runs this launcher once; it starts its own ranks
+# (through msrun, or one process per device from a rank table), watches them and every process they start (papermill
+# kernels included), and ends all of them when one rank fails.
+
+POLL_SECONDS = 0.5
+KILL_GRACE_SECONDS = 5.0
+FAILED_MARKER = "job_failed.json"  # written by the launcher that saw a rank fail; other servers sharing the folder stop
+
 
 def rank_parameters(output_dir, rank, parameters):
     """Papermill parameters of one rank: its own output folder, one shared checkpoint folder, text progress."""
@@ -129,33 +140,102 @@ def rank_parameters(output_dir, rank, parameters):
             "ckpt_save_path": str(parameters.get("ckpt_save_path") or output_dir / "ckpt")}
 
 
-def msrun_command(device_num, output_dir, parameters, master_port=DEFAULT_MASTER_PORT):
-    """msrun starts one scheduler and `device_num` workers; each runs `python -m edsr_lib.launch worker`."""
-    return ["msrun", f"--worker_num={device_num}", f"--local_worker_num={device_num}", "--node_rank=0",
-            f"--master_port={master_port}", f"--log_dir={Path(output_dir) / 'msrun_logs'}", "--join=True",
-            "python", "-m", "edsr_lib.launch", "worker", str(output_dir), json.dumps(parameters)]
+def worker_command(output_dir, parameters, python="python"):
+    return [python, "-m", "edsr_lib.launch", "worker", str(output_dir), json.dumps(parameters)]
 
 
-def read_rank_table(path, device_num):
-    """[(rank_id, device_id), ...] from an HCCL rank table (version 1.0 layout: server_list[].device[])."""
+def msrun_command(device_num, output_dir, parameters, master_port=DEFAULT_MASTER_PORT, nodes=1, node_rank=0,
+                  master_addr="127.0.0.1"):
+    """msrun starts the scheduler (on the master server) and this server's `device_num` workers of the job's
+    nodes * device_num; each runs `python -m edsr_lib.launch worker`."""
+    return ["msrun", f"--worker_num={nodes * device_num}", f"--local_worker_num={device_num}",
+            f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
+            f"--log_dir={Path(output_dir) / 'msrun_logs'}", "--join=True",
+            *worker_command(output_dir, parameters)]
+
+
+def dynamic_cluster_environments(device_num, nodes, node_rank, master_addr, master_port, base_env=None):
+    """The environments msrun gives this server's workers (MindSpore's dynamic-cluster variables), for starting them
+    without msrun: on a second server whose master address is also local (two servers emulated on one host), msrun
+    would start a second scheduler on the master's port."""
+    base = dict(os.environ if base_env is None else base_env)
+    total = nodes * device_num
+    return [{**base, "MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": str(total), "MS_SCHED_HOST": str(master_addr),
+             "MS_SCHED_PORT": str(master_port), "MS_TOPO_TIMEOUT": "600", "MS_NODE_ID": str(rank),
+             "RANK_ID": str(rank), "RANK_SIZE": str(total), "DEVICE_ID": str(local)}
+            for local, rank in enumerate(range(node_rank * device_num, (node_rank + 1) * device_num))]
+
+
+def is_local_address(address):
+    """Whether `address` (a name or IP) is this machine: loopback, or one of its interfaces' addresses."""
+    import ipaddress
+    import socket
+
+    import psutil
+
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(address, None)}
+    except OSError:
+        return False
+    local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return any(ipaddress.ip_address(ip.split("%")[0]).is_loopback or ip in local for ip in resolved)
+
+
+def read_rank_table(path):
+    """[(server_id, [(rank_id, device_id), ...]), ...] from an HCCL rank table (version 1.0: server_list[].device[])."""
     try:
         table = json.loads(Path(path).read_text())
-        devices = [(int(d["rank_id"]), int(d["device_id"])) for server in table["server_list"]
-                   for d in server["device"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        servers = [(str(server.get("server_id", index)),
+                    sorted((int(d["rank_id"]), int(d["device_id"])) for d in server["device"]))
+                   for index, server in enumerate(table["server_list"])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KitError(f"{path}: not a readable HCCL rank table ({exc})") from None
-    if len(devices) != device_num:
-        raise KitError(f"{path}: lists {len(devices)} devices but DEVICE_NUM is {device_num}")
-    return sorted(devices)
+    if not servers:
+        raise KitError(f"{path}: the rank table lists no servers")
+    return servers
 
 
-def rank_table_environments(rank_table_file, device_num, base_env=None):
-    """One environment per rank for the rank-table launch (the seed's way): RANK_TABLE_FILE, RANK_SIZE,
-    RANK_ID, DEVICE_ID."""
+def this_server(servers, path, node_rank=None, env=None):
+    """Which server of a rank table this one is: $SERVER_ID (its index or server_id, as the ModelZoo scripts set it),
+    else --node-rank, else the server whose server_id is one of this machine's addresses."""
+    env = os.environ if env is None else env
+    chosen = env.get("SERVER_ID")
+    if chosen is not None:
+        ids = [server_id for server_id, _ in servers]
+        if chosen in ids:
+            return ids.index(chosen)
+        if chosen.isdigit() and int(chosen) < len(servers):
+            return int(chosen)
+        raise KitError(f"{path}: SERVER_ID={chosen} is neither a server index (0-{len(servers) - 1}) nor one of "
+                       f"its server_id values ({', '.join(ids)})")
+    if node_rank is not None:
+        if not 0 <= node_rank < len(servers):
+            raise KitError(f"{path}: --node-rank {node_rank} but the table lists {len(servers)} server(s)")
+        return node_rank
+    if len(servers) == 1:
+        return 0
+    local = [i for i, (server_id, _) in enumerate(servers) if is_local_address(server_id)]
+    if len(local) != 1:
+        raise KitError(f"{path}: cannot tell which of its {len(servers)} servers this is "
+                       f"({'none' if not local else 'several'} of their server_id values is local); set SERVER_ID")
+    return local[0]
+
+
+def rank_table_environments(rank_table_file, device_num, base_env=None, node_rank=None, nodes=None):
+    """One environment per rank of this server for the rank-table launch (the ModelZoo's way): RANK_TABLE_FILE,
+    RANK_SIZE (all ranks in the table), RANK_ID, DEVICE_ID."""
     base = dict(os.environ if base_env is None else base_env)
-    return [{**base, "RANK_TABLE_FILE": str(Path(rank_table_file).resolve()), "RANK_SIZE": str(device_num),
-             "RANK_ID": str(rank), "DEVICE_ID": str(device)}
-            for rank, device in read_rank_table(rank_table_file, device_num)]
+    servers = read_rank_table(rank_table_file)
+    if nodes is not None and nodes != len(servers):
+        raise KitError(f"{rank_table_file}: lists {len(servers)} server(s) but --nodes is {nodes}")
+    index = this_server(servers, rank_table_file, node_rank, base)
+    server_id, devices = servers[index]
+    if len(devices) != device_num:
+        raise KitError(f"{rank_table_file}: server {server_id} lists {len(devices)} devices but DEVICE_NUM is "
+                       f"{device_num}")
+    total = sum(len(d) for _, d in servers)
+    return [{**base, "RANK_TABLE_FILE": str(Path(rank_table_file).resolve()), "RANK_SIZE": str(total),
+             "RANK_ID": str(rank), "DEVICE_ID": str(device), "SERVER_ID": str(index)} for rank, device in devices]
 
 
 def _python_first_on_path(env):
@@ -163,44 +243,253 @@ def _python_first_on_path(env):
     return {**env, "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
 
 
+class RankWatch:
+    """Starts this server's processes, follows every process they start (papermill kernels run in sessions of
+    their own, out of reach of msrun's process-group kill), and ends them all when one rank fails."""
+
+    def __init__(self, output_dir, log=print):
+        self.output_dir, self.log = Path(output_dir), log
+        self.top, self.seen, self.workers = [], {}, {}
+        self.started = time.time()
+
+    def start(self, command, env, log_path=None, rank=None):
+        handle = open(log_path, "w") if log_path else None
+        proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT if handle else None,
+                                start_new_session=True)
+        self.top.append((proc, rank, log_path, handle))
+        return proc
+
+    def _follow(self):
+        import psutil
+
+        for proc, *_ in self.top:
+            try:
+                family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for child in family:
+                key = (child.pid, child.create_time()) if child.is_running() else None
+                if key and key not in self.seen:
+                    self.seen[key] = child
+                    rank = self._worker_rank(child)
+                    if rank is not None:
+                        self.workers[key] = (rank, child)
+
+    @staticmethod
+    def _worker_rank(process):
+        import psutil
+
+        try:
+            cmdline, env = process.cmdline(), process.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        # `python -m edsr_lib.launch worker ...` itself, not msrun (whose arguments hold the same words) nor msrun's
+        # child before it execs, nor the scheduler msrun starts with the same command
+        if cmdline[1:4] != ["-m", "edsr_lib.launch", "worker"] or env.get("MS_ROLE") == "MS_SCHED":
+            return None
+        return int(env["RANK_ID"]) if env.get("RANK_ID", "").isdigit() else None
+
+    def _finished(self, rank):
+        metrics = self.output_dir / f"rank_{rank}" / "metrics.json"
+        return metrics.is_file() and metrics.stat().st_mtime >= self.started
+
+    def _failure(self):
+        """(rank or None, reason) for the first failure seen, else None."""
+        for proc, rank, log_path, _ in self.top:
+            code = proc.poll()
+            if code:
+                where = f" (log: {log_path})" if log_path else ""
+                return rank, f"{'rank ' + str(rank) if rank is not None else proc.args[0]} exited with {code}{where}"
+        for key, (rank, process) in list(self.workers.items()):
+            if not process.is_running() or process.status() == "zombie":
+                del self.workers[key]
+                if not self._finished(rank):
+                    return rank, f"rank {rank} ended before finishing"
+        marker = self.output_dir / FAILED_MARKER
+        if marker.is_file() and marker.stat().st_mtime >= self.started:
+            try:
+                return None, "another server stopped the job: " + json.loads(marker.read_text())["reason"]
+            except (OSError, ValueError, KeyError):
+                return None, "another server stopped the job"
+        return None
+
+    def stop_all(self):
+        """SIGTERM to every process seen, then SIGKILL to what is left after KILL_GRACE_SECONDS."""
+        import psutil
+
+        self._follow()
+        alive = [p for p in self.seen.values() if p.is_running()]
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(alive, timeout=KILL_GRACE_SECONDS)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=KILL_GRACE_SECONDS)
+        for proc, *_ in self.top:
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=1)
+
+    def wait(self):
+        """Until every process ends well, or one rank fails: then stop the rest and raise naming it."""
+        try:
+            while True:
+                self._follow()
+                failed = self._failure()
+                if failed:
+                    rank, reason = failed
+                    logs = self.rank_logs(rank)
+                    if not reason.startswith("another server"):
+                        write_json(self.output_dir / FAILED_MARKER, {"rank": rank, "reason": reason})
+                    self.log(f"{reason}; stopping the other ranks")
+                    self.stop_all()
+                    raise KitError(f"distributed training failed: {reason}" + (f"; see {logs}" if logs else ""))
+                if all(proc.poll() == 0 for proc, *_ in self.top):
+                    self.stop_all()  # leftovers, e.g. a kernel still shutting down
+                    return
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            self.stop_all()
+            raise
+        finally:
+            for *_, handle in self.top:
+                if handle:
+                    handle.close()
+
+    def rank_logs(self, rank):
+        if rank is None:
+            return ""
+        candidates = [self.output_dir / "msrun_logs" / f"worker_{rank}.log", self.output_dir / f"rank_{rank}" / "train.log",
+                      self.output_dir / f"rank_{rank}" / TRAIN]
+        return ", ".join(str(p) for p in candidates if p.exists())
+
+
+def notebook_defaults(name=TRAIN):
+    """The parameters cell of a notebook as values."""
+    import ast
+
+    import papermill
+
+    values = {}
+    for key, info in papermill.inspect_notebook(str(notebook_path(name))).items():
+        with contextlib.suppress(ValueError, SyntaxError):
+            values[key] = ast.literal_eval(info["default"])
+    return values
+
+
+# What the launchers take from a notebook's parameters are data and run placement; the schedule of a batch run on
+# DIV2K or a user's folder is the published recipe (the Options defaults), whatever the notebook's demo values.
+RECIPE_GLOBAL_BATCH = 16
+
+
+def batch_run_parameters(train_data, given, world=1):
+    """Parameters for a headless run: the built-in sample data keeps the notebook's short schedule; any other data
+    gets the published recipe for every option not given, with the recipe's global batch of 16 split over the ranks
+    (2 per card on 8 cards, as the ModelZoo's 8-card script passes)."""
+    params = {**train_data_parameters(train_data), **given}
+    if str(train_data).lower() == "sample":
+        return params
+    from dataclasses import fields
+
+    from .options import Options
+
+    recipe = Options(scale=int(params.get("scale", 2)))
+    run_keys = {"dir_data", "data_train", "data_test", "data_range", "device_target", "ckpt_save_path", "ckpt_path",
+                "resume", "output_dir", "progress", "model", "n_colors", "rgb_range", "seed", "task_id"}
+    defaults = notebook_defaults()
+    for field in fields(Options):
+        name = field.name
+        if name in params or name in run_keys or name not in defaults:
+            continue
+        value = getattr(recipe, name)
+        if name == "batch_size":
+            value = RECIPE_GLOBAL_BATCH // world if RECIPE_GLOBAL_BATCH % world == 0 else value
+        if defaults[name] != value:
+            params[name] = value
+    return params
+
+
+def describe_schedule(params, world):
+    """One line: what the job will train, in the recipe's terms."""
+    from .options import Options
+
+    values = {**notebook_defaults(), **params}
+    opts = Options.from_dict({k: v for k, v in values.items() if k in Options.__dataclass_fields__}, strict=False)
+    return (f"schedule: {opts.epochs} epochs x {opts.test_every} iterations, lr {opts.lr:g} x {opts.gamma:g} after "
+            f"epoch(s) {opts.decay}, HR patch {opts.patch_size}, batch {opts.batch_size} per device x {world} "
+            f"rank(s) = global batch {opts.batch_size * world}; model {opts.n_resblocks} blocks, {opts.n_feats} "
+            f"features")
+
+
 def run_distributed(train_data, device_num, output_dir, parameters=None, rank_table_file=None,
-                    master_port=DEFAULT_MASTER_PORT, log=print):
-    """Launch the data-parallel job, wait, and check that every rank reported the same weights."""
+                    master_port=DEFAULT_MASTER_PORT, nodes=1, node_rank=None, master_addr="127.0.0.1", log=print):
+    """Launch this server's part of the data-parallel job, watch it, and check that its ranks agree."""
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    params = {**train_data_parameters(train_data), **(parameters or {})}
+    table_node_rank, node_rank = node_rank, node_rank or 0
+    if device_num < 1 or nodes < 1 or not 0 <= node_rank < nodes:
+        raise KitError(f"need DEVICE_NUM >= 1, --nodes >= 1 and 0 <= --node-rank < --nodes (got {device_num}, "
+                       f"{nodes}, {node_rank})")
     if rank_table_file:
-        procs = []
-        for env in rank_table_environments(rank_table_file, device_num):
+        envs = rank_table_environments(rank_table_file, device_num, node_rank=table_node_rank,
+                                       nodes=nodes if nodes > 1 else None)
+        world, node_rank = int(envs[0]["RANK_SIZE"]), int(envs[0]["SERVER_ID"])
+    else:
+        envs, world = None, nodes * device_num
+    params = batch_run_parameters(train_data, parameters or {}, world)
+    log(describe_schedule(params, world))
+    local_ranks = [int(e["RANK_ID"]) for e in envs] if envs else list(range(node_rank * device_num,
+                                                                            (node_rank + 1) * device_num))
+    for rank in local_ranks:  # this server's own earlier results
+        with contextlib.suppress(FileNotFoundError):
+            (output_dir / f"rank_{rank}" / "metrics.json").unlink()
+    if node_rank == 0:
+        with contextlib.suppress(FileNotFoundError):
+            (output_dir / FAILED_MARKER).unlink()
+    watch = RankWatch(output_dir, log)
+    if envs:
+        for env in envs:
             rank_dir = output_dir / f"rank_{env['RANK_ID']}"
             rank_dir.mkdir(parents=True, exist_ok=True)
-            log_file = open(rank_dir / "train.log", "w")
-            command = [sys.executable, "-m", "edsr_lib.launch", "worker", str(output_dir), json.dumps(params)]
-            procs.append((subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT), log_file))
-        codes = [p.wait() for p, _ in procs]
-        for _, f in procs:
-            f.close()
-        code = max(codes)
+            watch.start(worker_command(output_dir, params, sys.executable), env, rank_dir / "train.log",
+                        int(env["RANK_ID"]))
+    elif node_rank > 0 and is_local_address(master_addr):
+        log_dir = output_dir / "msrun_logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log(f"master {master_addr} is this host: starting ranks {local_ranks[0]}-{local_ranks[-1]} without msrun "
+            "(msrun would start a second scheduler)")
+        for env in dynamic_cluster_environments(device_num, nodes, node_rank, master_addr, master_port):
+            watch.start(worker_command(output_dir, params, sys.executable), env,
+                        log_dir / f"worker_{env['RANK_ID']}.log", int(env["RANK_ID"]))
     else:
-        command = msrun_command(device_num, output_dir, params, master_port)
-        log("launching: " + " ".join(command[:7]) + " ...")
-        code = subprocess.call(command, env=_python_first_on_path(dict(os.environ)))
-    if code:
-        raise KitError(f"distributed training failed (exit {code}); see the rank logs under {output_dir}")
-    return check_ranks(output_dir, device_num)
+        command = msrun_command(device_num, output_dir, params, master_port, nodes, node_rank, master_addr)
+        log("launching: " + " ".join(command[:8]) + " ...")
+        watch.start(command, _python_first_on_path(dict(os.environ)))
+    watch.wait()
+    return check_ranks(output_dir, local_ranks, world)
 
 
-def check_ranks(output_dir, device_num):
-    metrics = [_read_metrics(Path(output_dir) / f"rank_{r}" / "metrics.json") for r in range(device_num)]
-    checksums = {m["param_checksum"] for m in metrics}
-    if len(checksums) != 1:
-        raise KitError(f"ranks disagree: param_checksum {sorted(checksums)}")
-    return metrics
+def check_ranks(output_dir, local_ranks, world):
+    """This server's ranks must report identical weights; so must every rank whose results share the folder.
+    Each rank's `ranks_agree` is the all-rank comparison made inside the job."""
+    metrics = [_read_metrics(Path(output_dir) / f"rank_{r}" / "metrics.json") for r in local_ranks]
+    for r in range(world):
+        path = Path(output_dir) / f"rank_{r}" / "metrics.json"
+        if r not in local_ranks and path.is_file():
+            metrics.append(_read_metrics(path))
+    digests = {m.get("param_digest", m["param_checksum"]) for m in metrics}
+    if len(digests) != 1:
+        raise KitError("ranks disagree: " + ", ".join(f"rank {m['rank']} checksum {m['param_checksum']:.6f}"
+                                                      for m in metrics))
+    if world > 1 and not all(m.get("ranks_agree") for m in metrics):
+        raise KitError("ranks disagree: the in-job comparison over all ranks found different weights")
+    return sorted(metrics, key=lambda m: m["rank"])
 
 
 def worker(output_dir, parameters):
-    """What msrun (or the rank-table loop) starts per process. The msrun scheduler process only joins the
-    rendezvous; workers execute the training notebook to their own output notebook."""
+    """What msrun (or the launcher) starts per process. The msrun scheduler process only joins the rendezvous;
+    workers execute the training notebook to their own output notebook."""
     if os.environ.get("MS_ROLE") == "MS_SCHED":
         from .runtime import init_distributed
 
@@ -210,6 +499,10 @@ def worker(output_dir, parameters):
     params = rank_parameters(output_dir, rank, parameters)
     execute_notebook(TRAIN, Path(output_dir) / f"rank_{rank}" / TRAIN, params,
                      log=lambda m: print(f"[rank {rank}] {m}", flush=True))
+    # The notebook's Trainer took its rank from get_rank() after init(); the folder name must be that rank.
+    reported = _read_metrics(Path(output_dir) / f"rank_{rank}" / "metrics.json").get("rank")
+    if reported != rank:
+        raise KitError(f"rank_{rank}: MindSpore assigned this process rank {reported} (RANK_ID was {rank})")
     return 0
 
 
@@ -224,9 +517,12 @@ def build_parser():
     p.add_argument("--output-dir", required=True)
     p = sub.add_parser("distribute", help="data-parallel training; every rank runs 02_train.ipynb")
     p.add_argument("train_data", help="sample, a DIV2K root or a folder of HR images")
-    p.add_argument("device_num", nargs="?", type=int, default=8)
+    p.add_argument("device_num", nargs="?", type=int, default=8, help="devices on this server")
     p.add_argument("rank_table_file", nargs="?", default=None, help="HCCL rank table (default: launch with msrun)")
     p.add_argument("--output-dir", required=True)
+    p.add_argument("--nodes", type=int, default=1, help="servers in the job")
+    p.add_argument("--node-rank", type=int, default=None, help="this server's index (0 starts the scheduler)")
+    p.add_argument("--master-addr", default="127.0.0.1", help="address of server 0")
     p.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT)
     p = sub.add_parser("eval", help="evaluate a checkpoint (the seed's run_eval)")
     p.add_argument("test_data", help="dataset root (holding benchmark/ or DIV2K/)")
@@ -239,11 +535,19 @@ def build_parser():
     for p in sub.choices.values():
         p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                        help="notebook parameter (repeatable), e.g. -p epochs 3")
+    parser.command_parsers = sub.choices
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser.command_parsers
+    if argv and argv[0] in commands:  # flags and positionals in any order within a command
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = parser.parse_args(argv)
     params = parse_parameters(args.parameter)
     try:
         if args.command == "worker":
@@ -256,7 +560,8 @@ def main(argv=None):
             return 0
         if args.command == "distribute":
             metrics = run_distributed(args.train_data, args.device_num, args.output_dir, params,
-                                      args.rank_table_file, args.master_port)
+                                      args.rank_table_file, args.master_port, args.nodes,
+                                      args.node_rank, args.master_addr)
             print(f"{len(metrics)} ranks agree: param_checksum {metrics[0]['param_checksum']:.6f}, final loss "
                   f"{metrics[0]['final_loss']:.4f}; results in {args.output_dir}")
             return 0

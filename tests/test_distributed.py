@@ -12,41 +12,91 @@ from conftest import ROOT
 from edsr_lib.errors import KitError
 from edsr_lib.launch import msrun_command, rank_parameters, rank_table_environments, train_data_parameters
 
+# SGD without momentum: an update is lr times the gradient, so a sum over ranks instead of a mean doubles it
+# (Adam would hide the factor).
 TINY = {"n_resblocks": 2, "n_feats": 8, "patch_size": 24, "test_every": 3, "epochs": 2, "batch_size": 2,
-        "lr": 1e-3, "data_test": "none", "seed": 3}
+        "lr": 1e-5, "optimizer": "SGD", "momentum": 0.0, "data_test": "none", "seed": 3, "print_every": 3}
+LAUNCHER = str(ROOT / "scripts" / "run_distribute.sh")
 
 
 def _p(params):
     return [x for k, v in params.items() for x in ("-p", k, str(v))]
 
 
+def _env(out, **extra):
+    return {**os.environ, "DEVICE_TARGET": "CPU", "OUTPUT_DIR": str(out), "PYTHON": sys.executable, **extra}
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(out, rank):
+    return json.loads((out / f"rank_{rank}" / "metrics.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("distribute")
-    env = {**os.environ, "DEVICE_TARGET": "CPU", "OUTPUT_DIR": str(out), "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_distribute.sh"), "sample", "2", *_p(TINY)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()), *_p(TINY)],
+                          env=_env(out), capture_output=True, text=True, timeout=900)
     return out, proc
+
+
+@pytest.fixture(scope="module")
+def two_server_run(tmp_path_factory):
+    """The issue's two commands: two one-device "servers" on 127.0.0.1 sharing one output folder."""
+    out = tmp_path_factory.mktemp("two_servers")
+    port = str(_free_port())
+    common = ["sample", "1", "--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", port]
+    first = subprocess.Popen(["bash", LAUNCHER, *common, "--node-rank", "0", *_p(TINY)], env=_env(out),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = subprocess.run(["bash", LAUNCHER, *common, "--node-rank=1", *_p(TINY)], env=_env(out),
+                            capture_output=True, text=True, timeout=900)
+    first_out, _ = first.communicate(timeout=900)
+    return out, (first.returncode, first_out), (second.returncode, second.stdout + second.stderr)
 
 
 def test_two_cpu_workers_end_with_identical_weights(two_worker_run):
     out, proc = two_worker_run
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "2 ranks agree" in proc.stdout
-    ranks = [json.loads((out / f"rank_{r}" / "metrics.json").read_text()) for r in (0, 1)]
+    assert "batch 2 per device x 2 rank(s) = global batch 4" in proc.stdout
+    ranks = [_metrics(out, r) for r in (0, 1)]
     assert [m["rank"] for m in ranks] == [0, 1] and all(m["world_size"] == 2 for m in ranks)
-    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    assert ranks[0]["param_digest"] == ranks[1]["param_digest"] and all(m["ranks_agree"] for m in ranks)
     assert ranks[0]["final_loss"] == ranks[1]["final_loss"]  # the logged loss is averaged over ranks
     for r in (0, 1):
         assert (out / f"rank_{r}" / "02_train.ipynb").is_file()
     # rank 0 alone writes the checkpoints and final figures
     assert (out / "ckpt" / "latest.ckpt").is_file() and (out / "rank_0" / "curves.png").is_file()
     assert not (out / "rank_1" / "curves.png").exists()
+    run = json.loads((out / "ckpt" / "run.json").read_text())
+    assert run["batch_size_per_device"] == 2 and run["global_batch"] == 4 and run["precision"]["deterministic"]
+
+
+def test_two_servers_on_one_host_train_like_one_server(two_worker_run, two_server_run):
+    from edsr_lib.weights import read_checkpoint
+
+    out, (rc0, log0), (rc1, log1) = two_server_run
+    assert rc0 == 0, log0[-3000:]
+    assert rc1 == 0, log1[-3000:]
+    assert "2 ranks agree" in log0 and "2 ranks agree" in log1
+    ranks = [_metrics(out, r) for r in (0, 1)]
+    assert [m["rank"] for m in ranks] == [0, 1] and ranks[0]["param_digest"] == ranks[1]["param_digest"]
+    one_server = read_checkpoint(two_worker_run[0] / "ckpt" / "latest.ckpt")[1]
+    two_servers = read_checkpoint(out / "ckpt" / "latest.ckpt")[1]
+    for name, value in one_server.items():
+        np.testing.assert_allclose(two_servers[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_data_parallel_averages_gradients_like_one_big_batch(two_worker_run, tmp_path):
-    # Two ranks with batch b draw the global samples a single device with batch 2b draws, and mean gradients make
-    # the updates the same up to float32 summation order.
+    # Two ranks with batch b draw the global samples a single device with batch 2b draws. With SGD every update is
+    # lr times the mean gradient, so the weight changes agree to float32 summation order, and a sum would double them.
     from edsr_lib.options import Options
     from edsr_lib.trainer import Trainer
     from edsr_lib.weights import read_checkpoint
@@ -55,17 +105,158 @@ def test_data_parallel_averages_gradients_like_one_big_batch(two_worker_run, tmp
     assert proc.returncode == 0
     single = Trainer(Options(**{**TINY, "batch_size": 4, "ckpt_save_path": str(tmp_path)}), log=lambda m: None,
                      progress=False)
+    start = {p.name: p.asnumpy().copy() for p in single.model.trainable_params()}
     single.fit()
     parallel = read_checkpoint(out / "ckpt" / "latest.ckpt")[1]
-    for p in single.model.get_parameters():
-        np.testing.assert_allclose(parallel[p.name], p.asnumpy(), rtol=2e-3, atol=2e-5, err_msg=p.name)
+    for p in single.model.trainable_params():
+        moved, expected = parallel[p.name] - start[p.name], p.asnumpy() - start[p.name]
+        assert np.abs(expected).max() > 0, p.name
+        np.testing.assert_allclose(moved, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max(), err_msg=p.name)
+
+
+def test_two_workers_resume_bit_exactly(two_worker_run, tmp_path):
+    from edsr_lib.weights import read_checkpoint
+
+    for epochs, extra in ((1, []), (2, ["-p", "resume", "True"])):
+        proc = subprocess.run(["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()),
+                               *_p({**TINY, "epochs": epochs}), *extra], env=_env(tmp_path), capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    straight = read_checkpoint(two_worker_run[0] / "ckpt" / "latest.ckpt")[1]
+    resumed = read_checkpoint(tmp_path / "ckpt" / "latest.ckpt")[1]
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_nonfinite_gradient_on_one_rank_is_skipped_by_every_rank(tmp_path):
+    port = _free_port()
+    command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
+               f"--log_dir={tmp_path / 'logs'}", "--join=True", "python", str(ROOT / "tests" / "dp_nonfinite_worker.py"),
+               str(tmp_path)]
+    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    logs = "".join(p.read_text()[-2000:] for p in (tmp_path / "logs").glob("worker_*.log"))
+    assert proc.returncode == 0, logs
+    r0, r1 = (json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in (0, 1))
+    # rank 1 alone saw the infinity at step 1; both skipped it and halved the same dynamic scale
+    assert [s["applied"] for s in r0["steps"]] == [s["applied"] for s in r1["steps"]] == [True, False, True]
+    assert r0["steps"][1]["scale"] == r0["steps"][0]["scale"] / 2
+    assert r0["steps"] == r1["steps"]  # identical weights and loss-scale state after every step
+    # rank 1 non-finite on every step: both stop with the same message and the same state
+    assert r0["stopped"] and r0["stopped"] == r1["stopped"] and "non-finite steps in a row" in r0["stopped"]
+    assert r0["digest_after_stop"] == r1["digest_after_stop"] and r0["scale_after_stop"] == r1["scale_after_stop"]
+
+
+# On CPU there is no HCCL for the rank-table path: this makes its ranks train as independent single devices, so the
+# launcher's handling of a dead rank can be exercised with real long-running ranks.
+NO_HCCL_SITECUSTOMIZE = """
+import edsr_lib.runtime
+edsr_lib.runtime.launched_distributed = lambda: False
+"""
+
+
+def _kill_a_rank_and_watch(command, env, out, victim_rank=1):
+    import time
+
+    import psutil
+
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+
+    def ours():
+        found = []
+        for process in psutil.process_iter(["cmdline", "environ"]):
+            with __import__("contextlib").suppress(psutil.Error):
+                if (process.info["environ"] or {}).get("OUTPUT_DIR") == str(out) and process.pid != launcher.pid:
+                    found.append(process)
+        return found
+
+    def victim():
+        for process in ours():
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if "ipykernel_launcher" in cmdline and process.info["environ"].get("RANK_ID") == str(victim_rank):
+                return process
+        return None
+
+    deadline = time.time() + 300
+    while victim() is None or not (out / f"rank_{victim_rank}" / "02_train.ipynb").exists():
+        assert time.time() < deadline and launcher.poll() is None, launcher.communicate()[0][-3000:]
+        time.sleep(1)
+    time.sleep(5)  # into training
+    victim().kill()
+    killed = time.time()
+    try:
+        output, _ = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, 9)
+    elapsed = time.time() - killed
+    time.sleep(1)
+    return launcher.returncode, output, elapsed, [p for p in ours() if p.is_running()]
+
+
+LONG = {**TINY, "epochs": 50, "test_every": 50}
+
+
+def test_a_killed_rank_ends_the_msrun_job(tmp_path):
+    code, output, elapsed, left = _kill_a_rank_and_watch(
+        ["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()), *_p(LONG)], _env(tmp_path), tmp_path)
+    assert code not in (0, None) and elapsed < 60, output[-3000:]
+    assert "rank 1" in output.splitlines()[-1] and "worker_1.log" in output.splitlines()[-1]
+    assert not left, [p.info["cmdline"] for p in left]
+
+
+def test_a_killed_rank_ends_the_rank_table_job(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_HCCL_SITECUSTOMIZE)
+    table = tmp_path / "rank_table.json"
+    table.write_text(json.dumps(_rank_table([["127.0.0.1", 2]])))
+    env = _env(tmp_path, PYTHONPATH=str(tmp_path / "site"))
+    code, output, elapsed, left = _kill_a_rank_and_watch(["bash", LAUNCHER, "sample", "2", str(table), *_p(LONG)],
+                                                         env, tmp_path)
+    assert code not in (0, None) and elapsed < 60, output[-3000:]
+    assert "rank 1" in output.splitlines()[-1] and "rank_1/train.log" in output.splitlines()[-1]
+    assert not left, [p.info["cmdline"] for p in left]
+
+
+def _rank_table(servers):
+    """HCCL rank table 1.0 for [[server_id, devices], ...], rank ids numbered across servers."""
+    server_list, rank = [], 0
+    for server_id, devices in servers:
+        device = []
+        for d in range(devices):
+            device.append({"device_id": str(d), "device_ip": f"192.0.2.{rank + 1}", "rank_id": str(rank)})
+            rank += 1
+        server_list.append({"server_id": server_id, "device": device, "host_nic_ip": "reserve"})
+    return {"version": "1.0", "server_count": str(len(servers)), "status": "completed", "server_list": server_list}
+
+
+def test_rank_table_with_two_servers_gives_each_server_its_own_devices(tmp_path):
+    path = tmp_path / "rank_table_16pcs.json"
+    path.write_text(json.dumps(_rank_table([["192.0.2.10", 8], ["192.0.2.11", 8]])))
+    for server in (0, 1):
+        for select in ({"SERVER_ID": str(server)}, {"SERVER_ID": f"192.0.2.1{server}"}):
+            envs = rank_table_environments(path, 8, base_env={"PATH": "/bin", **select})
+            assert [(e["RANK_ID"], e["DEVICE_ID"]) for e in envs] == [(str(8 * server + d), str(d)) for d in range(8)]
+            assert all(e["RANK_SIZE"] == "16" and e["RANK_TABLE_FILE"] == str(path.resolve()) for e in envs)
+        envs = rank_table_environments(path, 8, base_env={"PATH": "/bin"}, node_rank=server, nodes=2)
+        assert [e["RANK_ID"] for e in envs] == [str(8 * server + d) for d in range(8)]
+    # a server found by its own address
+    path.write_text(json.dumps(_rank_table([["192.0.2.10", 2], ["127.0.0.1", 2]])))
+    assert [e["RANK_ID"] for e in rank_table_environments(path, 2, base_env={})] == ["2", "3"]
+    with pytest.raises(KitError, match="lists 2 server.* --nodes is 3"):
+        rank_table_environments(path, 2, base_env={}, nodes=3)
+    with pytest.raises(KitError, match="SERVER_ID=7"):
+        rank_table_environments(path, 2, base_env={"SERVER_ID": "7"})
 
 
 def test_msrun_and_per_rank_parameters():
     command = msrun_command(8, "/runs/x", {"epochs": 3})
-    assert command[:6] == ["msrun", "--worker_num=8", "--local_worker_num=8", "--node_rank=0",
-                           "--master_port=8118", "--log_dir=/runs/x/msrun_logs"]
-    assert command[7:11] == ["python", "-m", "edsr_lib.launch", "worker"] and json.loads(command[-1]) == {"epochs": 3}
+    assert command[:7] == ["msrun", "--worker_num=8", "--local_worker_num=8", "--node_rank=0",
+                           "--master_addr=127.0.0.1", "--master_port=8118", "--log_dir=/runs/x/msrun_logs"]
+    assert command[8:12] == ["python", "-m", "edsr_lib.launch", "worker"] and json.loads(command[-1]) == {"epochs": 3}
+    command = msrun_command(8, "/runs/x", {}, master_port=9000, nodes=4, node_rank=3, master_addr="10.0.0.1")
+    assert command[1:6] == ["--worker_num=32", "--local_worker_num=8", "--node_rank=3", "--master_addr=10.0.0.1",
+                            "--master_port=9000"]
     params = rank_parameters("/runs/x", 5, {"epochs": 3})
     assert params == {"progress": "text", "epochs": 3, "output_dir": "/runs/x/rank_5", "ckpt_save_path": "/runs/x/ckpt"}
 
@@ -93,3 +284,32 @@ def test_train_data_dir_forms(tmp_path):
     assert train_data_parameters(tmp_path) == {"data_train": "DIV2K", "data_test": "DIV2K", "dir_data": str(tmp_path)}
     with pytest.raises(KitError, match="not a folder"):
         train_data_parameters(tmp_path / "missing")
+
+
+def test_launcher_flags_in_any_order():
+    from edsr_lib.launch import build_parser
+
+    distribute = build_parser().command_parsers["distribute"]
+    args = distribute.parse_intermixed_args(["sample", "2", "--master-port", "9000", "--output-dir", "o"])
+    assert (args.device_num, args.rank_table_file, args.master_port) == (2, None, 9000)
+    args = distribute.parse_intermixed_args(["--nodes=2", "sample", "-p", "epochs", "1", "8", "t.json",
+                                             "--node-rank", "1", "--master-addr=10.0.0.1", "--output-dir", "o"])
+    assert (args.nodes, args.node_rank, args.master_addr, args.device_num, args.rank_table_file) == (
+        2, 1, "10.0.0.1", 8, "t.json")
+    assert args.parameter == [["epochs", "1"]]
+
+
+def test_batch_runs_follow_the_published_recipe(tmp_path):
+    from edsr_lib.launch import batch_run_parameters, describe_schedule
+
+    (tmp_path / "DIV2K_train_HR").mkdir()
+    params = batch_run_parameters(tmp_path, {}, world=8)
+    assert {k: params[k] for k in ("epochs", "test_every", "lr", "decay", "patch_size", "batch_size")} == {
+        "epochs": 300, "test_every": 1000, "lr": 1e-4, "decay": "200", "patch_size": 96, "batch_size": 2}
+    assert "global batch 16" in describe_schedule(params, 8)
+    given = batch_run_parameters(tmp_path, {"epochs": 3, "scale": 4, "batch_size": 4}, world=8)
+    assert given["epochs"] == 3 and given["patch_size"] == 192 and given["batch_size"] == 4
+    assert "batch 16 per device x 1 rank(s) = global batch 16" in describe_schedule(
+        batch_run_parameters(tmp_path, {}, world=1), 1)
+    # the built-in sample photos keep the notebook's short demo schedule
+    assert batch_run_parameters("sample", {"epochs": 1}) == {"data_train": "sample", "epochs": 1}
