@@ -163,6 +163,7 @@ def _cmd_download(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="edsr", description="EDSR super-resolution on MindSpore (Ascend and CPU)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a published .pt or ModelZoo .ckpt into a kit checkpoint")
@@ -239,7 +240,9 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.run(args)
     except KitError as exc:
@@ -248,6 +251,18 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("edsr: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permission denied, a folder where a file should be: name the path
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edsr: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"edsr: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,16 +6,21 @@ Writes go to a temporary file that is renamed into place, so an interrupted run 
 """
 import os
 import tempfile
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import png
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import KitError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 ALPHA_MODES = ("white", "drop")
+# One budget for every decoder (Pillow and pypng), checked from the file's header before any pixel is decoded:
+# Pillow's own decompression-bomb threshold (about 89 megapixels, e.g. 9400 x 9400), far above DIV2K (2040 x 1356).
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def list_images(folder):
@@ -25,12 +30,21 @@ def list_images(folder):
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _png_bit_depth(path):
+def _png_header(path):
+    """(width, height, bit depth) from a PNG's IHDR, or None for other files."""
     with open(path, "rb") as f:
         head = f.read(26)
     if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 26:
         return None
-    return head[24]
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24]
+
+
+def _check_pixels(path, width, height):
+    if width < 1 or height < 1:
+        raise KitError(f"{path}: image has no pixels ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise KitError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, more than the "
+                       f"{MAX_IMAGE_PIXELS / 1e6:.0f} the kit decodes; tile or crop it first")
 
 
 def _to_rgb(array, has_alpha, alpha, max_value):
@@ -58,6 +72,8 @@ def _read_png16(path, alpha):
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
     array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, planes)
+    if array.size == 0:
+        raise KitError(f"{path}: image has no pixels")
     return _to_rgb(array, info["alpha"], alpha, 65535)
 
 
@@ -73,30 +89,52 @@ def read_image(path, alpha="white"):
     if not path.is_file():
         raise KitError(f"{path}: no such file")
     try:
-        if _png_bit_depth(path) == 16:
+        header = _png_header(path)
+        if header is not None:
+            _check_pixels(path, header[0], header[1])
+        if header is not None and header[2] == 16:
             return _read_png16(path, alpha)
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # the budget below says it in one line instead of Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _check_pixels(path, *img.size)
+            frames = getattr(img, "n_frames", 1)
             img.load()
-            mode = img.mode
-            if mode == "P":
-                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-            elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-                img = img.convert("RGB")
-            elif mode == "PA":
-                img = img.convert("RGBA")
-            elif mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.int64)
-                return _to_rgb(np.clip(array, 0, 65535).astype(np.uint16), False, alpha, 65535)
-            elif mode == "F":
-                raise KitError(f"{path}: floating-point images are not supported")
-            array = np.asarray(img)
-            return _to_rgb(array, img.mode in ("RGBA", "LA"), alpha, 255)
+            # Cameras store portrait photos as landscape plus an EXIF rotation; apply it as viewers do.
+            rotated = img.getexif().get(0x0112, 1) not in (0, 1)
+            if rotated:
+                img = ImageOps.exif_transpose(img)
+            array, note = _pillow_to_rgb(path, img, alpha)
+            notes = [n for n in (note, "EXIF orientation applied" if rotated else None,
+                                 f"first frame of {frames}" if frames > 1 else None) if n]
+            return array, "; ".join(notes) or None
     except KitError:
         raise
     except UnidentifiedImageError:
         raise KitError(f"{path}: not an image file") from None
-    except (OSError, SyntaxError, ValueError, png.Error) as exc:
+    except (OSError, SyntaxError, ValueError, png.Error, zlib.error, Image.DecompressionBombError) as exc:
         raise KitError(f"{path}: unreadable or truncated image ({exc})") from None
+    except Exception as exc:  # a decoder failing in any other way is still an unreadable file, not a crash
+        raise KitError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def _pillow_to_rgb(path, img, alpha):
+    """A decoded Pillow image as HxWx3 RGB (uint16 for 16-bit modes); (array, note)."""
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.int64)
+        return _to_rgb(np.clip(array, 0, 65535).astype(np.uint16), False, alpha, 65535)
+    elif mode == "F":
+        raise KitError(f"{path}: floating-point images are not supported")
+    array = np.asarray(img)
+    return _to_rgb(array, img.mode in ("RGBA", "LA"), alpha, 255)
 
 
 def _current_umask():

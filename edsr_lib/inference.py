@@ -85,6 +85,18 @@ def upscale(model, image, tile=None, self_ensemble=False):
     return np.round(np.clip(y, 0, max_value)).astype(image.dtype)
 
 
+def _refuse_overwrites(pairs):
+    """Never write over an input, and never map two inputs to one output (a.jpg and a.png both -> a.png)."""
+    inputs = {src.resolve() for src, _ in pairs}
+    outputs = {}
+    for src, dst in pairs:
+        if dst.resolve() in inputs:
+            raise KitError(f"{dst}: the output would overwrite an input image; choose another output path")
+        if dst.resolve() in outputs:
+            raise KitError(f"{dst}: both {outputs[dst.resolve()]} and {src} would be written here")
+        outputs[dst.resolve()] = src
+
+
 def upscale_paths(model, source, destination, tile=None, self_ensemble=False, alpha="white", log=print):
     """File -> file, or every image of a folder -> a folder (same names). Returns (written, failed) paths."""
     source, destination = Path(source), Path(destination)
@@ -98,10 +110,11 @@ def upscale_paths(model, source, destination, tile=None, self_ensemble=False, al
     else:
         target = destination / source.name if destination.is_dir() else destination
         pairs = [(source, target)]
+    _refuse_overwrites(pairs)
     if len(pairs) == 1:
-        image, note = read_image(source, alpha=alpha)
+        image, note = read_image(pairs[0][0], alpha=alpha)
         if note:
-            log(f"{source}: {note}")
+            log(f"{pairs[0][0]}: {note}")
         return [write_image(pairs[0][1], upscale(model, image, tile=tile, self_ensemble=self_ensemble))], []
     written, failed = [], []
     for src, dst in tqdm(pairs, desc="upscale", unit="img"):

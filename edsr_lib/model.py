@@ -34,7 +34,14 @@ class Architecture:
 
     def __post_init__(self):
         upsampling_factors(self.scale)  # validates
-        if self.n_resblocks < 0 or self.n_feats < 1 or self.n_colors < 1 or self.rgb_range <= 0:
+        counts = (self.n_resblocks, self.n_feats, self.n_colors)
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in counts):
+            raise KitError(f"invalid architecture {self}: blocks, features and colours must be integers")
+        reals = (self.res_scale, self.rgb_range)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v <= 0
+               for v in reals):
+            raise KitError(f"invalid architecture {self}: res_scale and rgb_range must be finite and positive")
+        if self.n_resblocks < 0 or self.n_feats < 1 or self.n_colors < 1:
             raise KitError(f"invalid architecture {self}")
 
     @classmethod
@@ -57,6 +64,21 @@ class Architecture:
         # head + 2 per block + body end + first upsampler conv at LR resolution; each later conv (other
         # upsampler convs, tail.1) reaches less than one LR pixel.
         return 2 * self.n_resblocks + 3 + stages
+
+
+# Far above the published networks (paper: 32 blocks, 256 features; MDSR: 80 blocks) and small enough that a
+# network a hostile or mistyped file asks for cannot take the machine's memory; allow_large_model lifts them.
+MAX_RESBLOCKS, MAX_FEATS, MAX_SCALE = 256, 1024, 16
+
+
+def check_size(arch, allow_large_model=False):
+    """Refuse a network beyond the documented bounds before building it (unless allow_large_model)."""
+    if arch.scale > MAX_SCALE:
+        raise KitError(f"scale {arch.scale} is above the supported {MAX_SCALE}")
+    if not allow_large_model and (arch.n_resblocks > MAX_RESBLOCKS or arch.n_feats > MAX_FEATS):
+        raise KitError(f"a network of {arch.n_resblocks} blocks and {arch.n_feats} features is beyond the limits "
+                       f"({MAX_RESBLOCKS} blocks, {MAX_FEATS} features); pass allow_large_model to build it anyway")
+    return arch
 
 
 def upsampling_factors(scale):
@@ -171,9 +193,10 @@ class _DynamicShapeGraph(nn.Cell):
         return self.function(*images)
 
 
-def build_model(arch: Architecture, conv_kernel="auto"):
-    """conv_kernel: auto (the kit's fast convolution on CPU, MindSpore's Conv2d elsewhere), fast or stock."""
-    return EDSR(arch, conv_kernel)
+def build_model(arch: Architecture, conv_kernel="auto", allow_large_model=False):
+    """conv_kernel: auto (the kit's fast convolution on CPU, MindSpore's Conv2d elsewhere), fast or stock.
+    Networks beyond `check_size`'s limits need allow_large_model."""
+    return EDSR(check_size(arch, allow_large_model), conv_kernel)
 
 
 def count_parameters(model, trainable_only=True):

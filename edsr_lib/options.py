@@ -1,9 +1,10 @@
 """The one options object: the seed's names, shared by notebook parameters, CLI flags and every component."""
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 from .errors import KitError
-from .model import PRESETS, Architecture
+from .model import PRESETS, Architecture, check_size
 
 
 OPTIMIZERS = ("ADAM", "SGD")
@@ -49,6 +50,7 @@ class Options:
     ckpt_save_max: int = 5
     ckpt_path: str = ""
     resume: bool = False
+    overwrite: bool = False  # start a new run in a folder holding an earlier run's checkpoints
     task_id: int = 0
     # precision and device
     amp_level: str = "O0"
@@ -56,12 +58,15 @@ class Options:
     precision_mode: str = ""  # Ascend only: CANN precision mode; "" = the chip's default (see README)
     deterministic: bool = False  # Ascend only (CPU always is): bit-exact reruns and resume, somewhat slower
     dataset_sink: str = "auto"  # auto (on for Ascend/GPU), on, off: feed print_every steps per device call
+    allow_large_model: bool = False  # lift the size limits of model.check_size
     device_target: Optional[str] = None
 
     def __post_init__(self):
         self.device_target = self.device_target or None  # notebooks pass "" for "choose for me"
-        if self.patch_size is None:
+        if self.patch_size is None and isinstance(self.scale, int):
             self.patch_size = 48 * self.scale
+        self._check_numbers()
+        check_size(self.architecture(), self.allow_large_model)
         if self.model.upper() != "EDSR":
             raise KitError(f"model {self.model!r} is not supported (only EDSR)")
         if self.patch_size % self.scale:
@@ -77,10 +82,32 @@ class Options:
             raise KitError(f"precision_mode must be one of {', '.join(PRECISION_MODES)}, got {self.precision_mode!r}")
         if self.gclip < 0:
             raise KitError(f"gclip must be 0 (off) or positive, got {self.gclip}")
-        for name in ("test_every", "epochs", "batch_size", "ckpt_save_interval", "ckpt_save_max", "print_every"):
-            if getattr(self, name) < 1:
-                raise KitError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.decay_epochs()  # validates
+
+    def _check_numbers(self):
+        """Every numeric option, before any work starts: a NaN lr or a negative seed would otherwise train garbage
+        or fail deep inside MindSpore."""
+        def number(name, kind=(int, float)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+                raise KitError(f"{name} must be a finite number, got {value!r}")
+            return value
+
+        rules = {"lr": lambda v: v > 0, "gamma": lambda v: v > 0, "res_scale": lambda v: v > 0,
+                 "rgb_range": lambda v: v > 0, "momentum": lambda v: 0 <= v < 1, "weight_decay": lambda v: v >= 0,
+                 "loss_scale": lambda v: v >= 0, "gclip": lambda v: v >= 0}
+        for name, ok in rules.items():
+            if not ok(number(name)):
+                raise KitError(f"{name} {getattr(self, name)!r} is out of range")
+        integers = {"scale": 1, "patch_size": 1, "num_workers": 1, "seed": 0, "n_resblocks": 0, "n_feats": 1,
+                    "test_every": 1, "epochs": 1, "batch_size": 1, "ckpt_save_interval": 1, "ckpt_save_max": 1,
+                    "print_every": 1, "task_id": 0}
+        for name, low in integers.items():
+            value = number(name, int)
+            if value < low:
+                raise KitError(f"{name} must be at least {low}, got {value}")
+        if self.n_colors != 3:
+            raise KitError(f"n_colors must be 3 (the kit trains and evaluates RGB images), got {self.n_colors!r}")
 
     @classmethod
     def for_preset(cls, preset, **overrides):
@@ -172,11 +199,13 @@ OPTION_HELP = {
     "ckpt_save_max": "numbered checkpoints kept at most",
     "ckpt_path": "initialise the weights from this checkpoint (e.g. x2 -> x3/x4 fine-tuning)",
     "resume": "continue from latest.ckpt in ckpt_save_path",
+    "overwrite": "start a new run in a ckpt_save_path that holds an earlier run (its files are replaced)",
     "task_id": "task index (kept for the seed's scripts; not used in training)",
     "amp_level": "mixed precision O0 (float32), O1, O2 or O3",
     "loss_scale": "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend",
     "precision_mode": "Ascend: CANN precision mode, e.g. must_keep_origin_dtype for float32 convolutions",
     "deterministic": "Ascend: deterministic kernels and HCCL (exact resume); CPU is always deterministic",
     "dataset_sink": "auto, on or off: run print_every steps per device call (Ascend/GPU data sink)",
+    "allow_large_model": "allow more than 256 residual blocks or 1024 features",
     "device_target": "Ascend, GPU or CPU (default: $DEVICE_TARGET, else Ascend when present, else CPU)",
 }

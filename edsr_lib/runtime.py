@@ -20,8 +20,9 @@ def _expects_cpu():
 
 
 # Read by MindSpore/oneDNN when they load, so they must be set before `import mindspore`:
-# - MS_DEV_HOST_BLOCKING_RUN, CPU runs only: without it the host thread busy-waits for every launched op and takes one
-#   of two cores from the kernels (a training step 1.2-2x slower, docs/benchmarks.md). On Ascend the host must keep
+# - MS_DEV_HOST_BLOCKING_RUN, CPU runs only: without it the host thread busy-waits for every op launched from Python
+#   and takes one of two cores from the kernels (op by op about 2x slower; the earlier multi-graph training step
+#   1.08x; the one-graph step and graph inference unchanged: docs/benchmarks.md). On Ascend the host must keep
 #   queueing work while the device runs, so it is left alone there.
 # - ONEDNN_MAX_CPU_ISA, only where the kit's convolution cannot be built: on AVX-512 CPUs MindSpore's stock Conv2d
 #   pushes oneDNN into its reference loops (100x slower); capping the ISA at AVX2 restores JIT kernels (~2x PyTorch).

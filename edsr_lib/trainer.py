@@ -5,11 +5,14 @@ loss scaling, and data parallelism over the ranks `msrun` or a rank table starte
 The run folder is `ckpt_save_path`: checkpoints, `history.csv`, `curves.png` and `run.json` (options, versions,
 device). Only rank 0 writes there.
 """
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import os
 import platform
+import socket
 import time
 from pathlib import Path
 
@@ -40,7 +43,7 @@ DYNAMIC_SCALE_START, DYNAMIC_SCALE_WINDOW = 2.0**16, 1000
 # MindSpore ModelZoo EDSR trains with a fixed scale of about 1000 for that reason. A power of two is exact in float32.
 ASCEND_O0_LOSS_SCALE = 1024.0
 # Options that may change between a run and its resumption without breaking it.
-RESUMABLE_CHANGES = {"epochs", "resume", "test_every", "ckpt_save_interval", "ckpt_save_max", "num_workers",
+RESUMABLE_CHANGES = {"epochs", "resume", "overwrite", "test_every", "ckpt_save_interval", "ckpt_save_max", "num_workers",
                      "device_target", "data_test", "ckpt_path", "dir_data", "print_every", "dataset_sink"}
 
 
@@ -163,6 +166,43 @@ def versions():
             "pillow": PIL.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
+@contextlib.contextmanager
+def run_lock(folder):
+    """One training run at a time per run folder: `.lock` holds the owner's host and pid. A lock left by a process
+    that no longer runs on this host (killed) is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, me = folder / ".lock", f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = lock.read_text(errors="replace").strip()
+            host, _, pid = holder.partition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise KitError(f"{folder}: another training run is using this folder (process {pid} on {host}); "
+                           f"wait for it, or remove {lock} if it is no longer running") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Trainer:
     def __init__(self, opts: Options, log=print, progress="auto"):
         self.opts, self.log, self.progress = opts, log, progress
@@ -172,7 +212,8 @@ class Trainer:
         self.sink = opts.sink_mode(self.device)
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
-        self.model = build_model(opts.architecture(), conv_kernel="auto" if opts.amp_level == "O0" else "stock")
+        self.model = build_model(opts.architecture(), conv_kernel="auto" if opts.amp_level == "O0" else "stock",
+                                 allow_large_model=opts.allow_large_model)
         if self.device == "CPU" and opts.amp_level != "O0":
             self._log(f"warning: amp_level {opts.amp_level} on CPU uses MindSpore's Conv2d instead of the kit's faster "
                       "float32 CPU convolution (amp_level O0); mixed precision is meant for Ascend and GPU")
@@ -195,12 +236,21 @@ class Trainer:
         self.step = TrainStep(self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip)
         # One static graph: the patch size is fixed, so it compiles once, at the first step.
         self._step_graph = ms.jit(self.step)
+        self._keep_streak = ms.Tensor(np.eye(4, dtype=np.float32)[TrainStep.STREAK])
         self._feed, self._feed_epoch = None, None
         self.epoch, self.history, self.best_psnr = 0, [], -np.inf
         self.bicubic_psnr, self.last_loss, self.skipped_steps = None, None, 0
         self.ckpt_dir = Path(opts.ckpt_save_path)
+        if self.ckpt_dir.exists() and not self.ckpt_dir.is_dir():
+            raise KitError(f"{self.ckpt_dir}: ckpt_save_path is a file, not a folder")
         if opts.resume:
             self._resume()
+        elif self.rank == 0 and not opts.overwrite:
+            earlier = sorted(p.name for p in self.ckpt_dir.glob("*.ckpt")) if self.ckpt_dir.is_dir() else []
+            if earlier:
+                raise KitError(f"{self.ckpt_dir}: holds an earlier run ({', '.join(earlier[:3])}"
+                               f"{', ...' if len(earlier) > 3 else ''}); resume it with resume=True (--resume), "
+                               "start over with overwrite=True (--overwrite), or choose another ckpt_save_path")
 
     def _log(self, message):
         if self.rank == 0:
@@ -257,7 +307,11 @@ class Trainer:
         path = self.ckpt_dir / "latest.ckpt"
         if not path.is_file():
             raise KitError(f"{path}: nothing to resume (no latest.ckpt in ckpt_save_path)")
-        arch, weights, rest = read_checkpoint(path)
+        arch, weights, rest = read_checkpoint(path, allow_large_model=self.opts.allow_large_model)
+        missing = [k for k in ("epoch", "history", "best_psnr") if k not in rest]
+        if missing:
+            raise KitError(f"{path}: holds weights but no training state ({', '.join(missing)} missing; converted "
+                           "and published checkpoints have none): start from it with ckpt_path instead of resume")
         if arch != self.opts.architecture():
             raise KitError(f"{path}: cannot resume: checkpoint architecture {arch.to_dict()} differs from the "
                            f"options {self.opts.architecture().to_dict()}")
@@ -311,10 +365,14 @@ class Trainer:
 
         self._feed, self._feed_epoch = run, self.epoch
 
+    def _restart_totals(self):
+        """Counts from zero, keeping the run of skipped steps (a device op: no host synchronisation)."""
+        ops.assign(self.step.totals, self.step.totals * self._keep_streak)
+
     def _read_totals(self):
         """The one host synchronisation between two progress reads; starts the next counts from zero."""
         totals = self.step.totals.asnumpy().copy()  # on CPU asnumpy() shares memory with the tensor
-        ops.assign(self.step.totals, ms.Tensor(np.array([0, 0, 0, totals[TrainStep.STREAK]], np.float32)))
+        self._restart_totals()
         return totals
 
     def train_epoch(self):
@@ -324,7 +382,7 @@ class Trainer:
         ms.ops.assign(self.optimizer.learning_rate, ms.Tensor(o.learning_rate(self.epoch), ms.float32))
         if self._feed is None or self._feed_epoch != self.epoch:
             self._open_feed()
-        self._read_totals()
+        self._restart_totals()
         loss_sum, applied, t0, every = 0.0, 0, time.perf_counter(), o.sync_every()
         bar = progress_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}",
                            self.progress if self.rank == 0 else "none", unit="it")
@@ -364,6 +422,10 @@ class Trainer:
         return evaluate(self.val_set, self.model, protocol, progress=False)["psnr"]
 
     def fit(self):
+        with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self):
         if self.rank == 0:
             self.write_run_record()
         while self.epoch < self.opts.epochs:

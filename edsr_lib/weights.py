@@ -4,7 +4,9 @@ A kit checkpoint is a MindSpore checkpoint whose parameters carry the published 
 string recording the architecture, so loading needs no flags. Training checkpoints add optimizer and loop state
 under other names (see trainer.py); `read_checkpoint` returns the model part and the rest separately.
 """
+import contextlib
 import json
+import logging
 import os
 import uuid
 import zipfile
@@ -14,7 +16,7 @@ import numpy as np
 import mindspore as ms
 
 from .errors import KitError
-from .model import Architecture, build_model, load_state, mean_shift_values, upsampling_factors
+from .model import Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
 from .torch_pickle import load_torch_state_dict
 
 ARCH_KEY = "edsr_arch"
@@ -107,21 +109,59 @@ def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
     tmp = _atomic_path(path)
     records = [{"name": n, "data": ms.Tensor(np.asarray(v))} for n, v in {**weights, **(extra or {})}.items()]
     try:
-        ms.save_checkpoint(records, str(tmp), append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})})
+        # crc_check: a checkpoint damaged later (flipped bytes, a bad copy) is refused on load instead of read silently
+        ms.save_checkpoint(records, str(tmp), append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})},
+                           crc_check=True)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (tmp, tmp.with_suffix(".tmp")):  # MindSpore writes <name>.tmp first, then renames it
+            if leftover.exists():
+                leftover.unlink()
     return path
 
 
-def read_checkpoint(path, res_scale=None):
+@contextlib.contextmanager
+def _mindspore_errors_silenced():
+    from mindspore import log as ms_log
+
+    logger = ms_log._get_logger()  # MindSpore's own logger (no public handle)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def read_checkpoint(path, res_scale=None, allow_large_model=False):
     """Any supported checkpoint -> (Architecture, model weights in published layout, other entries).
 
     Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats) and ModelZoo `.ckpt`.
-    `res_scale` overrides the inferred value for files that do not record it.
+    `res_scale` overrides the inferred value for files that do not record it. The architecture must be within
+    `model.check_size` (unless allow_large_model) and every weight a finite floating-point array.
     """
-    path = Path(path)
+    arch, weights, rest = _read_any_checkpoint(Path(path), res_scale)
+    try:
+        check_size(arch, allow_large_model)
+    except KitError as exc:
+        raise KitError(f"{path}: {exc}") from None
+    for name, value in weights.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            raise KitError(f"{path}: weight {name} is {value.dtype}, not floating point")
+        if not np.isfinite(value).all():
+            raise KitError(f"{path}: weight {name} holds NaN or infinite values")
+    return arch, weights, rest
+
+
+def _architecture_record(path, text):
+    try:
+        return Architecture.from_dict(json.loads(text))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise KitError(f"{path}: unreadable architecture record ({exc})") from None
+
+
+def _read_any_checkpoint(path, res_scale):
     if not path.is_file():
         raise KitError(f"{path}: no such checkpoint file")
     if zipfile.is_zipfile(path) or path.suffix in (".pt", ".pth"):
@@ -131,12 +171,13 @@ def read_checkpoint(path, res_scale=None):
         except KitError as exc:
             raise KitError(f"{path}: {exc}") from None
     try:
-        raw = ms.load_checkpoint(str(path))
+        with _mindspore_errors_silenced():  # it logs its own multi-line error before raising; ours is one line
+            raw = ms.load_checkpoint(str(path), crc_check=True)  # files saved without a CRC load as before
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with long messages
         raise KitError(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0][:200]})") from None
     entries = {k: (v if isinstance(v, str) else v.asnumpy()) for k, v in raw.items()}
     if ARCH_KEY in entries:
-        arch = Architecture.from_dict(json.loads(entries.pop(ARCH_KEY)))
+        arch = _architecture_record(path, entries.pop(ARCH_KEY))
         if res_scale is not None:
             arch = Architecture.from_dict({**arch.to_dict(), "res_scale": float(res_scale)})
         weights = {k: v for k, v in entries.items() if k.startswith(MODEL_PREFIXES)}

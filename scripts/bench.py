@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step
     .venv/bin/python scripts/bench.py --quick         # fewer sizes, and one round instead of two
     .venv/bin/python scripts/bench.py --memory        # + time and peak memory of tiled paper-x4 inference (slow)
+    .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
 
 Network timings compare three engines running the same network on the same CPU: the kit ("kit": MindSpore graphs
 with dynamic shapes and the kit's CPU convolution, what `load_model` and the Trainer use), MindSpore's stock Conv2d in
@@ -118,6 +119,21 @@ class MindSporeEngine:
 
         return step
 
+    def train_step_one_graph(self):
+        """One Adam step as the Trainer runs it now: trainer.TrainStep (forward, gradients, overflow check, update,
+        loss-scale adjustment) as one static graph; the loss is read every step here, the Trainer reads it less."""
+        import mindspore as ms
+        from mindspore import nn
+
+        from edsr_lib.trainer import TrainStep
+
+        model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=self.kernel)
+        optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(1e-4, ms.float32))
+        graph = ms.jit(TrainStep(model, nn.L1Loss(), optimizer, ms.amp.StaticLossScaler(1.0)))
+        lr = ms.Tensor(random_array((TRAIN_BATCH, 3, TRAIN_LR_SIZE, TRAIN_LR_SIZE)))
+        hr = ms.Tensor(random_array((TRAIN_BATCH, 3, 2 * TRAIN_LR_SIZE, 2 * TRAIN_LR_SIZE), seed=1))
+        return lambda: graph(lr, hr)[0].asnumpy()
+
 
 def torch_edsr(preset, scale):
     """The published network in plain PyTorch (EDSR-PyTorch's structure and parameter layout)."""
@@ -197,10 +213,16 @@ def make_engine(name):
     return TorchEngine() if name == "torch" else MindSporeEngine(name)
 
 
-def engine_worker(name, cases, sizes):
+def engine_worker(name, cases, sizes, train_only=False):
     """Everything timed for one engine, in this (fresh) process; prints one JSON line."""
     engine = make_engine(name)
     result = {"inference": {}}
+    if not isinstance(engine, TorchEngine):
+        result["train_step_one_graph"] = best_of(engine.train_step_one_graph(), repeat=3)
+    result["train_step"] = best_of(engine.train_step(), repeat=3)
+    if train_only:
+        print(json.dumps(result))
+        return
     for preset, scale, size in cases:
         network = engine.network(preset, scale)
         x = random_array((1, 3, size, size))
@@ -214,7 +236,6 @@ def engine_worker(name, cases, sizes):
         network.forward_array(random_array((1, 3, h, w), seed=h * w))
     result["new_sizes"] = time.perf_counter() - t
     result["new_size_rss_mb"] = (rss_mb() - before) / len(sizes)
-    result["train_step"] = best_of(engine.train_step(), repeat=3)
     print(json.dumps(result))
 
 
@@ -243,6 +264,8 @@ def available_engines():
 
 def run_worker(mode, engine, *args):
     env = dict(os.environ)
+    if engine == "kit-spinning":  # the kit without MS_DEV_HOST_BLOCKING_RUN: the host thread busy-waits per op
+        engine, env["MS_DEV_HOST_BLOCKING_RUN"] = "kit", "0"
     if engine == "stock":  # stock Conv2d with the documented mitigation (on AVX-512 it is ~100x slower without)
         env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     done = subprocess.run([sys.executable, __file__, mode, engine, *args], capture_output=True, text=True, env=env)
@@ -264,6 +287,31 @@ def fastest(a, b):
     return min(a, b)
 
 
+def _train_row(label, key, results, engines, kit, ref):
+    cells = "".join(f"{results[n][key] * 1000:>8.0f}ms" if key in results[n] else f"{'-':>10}" for n in engines)
+    print(f"{label:<26}{cells}{ratio(kit[key], ref['train_step']):>13}")
+
+
+def bench_training(rounds):
+    """Training steps only: the one-graph step, the previous multi-graph step, and the kit without
+    MS_DEV_HOST_BLOCKING_RUN, against PyTorch (or stock MindSpore)."""
+    engines = available_engines() + ["kit-spinning"]  # the last column: the kit with the host thread spinning
+    results = {}
+    for _ in range(rounds):
+        for name in engines:
+            result = run_worker("--engine-worker", name, "--train-only")
+            results[name] = fastest(results[name], result) if name in results else result
+    reference = "torch" if "torch" in results else "stock"
+    kit, ref = results["kit"], results[reference]
+    print(f"{f'training (best of {3 * rounds})':<26}" + "".join(f"{name:>10}" for name in engines[:-1])
+          + f"{'spinning':>10}"
+          + f"{'kit/' + reference:>13}")
+    _train_row("one-graph step b16 LR48", "train_step_one_graph", results, engines, kit, ref)
+    _train_row("multi-graph step (before)", "train_step", results, engines, kit, ref)
+    print(f"kit one-graph without MS_DEV_HOST_BLOCKING_RUN: "
+          f"{ratio(results['kit-spinning']['train_step_one_graph'], kit['train_step_one_graph'])} of the kit with it")
+
+
 def bench_networks(quick, rounds, sizes):
     engines = available_engines()
     results = {}
@@ -280,8 +328,8 @@ def bench_networks(quick, rounds, sizes):
         print(f"{case:<26}{cells}{ratio(kit['inference'][case], ref['inference'][case]):>13}")
     cells = "".join(f"{results[n]['new_sizes'] * 1000:>8.0f}ms" for n in engines)
     print(f"{f'{sizes} new sizes 40-119 px':<26}{cells}{ratio(kit['new_sizes'], ref['new_sizes']):>13}")
-    print(f"{'train step b16 LR48':<26}" + "".join(f"{results[n]['train_step'] * 1000:>8.0f}ms" for n in engines)
-          + f"{ratio(kit['train_step'], ref['train_step']):>13}")
+    _train_row("one-graph step b16 LR48", "train_step_one_graph", results, engines, kit, ref)
+    _train_row("multi-graph step (before)", "train_step", results, engines, kit, ref)
     print("first call (graph compile), baseline x2: "
           + ", ".join(f"{n} {results[n]['first_call']:.2f} s" for n in engines))
     print("resident memory per new input size: "
@@ -308,11 +356,16 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, help="times each engine is run, alternating (default 2; 1 with --quick)")
     parser.add_argument("--new-sizes", type=int, default=12, help="unseen input sizes to time (default 12)")
+    parser.add_argument("--train", action="store_true", help="training steps only (incl. without host blocking)")
+    parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine-worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_worker:
-        engine_worker(args.engine_worker, QUICK_CASES if args.quick else FULL_CASES, new_sizes(args.new_sizes))
+        engine_worker(args.engine_worker, QUICK_CASES if args.quick else FULL_CASES, new_sizes(args.new_sizes),
+                      train_only=args.train_only)
+    elif args.train:
+        bench_training(args.rounds or 2)
     elif args.memory_worker:
         memory_worker(args.memory_worker)
     else:

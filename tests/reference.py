@@ -137,13 +137,19 @@ def _fake_torch():
 
 
 class _Tensor:
-    def __init__(self, key, array):
-        self.key, self.array = key, array
+    def __init__(self, key, array, offset=0, size=None, stride=None):
+        self.key, self.array, self.offset = key, array, offset
+        self.size = array.shape if size is None else size
+        self.stride = tuple(s // 4 for s in array.strides) if stride is None else stride
 
 
-def _pickle_state(state, persistent_id):
+def _pickle_state(state, persistent_id, layouts=None):
+    """`layouts`: name -> (storage key, offset, size, stride) to write tensors with any layout (hostile files)."""
     with _fake_torch() as (torch, utils):
         tensors = OrderedDict((k, _Tensor(str(i), np.ascontiguousarray(v, np.float32))) for i, (k, v) in enumerate(state.items()))
+        storages = {t.key: t for t in tensors.values()}
+        for name, (key, offset, size, stride) in (layouts or {}).items():
+            tensors[name] = _Tensor(key, storages[key].array, offset, size, stride)
 
         class P(pickle.Pickler):
             def persistent_id(self, obj):
@@ -153,40 +159,39 @@ def _pickle_state(state, persistent_id):
 
             def reducer_override(self, obj):
                 if isinstance(obj, _Tensor) and not getattr(obj, "_as_storage", False):
-                    storage = _Tensor(obj.key, obj.array)
+                    storage = storages[obj.key]
                     storage._as_storage = True
-                    stride = tuple(s // 4 for s in obj.array.strides)
-                    return utils._rebuild_tensor_v2, (storage, 0, obj.array.shape, stride, False, OrderedDict())
+                    return utils._rebuild_tensor_v2, (storage, obj.offset, obj.size, obj.stride, False, OrderedDict())
                 return NotImplemented
 
         buf = io.BytesIO()
         P(buf, protocol=2).dump(tensors)
-        return buf.getvalue(), tensors
+        return buf.getvalue(), list(storages.values())
 
 
-def write_pt_zip(path, state):
-    data, tensors = _pickle_state(state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size))
+def write_pt_zip(path, state, layouts=None, data_pkl=None):
+    data, storages = _pickle_state(state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size),
+                                   layouts)
     name = "archive"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{name}/data.pkl", data)
+        z.writestr(f"{name}/data.pkl", data if data_pkl is None else data_pkl)
         z.writestr(f"{name}/byteorder", "little")
-        for t in tensors.values():
+        for t in storages:
             z.writestr(f"{name}/data/{t.key}", t.array.astype("<f4").tobytes())
         z.writestr(f"{name}/version", "3\n")
 
 
-def write_pt_legacy(path, state):
-    data, tensors = _pickle_state(
-        state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size, None)
+def write_pt_legacy(path, state, layouts=None):
+    data, storages = _pickle_state(
+        state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size, None), layouts
     )
     with open(path, "wb") as f:
         pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
         pickle.dump(1001, f, protocol=2)
         pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4, "long": 8}}, f, protocol=2)
         f.write(data)
-        keys = [t.key for t in tensors.values()]
-        pickle.dump(keys, f, protocol=2)
-        for t in tensors.values():
+        pickle.dump([t.key for t in storages], f, protocol=2)
+        for t in storages:
             f.write(struct.pack("<q", t.array.size))
             f.write(t.array.astype("<f4").tobytes())
 

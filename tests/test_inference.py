@@ -153,3 +153,23 @@ def test_upscale_rejects_wrong_array():
         upscale(model, np.zeros((4, 4), np.uint8))
     with pytest.raises(Exception, match="HxWx3"):
         upscale(model, np.zeros((4, 4, 3), np.float32))
+
+
+def test_folder_of_one_image_and_outputs_that_would_overwrite(tmp_path, baseline_ckpt, rng):
+    ckpt, weights = baseline_ckpt
+    src = tmp_path / "one"
+    src.mkdir()
+    image = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray(image).save(src / "only.png")
+    result = run_cli("upscale", "--ckpt", ckpt, src, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    got = np.asarray(Image.open(tmp_path / "out" / "only.png"))
+    assert (np.abs(got.astype(int) - quantise(published_forward(weights, image, 1.0))) <= 1).all()
+    before = (src / "only.png").read_bytes()
+    for args in ((src / "only.png", src / "only.png"), (src, src)):
+        result = run_cli("upscale", "--ckpt", ckpt, *args)
+        assert result.returncode == 2 and "overwrite an input" in result.stderr, result.stderr
+    assert (src / "only.png").read_bytes() == before
+    Image.fromarray(image).save(src / "only.jpg")  # only.jpg and only.png would both become out2/only.png
+    result = run_cli("upscale", "--ckpt", ckpt, src, tmp_path / "out2")
+    assert result.returncode == 2 and "both" in result.stderr and not (tmp_path / "out2").exists()

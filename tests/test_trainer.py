@@ -1,4 +1,7 @@
 """Core training loop: learning, the checkpoint set, exact resume, refusal of incompatible resumes."""
+import os
+import socket
+
 import numpy as np
 import pytest
 
@@ -207,3 +210,66 @@ def test_baseline_learns_on_the_sample_photos_and_beats_bicubic(tmp_path):
     history = trainer.fit()
     assert history[-1]["loss"] < history[0]["loss"] / 2
     assert history[-1]["psnr"] > history[-1]["psnr_bicubic"] + 0.2, history
+
+
+def test_a_training_step_is_one_graph_launch_and_the_host_reads_only_every_print_every_steps(tmp_path, monkeypatch):
+    import mindspore as ms
+
+    trainer = _quiet(_opts(tmp_path, epochs=2, test_every=6, print_every=3))
+    trainer.train_epoch()  # compiles the step graph once (compilation reads the parameters)
+    launches, reads = [], []
+    graph = trainer._step_graph
+    monkeypatch.setattr(trainer, "_step_graph", lambda *a: launches.append(1) or graph(*a))
+    real_asnumpy = ms.Tensor.asnumpy
+    monkeypatch.setattr(ms.Tensor, "asnumpy", lambda self: reads.append(1) or real_asnumpy(self))
+    loss, _ = trainer.train_epoch()
+    assert len(launches) == 6  # forward, backward, update, loss scale and counters: one call per step
+    # two reads of the step counters (after steps 3 and 6) and nothing per step
+    assert len(reads) == 2, len(reads)
+    assert np.isfinite(loss)
+
+
+def test_a_run_folder_belongs_to_one_run(tmp_path):
+    from edsr_lib.trainer import run_lock
+
+    _quiet(_opts(tmp_path, epochs=1)).fit()
+    best = (tmp_path / "ckpt" / "best.ckpt").read_bytes()
+    with pytest.raises(KitError, match="holds an earlier run.*resume=True.*overwrite=True"):
+        _quiet(_opts(tmp_path, epochs=1))
+    assert (tmp_path / "ckpt" / "best.ckpt").read_bytes() == best  # nothing replaced
+    _quiet(_opts(tmp_path, epochs=1, overwrite=True)).fit()
+    # a second run while one holds the folder is refused, naming the holder; a dead holder's lock is taken over
+    with run_lock(tmp_path / "ckpt"):
+        with pytest.raises(KitError, match=f"another training run is using this folder \\(process {os.getpid()}"):
+            _quiet(_opts(tmp_path, epochs=2, resume=True)).fit()
+    (tmp_path / "ckpt" / ".lock").write_text(f"{socket.gethostname()} 999999999")
+    _quiet(_opts(tmp_path, epochs=2, resume=True)).fit()
+    assert not (tmp_path / "ckpt" / ".lock").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KitError, match="is a file"):
+        _quiet(_opts(tmp_path, ckpt_save_path=str(tmp_path / "file")))
+
+
+def test_checkpoints_with_non_finite_or_integer_weights_are_refused(tmp_path):
+    from edsr_lib import load_model
+    from edsr_lib.weights import save_checkpoint
+
+    trainer = _quiet(_opts(tmp_path, epochs=1))
+    weights = _weights(trainer)
+    for name, bad in (("nan.ckpt", np.float32(np.nan)), ("int.ckpt", None)):
+        broken = dict(weights)
+        key = "body.0.body.0.weight"
+        broken[key] = broken[key].astype(np.int32) if bad is None else np.full_like(broken[key], bad)
+        save_checkpoint(tmp_path / name, trainer.opts.architecture(), broken)
+        with pytest.raises(KitError, match=f"{name}: weight {key} (holds NaN|is int32)"):
+            load_model(tmp_path / name)
+
+
+def test_resume_from_converted_weights_says_what_to_do(tmp_path):
+    from edsr_lib.weights import save_checkpoint
+
+    trainer = _quiet(_opts(tmp_path / "a", epochs=1))
+    (tmp_path / "b" / "ckpt").mkdir(parents=True)
+    save_checkpoint(tmp_path / "b" / "ckpt" / "latest.ckpt", trainer.opts.architecture(), _weights(trainer))
+    with pytest.raises(KitError, match="no training state.*ckpt_path"):
+        _quiet(_opts(tmp_path / "b", epochs=1, resume=True))
