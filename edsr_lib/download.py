@@ -7,12 +7,15 @@ place; members with absolute paths, `..` components or links are refused (no pat
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -39,8 +42,69 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def fetch(url, dest, sha256=None, progress=True, timeout=60):
-    """Download `url` to `dest`, resuming a previous partial download; returns the SHA-256 of the file."""
+# A connection that delivers less than STALL_BYTES in STALL_SECONDS is dropped and resumed, at most RETRIES times.
+STALL_SECONDS, STALL_BYTES, RETRIES = 60.0, 1024, 3
+
+
+def _content_length(response, url):
+    text = response.headers.get("Content-Length")
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise KitError(f"{url}: the server sent a malformed Content-Length {text!r:.40}")
+    return int(text)
+
+
+def _resumed_total(response, url, have):
+    """For a 206 reply: the file's total size, after checking it resumes exactly at byte `have`."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", response.headers.get("Content-Range", ""))
+    if not match or int(match.group(1)) != have:
+        return None  # not where we asked: the caller starts over
+    return int(match.group(3)) if match.group(3) != "*" else None
+
+
+def _stream(response, f, bar, url, stall_seconds):
+    """Copy the body to `f`; raise _Stalled when it trickles (a plain read would wait forever)."""
+    window_start, window_bytes = time.monotonic(), 0
+    while True:
+        try:
+            block = response.read1(CHUNK)
+        except (OSError, urllib.error.URLError) as exc:
+            raise _Interrupted(f"connection lost after {f.tell()} bytes ({exc})") from None
+        if not block:
+            return
+        f.write(block)
+        bar.update(len(block))
+        window_bytes += len(block)
+        if time.monotonic() - window_start >= stall_seconds:
+            if window_bytes < STALL_BYTES:
+                raise _Interrupted(f"stalled: {window_bytes} bytes in {stall_seconds:g} s")
+            window_start, window_bytes = time.monotonic(), 0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _archive_complete(path):
+    """A file whose length no header vouched for must at least be a whole archive (zip directory, tar to its end)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is None
+        with tarfile.open(path) as t:
+            for _ in t:
+                pass
+        return True
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error):
+        return False
+
+
+def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL_SECONDS):
+    """Download `url` to `dest`, resuming a previous partial download; returns the SHA-256 of the file.
+
+    Complete means: the length the server stated (Content-Length, or Content-Range when resuming), or, when it
+    stated none, a whole archive. Only then is the file renamed into place and its digest recorded."""
     dest = Path(dest)
     if dest.is_file():
         digest = sha256_of(dest)
@@ -49,35 +113,20 @@ def fetch(url, dest, sha256=None, progress=True, timeout=60):
         return digest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to fetch: the partial file is complete
-            response = None
-        else:
-            raise KitError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise KitError(f"{url}: download failed ({getattr(exc, 'reason', exc)})") from None
-    if response is not None:
-        with response:
-            resumed = response.status == 206
-            if not resumed:
-                have = 0  # the server ignored the Range header: start over
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else None
-            with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress
-            ) as bar:
-                try:
-                    for block in iter(lambda: response.read(CHUNK), b""):
-                        f.write(block)
-                        bar.update(len(block))
-                except (OSError, urllib.error.URLError) as exc:
-                    raise KitError(f"{url}: connection lost after {f.tell()} bytes ({exc}); run again to resume") from None
-            if total is not None and part.stat().st_size != total:
-                raise KitError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to resume")
+    total = None
+    for attempt in range(RETRIES + 1):
+        try:
+            total = _fetch_once(url, part, progress, timeout, stall_seconds)
+            break
+        except _Interrupted as exc:
+            if attempt == RETRIES:
+                raise KitError(f"{url}: {exc}, {RETRIES + 1} times; run again to resume") from None
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise KitError(f"{url}: got {size} of {total} bytes; run again to resume")
+    if total is None and not _archive_complete(part):
+        raise KitError(f"{url}: the connection closed after {size} bytes, the server gave no length and the file is "
+                       "not a complete archive; run again to resume")
     digest = sha256_of(part)
     if sha256 and digest != sha256:
         part.unlink()
@@ -86,10 +135,55 @@ def fetch(url, dest, sha256=None, progress=True, timeout=60):
     return digest
 
 
+def _fetch_once(url, part, progress, timeout, stall_seconds):
+    """One request, appending to `part`; returns the expected total size, or None when no header says it."""
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing left to fetch: the partial file is complete
+            return None
+        raise KitError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise KitError(f"{url}: download failed ({getattr(exc, 'reason', exc)})") from None
+    with response:
+        length = _content_length(response, url)
+        if response.status == 206:
+            total = _resumed_total(response, url, have)
+            if total is None and "Content-Range" in response.headers:
+                part.unlink()  # answered from another offset: appending would corrupt the file
+                raise _Interrupted("the server resumed at another offset than asked; starting over")
+            if total is None and length is not None:
+                total = have + length
+        else:
+            have, total = 0, length  # the server ignored the Range header: start over
+        with open(part, "ab" if have else "wb") as f, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=part.name[: -len(".part")],
+            disable=not progress
+        ) as bar:
+            _stream(response, f, bar, url, stall_seconds)
+    return total
+
+
 def _check_member(name, is_link=False):
     p = Path(name)
     if p.is_absolute() or ".." in p.parts or name.startswith(("/", "\\")) or is_link:
         raise KitError(f"unsafe archive member {name!r} (absolute path, '..' or link): refusing to extract")
+
+
+# The dataset archives hold PNGs, which hardly compress: more than this ratio is a zip bomb, not a dataset.
+MAX_EXTRACT_RATIO = 10
+
+
+def _check_extracted_size(archive, declared, target):
+    packed = Path(archive).stat().st_size
+    if declared > MAX_EXTRACT_RATIO * packed + CHUNK:
+        raise KitError(f"{archive}: declares {declared} bytes from {packed} ({declared // max(packed, 1)}x): refusing "
+                       "to extract (a zip bomb?)")
+    free = shutil.disk_usage(target).free
+    if declared > free:
+        raise KitError(f"{archive}: needs {declared / 1e9:.1f} GB to extract, {target} has {free / 1e9:.1f} GB free")
 
 
 def safe_extract(archive, target):
@@ -102,15 +196,18 @@ def safe_extract(archive, target):
                 with zipfile.ZipFile(archive) as z:
                     for info in z.infolist():
                         _check_member(info.filename, is_link=(info.external_attr >> 16) & 0o170000 == 0o120000)
+                    _check_extracted_size(archive, sum(i.file_size for i in z.infolist()), target)
                     z.extractall(tmp)
             elif tarfile.is_tarfile(archive):
                 with tarfile.open(archive) as t:
-                    for member in t.getmembers():
+                    members = t.getmembers()
+                    for member in members:
                         _check_member(member.name, is_link=member.issym() or member.islnk())
+                    _check_extracted_size(archive, sum(m.size for m in members), target)
                     t.extractall(tmp, filter="data")
             else:
                 raise KitError(f"{archive}: not a zip or tar archive")
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
             raise KitError(f"{archive}: damaged archive ({exc})") from None
         for entry in Path(tmp).iterdir():
             final = target / entry.name
@@ -128,7 +225,7 @@ def download_dataset(which, directory, urls=None, progress=True, log=print):
         raise KitError(f"unknown dataset {which!r}; choose one of {', '.join(ARCHIVES)}")
     directory = Path(directory)
     record_path = directory / "downloads.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = _read_record(record_path)
     subdir = directory / ("DIV2K" if which == "div2k" else "")
     for url in urls or ARCHIVES[which]:
         name = url.rsplit("/", 1)[-1]
@@ -143,3 +240,16 @@ def download_dataset(which, directory, urls=None, progress=True, log=print):
         log(f"{name}: sha256 {digest}")
         safe_extract(archive, subdir)
     return subdir
+
+
+def _read_record(path):
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KitError(f"{path}: unreadable ({exc}); delete it and the digests will be recorded again") from None
+    if not isinstance(record, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                                               for k, v in record.items()):
+        raise KitError(f"{path}: not a name -> SHA-256 record; delete it and the digests will be recorded again")
+    return record

@@ -18,7 +18,7 @@ from mindspore import nn
 from .errors import KitError
 from .evaluation import write_json
 from .inference import forward_tiled
-from .model import Architecture
+from .model import Architecture, check_size
 from .runtime import current_device
 from .weights import load_model
 
@@ -42,6 +42,22 @@ def sidecar_path(path):
     return Path(str(path) + ".json")
 
 
+# Fixed export sizes in LR pixels: a larger input is tiled by ExportedModel anyway, so nothing needs more.
+MAX_EXPORT_SIDE, MAX_EXPORT_BATCH = 4096, 64
+
+
+def check_export_shape(input_size, batch_size, where="export"):
+    """Refuse sizes no deployment uses before MindSpore compiles them (0 0 left analyze_fail.ir files behind)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_EXPORT_BATCH:
+        raise KitError(f"{where}: batch_size must be an integer from 1 to {MAX_EXPORT_BATCH}, got {batch_size!r}")
+    if input_size is None:
+        return
+    if (not isinstance(input_size, (list, tuple)) or len(input_size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EXPORT_SIDE for v in input_size)):
+        raise KitError(f"{where}: input size must be two integers H W from 1 to {MAX_EXPORT_SIDE} (LR pixels), "
+                       f"got {input_size!r}")
+
+
 def export_model(checkpoint, file_format, output, input_size=None, batch_size=1, res_scale=None):
     """Write `output` in `file_format`; returns (path, metadata). ONNX needs `input_size` (H, W) in LR pixels."""
     file_format = file_format.upper()
@@ -53,8 +69,7 @@ def export_model(checkpoint, file_format, output, input_size=None, batch_size=1,
     if file_format == "ONNX" and not input_size:
         raise KitError("ONNX export needs --input-size H W: MindSpore cannot export ONNX with dynamic height and "
                        "width (MINDIR can)")
-    if batch_size < 1:
-        raise KitError(f"batch_size must be at least 1, got {batch_size}")
+    check_export_shape(input_size, batch_size)
     output = Path(output)
     if output.suffix.lower() != FORMATS[file_format]:
         raise KitError(f"{output}: a {file_format} file name must end in {FORMATS[file_format]}")
@@ -114,7 +129,9 @@ class ExportedModel:
         except (ValueError, KeyError, TypeError) as exc:
             raise KitError(f"{meta_path}: unreadable export record ({exc})") from None
         self.input_size = tuple(meta["input_size"]) if meta.get("input_size") else None
-        self.batch_size = int(meta.get("batch_size", 1))
+        self.batch_size = meta.get("batch_size", 1)
+        check_export_shape(list(self.input_size) if self.input_size else None, self.batch_size, str(meta_path))
+        check_size(self.arch)
         suffix = self.path.suffix.lower()
         if suffix == ".mindir":
             try:
@@ -131,7 +148,11 @@ class ExportedModel:
                 session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception types for bad files
                 raise KitError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
-            name = session.get_inputs()[0].name
+            declared = session.get_inputs()[0]
+            if self.input_size and list(declared.shape[2:]) != list(self.input_size):
+                raise KitError(f"{meta_path}: records input size {list(self.input_size)} but {self.path.name} takes "
+                               f"{declared.shape[2:]}; the record does not belong to this model")
+            name = declared.name
             self._infer = lambda x: session.run(None, {name: x})[0]
         else:
             raise KitError(f"{self.path}: exported models must be .mindir or .onnx")

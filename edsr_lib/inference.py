@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import KitError
-from .images import list_images, read_image, write_image
+from .images import IMAGE_EXTENSIONS, list_images, read_image, write_image
 
 
 def forward_tiled(model, x, tile=None):
@@ -97,6 +97,14 @@ def _refuse_overwrites(pairs):
         outputs[dst.resolve()] = src
 
 
+def _png_if_16bit(dst, image, log, folder_mode=False):
+    """16-bit images can only be written as PNG: in a folder their outputs become .png; a named file must be .png."""
+    if image.dtype != np.uint16 or dst.suffix.lower() == ".png" or not folder_mode:
+        return dst
+    log(f"{dst.name}: 16-bit, written as {dst.with_suffix('.png').name}")
+    return dst.with_suffix(".png")
+
+
 def upscale_paths(model, source, destination, tile=None, self_ensemble=False, alpha="white", log=print):
     """File -> file, or every image of a folder -> a folder (same names). Returns (written, failed) paths."""
     source, destination = Path(source), Path(destination)
@@ -111,20 +119,24 @@ def upscale_paths(model, source, destination, tile=None, self_ensemble=False, al
         target = destination / source.name if destination.is_dir() else destination
         pairs = [(source, target)]
     _refuse_overwrites(pairs)
+    for _, dst in pairs:  # before any inference: a bad output name is found in a second, not after an hour
+        if dst.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise KitError(f"{dst}: unknown image extension {dst.suffix!r}; use one of {', '.join(IMAGE_EXTENSIONS)}")
     if len(pairs) == 1:
         image, note = read_image(pairs[0][0], alpha=alpha)
         if note:
             log(f"{pairs[0][0]}: {note}")
-        return [write_image(pairs[0][1], upscale(model, image, tile=tile, self_ensemble=self_ensemble))], []
+        return [write_image(_png_if_16bit(pairs[0][1], image, log),
+                            upscale(model, image, tile=tile, self_ensemble=self_ensemble))], []
     written, failed = [], []
     for src, dst in tqdm(pairs, desc="upscale", unit="img"):
         try:  # one bad file in a folder should not cost the others
             image, note = read_image(src, alpha=alpha)
+            if note:
+                log(f"{src}: {note}")
+            output = upscale(model, image, tile=tile, self_ensemble=self_ensemble)
+            written.append(write_image(_png_if_16bit(dst, image, log, folder_mode=True), output))
         except KitError as exc:
             log(f"error: {exc}")
             failed.append(src)
-            continue
-        if note:
-            log(f"{src}: {note}")
-        written.append(write_image(dst, upscale(model, image, tile=tile, self_ensemble=self_ensemble)))
     return written, failed

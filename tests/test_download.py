@@ -15,6 +15,9 @@ from edsr_lib.errors import KitError
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     files = {}
     drop_after = None  # serve only this many bytes, then close (simulates a broken connection)
+    length = "exact"  # exact, none (no Content-Length), or a literal header value
+    wrong_offset = False  # answer a Range request with 206 from byte 0
+    trickle = None  # seconds between single bytes
 
     def do_GET(self):
         body = self.files.get(self.path)
@@ -24,7 +27,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         start = 0
         rng = self.headers.get("Range")
         if rng:
-            start = int(rng.split("=")[1].split("-")[0])
+            start = 0 if self.wrong_offset else int(rng.split("=")[1].split("-")[0])
             if start >= len(body):
                 self.send_response(416)
                 self.end_headers()
@@ -33,11 +36,22 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if self.length == "exact":
+            self.send_header("Content-Length", str(len(body) - start))
+        elif self.length != "none":
+            self.send_header("Content-Length", self.length)
         self.end_headers()
         payload = body[start:]
         if self.drop_after is not None:
             payload = payload[: self.drop_after]
+        if self.trickle:
+            import time
+
+            for i in range(min(len(payload), 20)):
+                self.wfile.write(payload[i : i + 1])
+                self.wfile.flush()
+                time.sleep(self.trickle)
+            return
         self.wfile.write(payload)
 
     def log_message(self, *args):
@@ -50,6 +64,7 @@ def server():
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     _RangeHandler.files, _RangeHandler.drop_after = {}, None
+    _RangeHandler.length, _RangeHandler.wrong_offset, _RangeHandler.trickle = "exact", False, None
     yield f"http://127.0.0.1:{httpd.server_address[1]}", _RangeHandler
     httpd.shutdown()
 
@@ -108,3 +123,49 @@ def test_path_traversal_refused(tmp_path):
     with pytest.raises(KitError, match="unsafe archive member"):
         safe_extract(tmp_path / "evil.tar", tmp_path / "out2")
     assert not (tmp_path / "out2" / "link").exists()
+
+
+def test_malformed_length_wrong_offset_and_stalls(tmp_path, server):
+    base, handler = server
+    data = bytes(range(256)) * 400
+    handler.files["/c.bin"] = data
+    handler.length = "abc"
+    with pytest.raises(KitError, match="malformed Content-Length 'abc'"):
+        fetch(base + "/c.bin", tmp_path / "c.bin", progress=False)
+    handler.length = "exact"
+    (tmp_path / "d.bin.part").write_bytes(data[:1000])
+    handler.wrong_offset = True  # a 206 from byte 0 instead of 1000 must not be appended
+    digest = fetch(base + "/c.bin", tmp_path / "d.bin", progress=False)
+    assert (tmp_path / "d.bin").read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
+    handler.wrong_offset, handler.trickle = False, 0.05
+    with pytest.raises(KitError, match="stalled.*4 times; run again to resume"):
+        fetch(base + "/c.bin", tmp_path / "e.bin", progress=False, stall_seconds=0.2)
+
+
+def test_an_unconfirmed_download_is_not_accepted_and_cannot_poison_later_ones(tmp_path, server):
+    base, handler = server
+    good = _zip({"benchmark/Set5/HR/baby.png": b"png-bytes" * 1000})
+    handler.files["/benchmark.zip"] = good
+    handler.length, handler.drop_after = "none", len(good) // 2  # no length, and the connection closes early
+    with pytest.raises(KitError, match="not a complete archive; run again to resume"):
+        download_dataset("benchmark", tmp_path, urls=[base + "/benchmark.zip"], progress=False, log=lambda m: None)
+    assert not (tmp_path / "downloads.json").exists() and not (tmp_path / "archives" / "benchmark.zip").exists()
+    handler.length, handler.drop_after = "exact", None  # the next attempt resumes and completes
+    download_dataset("benchmark", tmp_path, urls=[base + "/benchmark.zip"], progress=False, log=lambda m: None)
+    assert (tmp_path / "benchmark" / "Set5" / "HR" / "baby.png").read_bytes() == b"png-bytes" * 1000
+    assert hashlib.sha256(good).hexdigest() in (tmp_path / "downloads.json").read_text()
+    (tmp_path / "downloads.json").write_text("{garbage")
+    with pytest.raises(KitError, match="downloads.json: unreadable"):
+        download_dataset("benchmark", tmp_path, urls=[base + "/benchmark.zip"], progress=False, log=lambda m: None)
+
+
+def test_extraction_is_bounded(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("big.bin", "w") as f:
+            for _ in range(64):
+                f.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(KitError, match="zip bomb"):
+        safe_extract(bomb, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("big.bin"))

@@ -228,3 +228,54 @@ def test_cli_turns_environment_and_internal_errors_into_one_line(tmp_path, rng):
     result = run_cli("upscale", "--ckpt", bad_arch, tmp_path / "in.png", tmp_path / "o.png")
     assert result.returncode == 2 and "unreadable architecture record" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_export_refuses_sizes_no_deployment_uses_and_tampered_records(tmp_path, rng, monkeypatch):
+    import json as json_module
+
+    from conftest import run_cli
+    from edsr_lib import Architecture
+    from edsr_lib.export import ExportedModel
+    from edsr_lib.weights import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8),
+                    random_published_weights(rng, 2, 1, 8))
+    monkeypatch.chdir(tmp_path)  # MindSpore drops analyze_fail.ir into ./rank_0 when a compile fails
+    for size in (("0", "0"), ("100000", "100000")):
+        result = run_cli("export", "--ckpt", "m.ckpt", "--format", "ONNX", "--input-size", *size, "--output", "m.onnx")
+        assert result.returncode == 2 and "input size must be two integers" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "rank_0").exists()
+    result = run_cli("export", "--ckpt", "m.ckpt", "--format", "ONNX", "--input-size", "16", "16", "--output", "m.onnx")
+    assert result.returncode == 0, result.stderr
+    sidecar = tmp_path / "m.onnx.json"
+    meta = json_module.loads(sidecar.read_text())
+    for tampered, match in (({"input_size": [32, 32]}, "does not belong to this model"),
+                            ({"input_size": [0, 16]}, "input size must be"),
+                            ({"batch_size": -3}, "batch_size must be"),
+                            ({"architecture": {**meta["architecture"], "n_feats": 100000}}, "beyond the limits")):
+        sidecar.write_text(json_module.dumps({**meta, **tampered}))
+        with pytest.raises(KitError, match=match):
+            ExportedModel(tmp_path / "m.onnx")
+
+
+def test_a_folder_keeps_going_past_a_bad_file_and_checks_output_names_first(tmp_path, rng):
+    from PIL import Image
+
+    from conftest import run_cli
+    from edsr_lib import Architecture
+    from edsr_lib.weights import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8),
+                    random_published_weights(rng, 2, 1, 8))
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)).save(src / name)
+    (src / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # damaged
+    Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(src / "d.tif")  # decodes, but is not supported
+    result = run_cli("upscale", "--ckpt", tmp_path / "m.ckpt", src, tmp_path / "out")
+    assert result.returncode == 1 and "b.png" in result.stderr and "d.tif" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    result = run_cli("upscale", "--ckpt", tmp_path / "m.ckpt", src / "a.png", tmp_path / "out.xyz")
+    assert result.returncode == 2 and "unknown image extension" in result.stderr
