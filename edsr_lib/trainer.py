@@ -12,7 +12,9 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -191,6 +193,26 @@ def run_lock(folder):
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """MindSpore answers Ctrl-C (SIGINT) while it runs graphs by sending the process SIGTERM, which would end it on
+    the spot: no KeyboardInterrupt, a dead notebook kernel, exit 143. During training SIGTERM raises
+    KeyboardInterrupt instead, so the lock is released, a notebook cell just stops and `edsr train` exits 130;
+    checkpoints are written atomically, so the last one stays intact."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pid_alive(pid):
@@ -422,7 +444,7 @@ class Trainer:
         return evaluate(self.val_set, self.model, protocol, progress=False)["psnr"]
 
     def fit(self):
-        with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext():
+        with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext(), _interruptible():
             return self._fit()
 
     def _fit(self):

@@ -273,3 +273,25 @@ def test_resume_from_converted_weights_says_what_to_do(tmp_path):
     save_checkpoint(tmp_path / "b" / "ckpt" / "latest.ckpt", trainer.opts.architecture(), _weights(trainer))
     with pytest.raises(KitError, match="no training state.*ckpt_path"):
         _quiet(_opts(tmp_path / "b", epochs=1, resume=True))
+
+
+def test_ctrl_c_ends_training_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edsr_lib.cli", "train", "--n_resblocks", "1", "--n_feats", "4",
+                             "--patch_size", "24", "--test_every", "50", "--epochs", "1000", "--batch_size", "1",
+                             "--data_test", "none", "--ckpt_save_path", str(run), "--progress", "none"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "latest.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # MindSpore turns this into SIGTERM while a graph runs
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "edsr: interrupted", err[-2000:]
+    assert not (run / ".lock").exists()
+    assert int(read_checkpoint(run / "latest.ckpt")[2]["epoch"]) >= 1
