@@ -247,8 +247,10 @@ class Trainer:
                                       data_range=opts.data_range, min_lr_size=opts.patch_size // opts.scale)
         self.val_set = None
         if str(opts.data_test).lower() != "none" and self.rank == 0:
+            # Checked now, not after the first epoch: SSIM needs 11x11 pixels left after the border crop.
+            border = protocol_for(opts.data_test, opts.scale).border
             self.val_set = open_dataset(opts.data_test, opts.scale, opts.dir_data, split="test",
-                                        data_range=opts.data_range)
+                                        data_range=opts.data_range, min_lr_size=-(-(11 + 2 * border) // opts.scale))
         self.samples_per_epoch = opts.test_every * opts.batch_size * self.world
         self.source = PatchSource(self.train_set, opts.patch_size, opts.epochs * self.samples_per_epoch,
                                   seed=opts.seed, no_augment=opts.no_augment, rgb_range=opts.rgb_range)

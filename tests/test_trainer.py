@@ -295,3 +295,13 @@ def test_ctrl_c_ends_training_cleanly(tmp_path):
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "edsr: interrupted", err[-2000:]
     assert not (run / ".lock").exists()
     assert int(read_checkpoint(run / "latest.ckpt")[2]["epoch"]) >= 1
+
+
+def test_a_validation_image_too_small_for_the_metrics_is_refused_before_training(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "val"
+    folder.mkdir()
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(folder / "tiny.png")  # x2: 12 - 2*2 < 11 for SSIM
+    with pytest.raises(KitError, match="tiny.png: too small"):
+        _quiet(_opts(tmp_path, data_test=str(folder)))
