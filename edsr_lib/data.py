@@ -13,10 +13,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import KitError
-from .images import list_images, read_image
+from .images import image_size, list_images, read_image
 from .imresize import imresize
 from .metrics import BENCHMARKS, quantize
 
@@ -64,11 +63,7 @@ def _read_rgb8(path):
 
 def _header_size(path):
     """(width, height) from the file header without decoding the pixels."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise KitError(f"{path}: not a readable image ({exc})") from None
+    return image_size(path)
 
 
 def modcrop(img, scale):

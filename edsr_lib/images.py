@@ -39,6 +39,32 @@ def _png_header(path):
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24]
 
 
+def image_size(path):
+    """(width, height) as read_image will return it (EXIF orientation applied), from the header only; the pixel
+    budget applies."""
+    path = Path(path)
+    try:
+        header = _png_header(path)
+        if header is not None:
+            _check_pixels(path, header[0], header[1])
+            return header[0], header[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            width, height = img.size
+            _check_pixels(path, width, height)
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap width and height
+                width, height = height, width
+            return width, height
+    except KitError:
+        raise
+    except FileNotFoundError:
+        raise KitError(f"{path}: no such file") from None
+    except Exception as exc:  # any decoder failure: an unreadable file, one line
+        raise KitError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
 def _check_pixels(path, width, height):
     if width < 1 or height < 1:
         raise KitError(f"{path}: image has no pixels ({width}x{height})")

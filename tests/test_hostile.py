@@ -1,7 +1,5 @@
 """Hostile and malformed `.pt` files: each is refused with one line naming the file, without a crash, without
 touching memory outside its storages, within bounded memory, and without leaving anything written."""
-import json
-import resource
 import subprocess
 import sys
 import zipfile
@@ -279,3 +277,15 @@ def test_a_folder_keeps_going_past_a_bad_file_and_checks_output_names_first(tmp_
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
     result = run_cli("upscale", "--ckpt", tmp_path / "m.ckpt", src / "a.png", tmp_path / "out.xyz")
     assert result.returncode == 2 and "unknown image extension" in result.stderr
+
+
+def test_datasets_apply_the_same_pixel_budget_before_decoding(tmp_path):
+    import zlib
+
+    from edsr_lib.data import open_dataset
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(_png(15000, 15000, 8, zlib.compress(b"\0" * 1000)))
+    with pytest.raises(KitError, match="huge.png.*megapixels"):
+        open_dataset(str(folder), 2, split="test")
