@@ -243,6 +243,15 @@ def _python_first_on_path(env):
     return {**env, "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
 
 
+def _running(process):
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class RankWatch:
     """Starts this server's processes, follows every process they start (papermill kernels run in sessions of
     their own, out of reach of msrun's process-group kill), and ends them all when one rank fails."""
@@ -265,11 +274,14 @@ class RankWatch:
         for proc, *_ in self.top:
             try:
                 family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
+            except psutil.Error:
                 continue
             for child in family:
-                key = (child.pid, child.create_time()) if child.is_running() else None
-                if key and key not in self.seen:
+                try:  # a short-lived process may be gone already
+                    key = (child.pid, child.create_time())
+                except psutil.Error:
+                    continue
+                if key not in self.seen:
                     self.seen[key] = child
                     rank = self._worker_rank(child)
                     if rank is not None:
@@ -301,7 +313,7 @@ class RankWatch:
                 where = f" (log: {log_path})" if log_path else ""
                 return rank, f"{'rank ' + str(rank) if rank is not None else proc.args[0]} exited with {code}{where}"
         for key, (rank, process) in list(self.workers.items()):
-            if not process.is_running() or process.status() == "zombie":
+            if not _running(process):
                 del self.workers[key]
                 if not self._finished(rank):
                     return rank, f"rank {rank} ended before finishing"
@@ -318,7 +330,7 @@ class RankWatch:
         import psutil
 
         self._follow()
-        alive = [p for p in self.seen.values() if p.is_running()]
+        alive = [p for p in self.seen.values() if _running(p)]
         for process in alive:
             with contextlib.suppress(psutil.Error):
                 process.terminate()
