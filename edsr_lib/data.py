@@ -61,11 +61,6 @@ def _read_rgb8(path):
     return image
 
 
-def _header_size(path):
-    """(width, height) from the file header without decoding the pixels."""
-    return image_size(path)
-
-
 def modcrop(img, scale):
     h, w = img.shape[:2]
     return img[: h - h % scale, : w - w % scale]
@@ -105,8 +100,8 @@ class PairDataset:
         if lr_path is not None and not Path(lr_path).is_file():
             return f"{lr_path}: LR image missing for {hr_path}"
         s = self.scale
-        hw, hh = _header_size(hr_path)
-        lw, lh = _header_size(lr_path) if lr_path is not None else (hw // s, hh // s)
+        hw, hh = image_size(hr_path)
+        lw, lh = image_size(lr_path) if lr_path is not None else (hw // s, hh // s)
         if lr_path is not None and not (0 <= hw - lw * s < s and 0 <= hh - lh * s < s):
             return f"{lr_path}: LR size {lw}x{lh} does not match HR {hr_path} ({hw}x{hh}) at scale x{s}"
         if min(lw, lh) < max(self.min_lr_size, 1):

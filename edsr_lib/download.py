@@ -55,7 +55,7 @@ def _content_length(response, url):
     return int(text)
 
 
-def _resumed_total(response, url, have):
+def _resumed_total(response, have):
     """For a 206 reply: the file's total size, after checking it resumes exactly at byte `have`."""
     match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", response.headers.get("Content-Range", ""))
     if not match or int(match.group(1)) != have:
@@ -63,7 +63,7 @@ def _resumed_total(response, url, have):
     return int(match.group(3)) if match.group(3) != "*" else None
 
 
-def _stream(response, f, bar, url, stall_seconds):
+def _stream(response, f, bar, stall_seconds):
     """Copy the body to `f`; raise _Stalled when it trickles (a plain read would wait forever)."""
     window_start, window_bytes = time.monotonic(), 0
     while True:
@@ -150,7 +150,7 @@ def _fetch_once(url, part, progress, timeout, stall_seconds):
     with response:
         length = _content_length(response, url)
         if response.status == 206:
-            total = _resumed_total(response, url, have)
+            total = _resumed_total(response, have)
             if total is None and "Content-Range" in response.headers:
                 part.unlink()  # answered from another offset: appending would corrupt the file
                 raise _Interrupted("the server resumed at another offset than asked; starting over")
@@ -162,7 +162,7 @@ def _fetch_once(url, part, progress, timeout, stall_seconds):
             total=total, initial=have, unit="B", unit_scale=True, desc=part.name[: -len(".part")],
             disable=not progress
         ) as bar:
-            _stream(response, f, bar, url, stall_seconds)
+            _stream(response, f, bar, stall_seconds)
     return total
 
 

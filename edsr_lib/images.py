@@ -21,6 +21,7 @@ ALPHA_MODES = ("white", "drop")
 # One budget for every decoder (Pillow and pypng), checked from the file's header before any pixel is decoded:
 # Pillow's own decompression-bomb threshold (about 89 megapixels, e.g. 9400 x 9400), far above DIV2K (2040 x 1356).
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+EXIF_ORIENTATION = 0x0112
 
 
 def list_images(folder):
@@ -48,13 +49,9 @@ def image_size(path):
         if header is not None:
             _check_pixels(path, header[0], header[1])
             return header[0], header[1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
+        with _open_pillow(path) as img:
             width, height = img.size
-            _check_pixels(path, width, height)
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap width and height
+            if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # orientations that swap width and height
                 width, height = height, width
             return width, height
     except KitError:
@@ -63,6 +60,19 @@ def image_size(path):
         raise KitError(f"{path}: no such file") from None
     except Exception as exc:  # any decoder failure: an unreadable file, one line
         raise KitError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _open_pillow(path):
+    """Pillow's lazily opened image, within the pixel budget (checked from the header, before any decoding)."""
+    with warnings.catch_warnings():  # _check_pixels says it in one line instead of Pillow's warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    try:
+        _check_pixels(path, *img.size)
+    except KitError:
+        img.close()
+        raise
+    return img
 
 
 def _check_pixels(path, width, height):
@@ -98,8 +108,6 @@ def _read_png16(path, alpha):
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
     array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, planes)
-    if array.size == 0:
-        raise KitError(f"{path}: image has no pixels")
     return _to_rgb(array, info["alpha"], alpha, 65535)
 
 
@@ -120,15 +128,11 @@ def read_image(path, alpha="white"):
             _check_pixels(path, header[0], header[1])
         if header is not None and header[2] == 16:
             return _read_png16(path, alpha)
-        with warnings.catch_warnings():  # the budget below says it in one line instead of Pillow's warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
-            _check_pixels(path, *img.size)
+        with _open_pillow(path) as img:
             frames = getattr(img, "n_frames", 1)
             img.load()
             # Cameras store portrait photos as landscape plus an EXIF rotation; apply it as viewers do.
-            rotated = img.getexif().get(0x0112, 1) not in (0, 1)
+            rotated = img.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
             if rotated:
                 img = ImageOps.exif_transpose(img)
             array, note = _pillow_to_rgb(path, img, alpha)

@@ -97,9 +97,10 @@ def _refuse_overwrites(pairs):
         outputs[dst.resolve()] = src
 
 
-def _png_if_16bit(dst, image, log, folder_mode=False):
-    """16-bit images can only be written as PNG: in a folder their outputs become .png; a named file must be .png."""
-    if image.dtype != np.uint16 or dst.suffix.lower() == ".png" or not folder_mode:
+def _png_if_16bit(dst, image, log):
+    """16-bit images can only be written as PNG: in a folder their outputs become .png (a named file must be .png,
+    which write_image checks)."""
+    if image.dtype != np.uint16 or dst.suffix.lower() == ".png":
         return dst
     log(f"{dst.name}: 16-bit, written as {dst.with_suffix('.png').name}")
     return dst.with_suffix(".png")
@@ -126,8 +127,7 @@ def upscale_paths(model, source, destination, tile=None, self_ensemble=False, al
         image, note = read_image(pairs[0][0], alpha=alpha)
         if note:
             log(f"{pairs[0][0]}: {note}")
-        return [write_image(_png_if_16bit(pairs[0][1], image, log),
-                            upscale(model, image, tile=tile, self_ensemble=self_ensemble))], []
+        return [write_image(pairs[0][1], upscale(model, image, tile=tile, self_ensemble=self_ensemble))], []
     written, failed = [], []
     for src, dst in tqdm(pairs, desc="upscale", unit="img"):
         try:  # one bad file in a folder should not cost the others
@@ -135,7 +135,7 @@ def upscale_paths(model, source, destination, tile=None, self_ensemble=False, al
             if note:
                 log(f"{src}: {note}")
             output = upscale(model, image, tile=tile, self_ensemble=self_ensemble)
-            written.append(write_image(_png_if_16bit(dst, image, log, folder_mode=True), output))
+            written.append(write_image(_png_if_16bit(dst, image, log), output))
         except KitError as exc:
             log(f"error: {exc}")
             failed.append(src)

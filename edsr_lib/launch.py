@@ -306,23 +306,25 @@ class RankWatch:
         return metrics.is_file() and metrics.stat().st_mtime >= self.started
 
     def _failure(self):
-        """(rank or None, reason) for the first failure seen, else None."""
+        """(rank or None, reason, seen here) for the first failure, else None; `seen here` is False when another
+        server's launcher reported it through the shared folder."""
         for proc, rank, log_path, _ in self.top:
             code = proc.poll()
             if code:
                 where = f" (log: {log_path})" if log_path else ""
-                return rank, f"{'rank ' + str(rank) if rank is not None else proc.args[0]} exited with {code}{where}"
+                name = f"rank {rank}" if rank is not None else proc.args[0]
+                return rank, f"{name} exited with {code}{where}", True
         for key, (rank, process) in list(self.workers.items()):
             if not _running(process):
                 del self.workers[key]
                 if not self._finished(rank):
-                    return rank, f"rank {rank} ended before finishing"
+                    return rank, f"rank {rank} ended before finishing", True
         marker = self.output_dir / FAILED_MARKER
         if marker.is_file() and marker.stat().st_mtime >= self.started:
             try:
-                return None, "another server stopped the job: " + json.loads(marker.read_text())["reason"]
+                return None, "another server stopped the job: " + json.loads(marker.read_text())["reason"], False
             except (OSError, ValueError, KeyError):
-                return None, "another server stopped the job"
+                return None, "another server stopped the job", False
         return None
 
     def stop_all(self):
@@ -350,18 +352,17 @@ class RankWatch:
                 self._follow()
                 failed = self._failure()
                 if failed:
-                    rank, reason = failed
+                    rank, reason, seen_here = failed
                     logs = self.rank_logs(rank)
-                    if not reason.startswith("another server"):
+                    if seen_here:
                         write_json(self.output_dir / FAILED_MARKER, {"rank": rank, "reason": reason})
                     self.log(f"{reason}; stopping the other ranks")
-                    self.stop_all()
                     raise KitError(f"distributed training failed: {reason}" + (f"; see {logs}" if logs else ""))
                 if all(proc.poll() == 0 for proc, *_ in self.top):
                     self.stop_all()  # leftovers, e.g. a kernel still shutting down
                     return
                 time.sleep(POLL_SECONDS)
-        except BaseException:
+        except BaseException:  # a failed rank (the KitError above), Ctrl-C, or a fault here: end every process
             self.stop_all()
             raise
         finally:

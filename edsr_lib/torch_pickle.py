@@ -151,8 +151,9 @@ def _prescan(data, source):
 
 
 class _SafeUnpickler(pickle.Unpickler):
+    """Loads one pickle that `_prescan` has bounded."""
+
     def __init__(self, data, storages, source):
-        _prescan(io.BytesIO(data), source)
         super().__init__(io.BytesIO(data))
         self.storages, self.source = storages, source
         # Fresh per load: nothing a file does can reach the next load.
@@ -237,7 +238,9 @@ def _load_zip(path):
             raise KitError(f"{path}: zip file is not a PyTorch checkpoint (no single data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
         storages = {}
-        obj = _SafeUnpickler(_read_member(archive, infos[pickles[0]], MAX_PICKLE_BYTES, path), storages, path).load()
+        data = _read_member(archive, infos[pickles[0]], MAX_PICKLE_BYTES, path)
+        _prescan(io.BytesIO(data), path)
+        obj = _SafeUnpickler(data, storages, path).load()
         byteorder = "little"
         if prefix + "byteorder" in infos:
             byteorder = _read_member(archive, infos[prefix + "byteorder"], 16, path).decode().strip()
@@ -254,21 +257,38 @@ def _load_zip(path):
     return obj, storages
 
 
+class _Bounded:
+    """A read-only view of a file that refuses to give more than `limit` bytes (what pickletools reads from)."""
+
+    def __init__(self, f, limit, source):
+        self.f, self.left, self.source = f, limit, source
+
+    def _take(self, data):
+        self.left -= len(data)
+        return data
+
+    def read(self, n):
+        if n > self.left:
+            raise UnsafeCheckpointError(f"{self.source}: pickle larger than {MAX_PICKLE_BYTES} bytes")
+        return self._take(self.f.read(n))
+
+    def readline(self):
+        line = self.f.readline(self.left + 1)
+        if len(line) > self.left:
+            raise UnsafeCheckpointError(f"{self.source}: pickle larger than {MAX_PICKLE_BYTES} bytes")
+        return self._take(line)
+
+    def tell(self):
+        return self.f.tell()
+
+
 def _next_pickle(f, path):
-    """The bytes of the pickle starting at f's position (bounded), leaving f just after its STOP opcode."""
+    """The bytes of the (pre-scanned, bounded) pickle starting at f's position, leaving f just after its STOP."""
     start = f.tell()
-    head = f.read(MAX_PICKLE_BYTES)
-    cursor = io.BytesIO(head)
-    try:
-        for op, _, _ in pickletools.genops(cursor):
-            if op.name == "STOP":
-                break
-    except ValueError:
-        if len(head) == MAX_PICKLE_BYTES:
-            raise UnsafeCheckpointError(f"{path}: pickle larger than {MAX_PICKLE_BYTES} bytes") from None
-        raise
-    f.seek(start + cursor.tell())
-    return head[: cursor.tell()]
+    _prescan(_Bounded(f, MAX_PICKLE_BYTES, path), path)
+    end = f.tell()
+    f.seek(start)
+    return f.read(end - start)
 
 
 def _load_legacy(path, f):

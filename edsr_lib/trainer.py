@@ -175,13 +175,13 @@ def run_lock(folder):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock, me = folder / ".lock", f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
+    for attempt in range(2):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             holder = lock.read_text(errors="replace").strip()
             host, _, pid = holder.partition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            if attempt == 0 and host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             raise KitError(f"{folder}: another training run is using this folder (process {pid} on {host}); "
@@ -293,7 +293,7 @@ class Trainer:
     def loss_scaling(self):
         if isinstance(self.scaler, ms.amp.DynamicLossScaler):
             return f"dynamic (from {DYNAMIC_SCALE_START:g}, window {DYNAMIC_SCALE_WINDOW})"
-        scale = float(self.scaler.scale_value.asnumpy())
+        scale = self.loss_scale_value()
         return "none" if scale == 1.0 else f"fixed {scale:g}"
 
     # ---- checkpoints -------------------------------------------------------------------------------------
