@@ -5,7 +5,7 @@ User mistakes raise KitError, printed here as one line with a non-zero exit; no 
 import argparse
 import sys
 
-from .errors import KitError
+from .errors import KitError, OneLineArgumentParser, describe_os_error
 
 
 def _add_device(parser):
@@ -34,7 +34,7 @@ def _cmd_upscale(args):
         model = load_exported(args.model)
     else:
         model = load_model(args.ckpt, res_scale=args.res_scale)
-    written, failed = upscale_paths(model, args.input, args.output, tile=args.tile or None,
+    written, failed = upscale_paths(model, args.input, args.output, tile=args.tile,
                                     self_ensemble=args.self_ensemble, alpha=args.alpha,
                                     log=lambda m: print(m, file=sys.stderr))
     if len(written) > 3:
@@ -161,15 +161,30 @@ def _cmd_download(args):
     return 0
 
 
+def _positive(kind):
+    """An argparse type: a finite number > 0 of `kind`, refused by argparse itself (one line, exit 2)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 < value < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="edsr", description="EDSR super-resolution on MindSpore (Ascend and CPU)")
+    parser = OneLineArgumentParser(prog="edsr", description="EDSR super-resolution on MindSpore (Ascend and CPU)")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a published .pt or ModelZoo .ckpt into a kit checkpoint")
     p.add_argument("src", help="EDSR-PyTorch .pt (legacy or zip) or MindSpore ModelZoo EDSR .ckpt")
     p.add_argument("dst", help="output kit checkpoint (.ckpt)")
-    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=float, default=None,
+    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=_positive(float), default=None,
                    help="residual scaling (default: 0.1 for 256 features, else 1.0)")
     p.set_defaults(run=_cmd_convert)
 
@@ -177,13 +192,13 @@ def build_parser():
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="kit checkpoint, published .pt or ModelZoo .ckpt")
     source.add_argument("--model", help="exported .mindir (run by MindSpore) or .onnx (run by onnxruntime)")
-    p.add_argument("--tile", type=int, default=None,
+    p.add_argument("--tile", type=_positive(int), default=None,
                    help="LR tile size in pixels; exact (same output as whole-image) with bounded memory")
     p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true",
                    help="average the 8 flipped/transposed predictions (x8 slower, ~+0.1 dB)")
     p.add_argument("--alpha", choices=("white", "drop"), default="white",
                    help="RGBA inputs: composite on white (default) or drop the alpha channel")
-    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=float, default=None,
+    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=_positive(float), default=None,
                    help="override res_scale for .pt/ModelZoo files")
     _add_device(p)
     p.add_argument("input", help="image file or folder")
@@ -199,11 +214,11 @@ def build_parser():
     p.add_argument("--dir_data", "--dir-data", dest="dir_data", default="", help="root of the datasets")
     p.add_argument("--data_range", "--data-range", dest="data_range", default="1-800/801-810",
                    help="DIV2K index ranges train/test")
-    p.add_argument("--scale", type=int, default=None, help="upscaling factor (taken from --ckpt when given)")
+    p.add_argument("--scale", type=_positive(int), default=None, help="upscaling factor (taken from --ckpt when given)")
     p.add_argument("--channel", choices=("y", "rgb"), default=None,
                    help="force the metric channel (default: Y for benchmarks, RGB with border scale+6 for DIV2K)")
     p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true")
-    p.add_argument("--tile", type=int, default=None, help="LR tile size for large images (exact)")
+    p.add_argument("--tile", type=_positive(int), default=None, help="LR tile size for large images (exact)")
     p.add_argument("--save-images", "--save_images", dest="save_images", default=None,
                    help="also write the SR images to this folder")
     p.add_argument("--skip-bad", "--skip_bad", dest="skip_bad", action="store_true",
@@ -224,7 +239,7 @@ def build_parser():
     _add_device(p)
     p.set_defaults(run=_cmd_export)
 
-    p = sub.add_parser("train", help="train EDSR (EDSR-PyTorch's recipe; flags use the seed's option names)")
+    p = sub.add_parser("train", help="train EDSR (EDSR-PyTorch's recipe; flags use EDSR-PyTorch's option names)")
     p.add_argument("--preset", choices=("baseline", "paper"), default="baseline",
                    help="recipe defaults: baseline (16 blocks, 64 features) or paper (32, 256, res_scale 0.1)")
     p.add_argument("--progress", choices=("auto", "text", "none"), default="auto",
@@ -254,8 +269,7 @@ def main(argv=None):
     except OSError as exc:  # disk full, permission denied, a folder where a file should be: name the path
         if debug:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"edsr: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"edsr: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
         if debug:

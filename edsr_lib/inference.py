@@ -112,6 +112,9 @@ def upscale_paths(model, source, destination, tile=None, self_ensemble=False, al
     if source.is_dir():
         if destination.exists() and not destination.is_dir():
             raise KitError(f"{destination}: input is a folder, so the output must be a folder too")
+        if destination.exists() and destination.resolve() == source.resolve():
+            raise KitError(f"{destination}: the output folder is the input folder, which would mix the results "
+                           "with the originals; choose another folder")
         files = list_images(source)
         if not files:
             raise KitError(f"{source}: no images found")
@@ -134,8 +137,10 @@ def upscale_paths(model, source, destination, tile=None, self_ensemble=False, al
             image, note = read_image(src, alpha=alpha)
             if note:
                 log(f"{src}: {note}")
-            output = upscale(model, image, tile=tile, self_ensemble=self_ensemble)
-            written.append(write_image(_png_if_16bit(dst, image, log), output))
+            dst = _png_if_16bit(dst, image, log)
+            if dst in written:  # a 16-bit a.tif became a.png beside an a.png
+                raise KitError(f"{dst}: already written from another input; {src} is skipped")
+            written.append(write_image(dst, upscale(model, image, tile=tile, self_ensemble=self_ensemble)))
         except KitError as exc:
             log(f"error: {exc}")
             failed.append(src)

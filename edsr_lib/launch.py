@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import KitError
+from .errors import KitError, OneLineArgumentParser
 from .evaluation import write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -520,9 +520,7 @@ def worker(output_dir, parameters):
 
 
 def build_parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m edsr_lib.launch",
+    parser = OneLineArgumentParser(prog="python -m edsr_lib.launch",
                                      description="run the notebooks headlessly (what scripts/run_*.sh call)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("standalone", help="train, evaluate and compare on one device")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 
-from .errors import KitError
+from .errors import KitError, write_error
 from .model import Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
 from .torch_pickle import load_torch_state_dict
 
@@ -105,14 +105,17 @@ def _atomic_path(path):
 def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
     """Write a kit checkpoint atomically. `weights`/`extra`: name -> array; `extra_info`: name -> str/int/float."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _atomic_path(path)
     records = [{"name": n, "data": ms.Tensor(np.asarray(v))} for n, v in {**weights, **(extra or {})}.items()]
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         # crc_check: a checkpoint damaged later (flipped bytes, a bad copy) is refused on load instead of read silently
-        ms.save_checkpoint(records, str(tmp), append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})},
-                           crc_check=True)
+        with _mindspore_errors_silenced():  # its own "Failed to save" log line would repeat the error below
+            ms.save_checkpoint(records, str(tmp), crc_check=True,
+                               append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})})
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     finally:
         for leftover in (tmp, tmp.with_suffix(".tmp")):  # MindSpore writes <name>.tmp first, then renames it
             if leftover.exists():
@@ -126,7 +129,7 @@ def _mindspore_errors_silenced():
 
     logger = ms_log._get_logger()  # MindSpore's own logger (no public handle)
     level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    logger.setLevel(logging.CRITICAL + 1)  # "Failed to save" is logged as CRITICAL just before it raises
     try:
         yield
     finally:
@@ -197,6 +200,11 @@ def _read_any_checkpoint(path, res_scale):
 
 def convert(src, dst, res_scale=None):
     """Convert a published `.pt` or ModelZoo `.ckpt` (or a kit checkpoint) into a kit checkpoint."""
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".ckpt":
+        raise KitError(f"{dst}: a kit checkpoint's name must end in .ckpt")
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise KitError(f"{dst}: the output would overwrite the file being converted; choose another name")
     arch, weights, _ = read_checkpoint(src, res_scale)
     model = build_model(arch)
     try:

@@ -19,10 +19,14 @@ def _state(rng):
     return random_published_weights(rng, 2, 1, 8)
 
 
-def _convert_in_child(src, dst):
-    """`edsr convert` in a fresh process: (exit code, stderr, the child's peak RSS in MB)."""
-    code = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-m', 'edsr_lib.cli', 'convert', "
-            f"{str(src)!r}, {str(dst)!r}], capture_output=True, text=True); "
+ADDRESS_SPACE_LIMIT = 3 << 30  # MindSpore itself needs ~2 GB of address space; a memory bomb hits this first
+
+
+def _cli_in_child(*args):
+    """`edsr ARGS` in a fresh process under an address-space limit: (exit code, stderr, its peak RSS in MB)."""
+    code = ("import resource, subprocess, sys; limit = lambda: resource.setrlimit(resource.RLIMIT_AS, "
+            f"({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT})); p = subprocess.run([sys.executable, '-m', "
+            f"'edsr_lib.cli', *{[str(a) for a in args]!r}], capture_output=True, text=True, preexec_fn=limit); "
             "print(p.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
             "sys.stderr.write(p.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -32,7 +36,7 @@ def _convert_in_child(src, dst):
 
 def _assert_refused(src, tmp_path, match):
     dst = tmp_path / "out.ckpt"
-    code, stderr, peak_mb = _convert_in_child(src, dst)
+    code, stderr, peak_mb = _cli_in_child("convert", src, dst)
     assert code == 2, stderr  # a user error, not a signal death (negative) or a traceback (1)
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
     assert str(src) in stderr and match in stderr, stderr
@@ -167,6 +171,12 @@ def test_odd_and_hostile_images_give_one_line_errors(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(KitError, match=f"{name}.*{match}"):
             read_image(tmp_path / name)
+    _kit_files(tmp_path, np.random.default_rng(0))
+    for name in ("huge16.png", "huge8.png"):
+        code, stderr, peak_mb = _cli_in_child("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / name,
+                                              tmp_path / "sr.png")
+        assert code == 2 and len(stderr.strip().splitlines()) == 1 and name in stderr, stderr
+        assert peak_mb < 1024 and not list(tmp_path.glob("*sr*")), peak_mb
 
 
 def test_exif_orientation_and_animation_frames_are_reported(tmp_path):
@@ -289,3 +299,83 @@ def test_datasets_apply_the_same_pixel_budget_before_decoding(tmp_path):
     (folder / "huge.png").write_bytes(_png(15000, 15000, 8, zlib.compress(b"\0" * 1000)))
     with pytest.raises(KitError, match="huge.png.*megapixels"):
         open_dataset(str(folder), 2, split="test")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(kb) -> a folder on a filesystem of that size (a tmpfs), for real disk-full (ENOSPC) errors."""
+    mounts = []
+
+    def make(kb):
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(where)], capture_output=True)
+        if done.returncode:
+            pytest.skip("cannot mount a small tmpfs here (needs root); test_file_size_limit_... covers the same path")
+        mounts.append(where)
+        return where
+
+    yield make
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def _one_line_error(result, *names):
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("edsr: error: ") and all(str(n) in lines[-1] for n in names), result.stderr
+    assert not any("ME(" in line and "CRITICAL" in line for line in lines), result.stderr  # MindSpore's log silenced
+
+
+def _kit_files(tmp_path, rng):
+    from PIL import Image
+
+    from edsr_lib import Architecture
+    from edsr_lib.weights import save_checkpoint
+
+    state = random_published_weights(rng, 2, 2, 32)  # ~340 KB: more than the small disks hold
+    save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=2, n_feats=32), state)
+    write_pt_zip(tmp_path / "m.pt", state)
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(tmp_path / "hr" / "a.png")
+
+
+def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, rng, small_disk):
+    from conftest import run_cli
+
+    _kit_files(tmp_path, rng)
+    disk = small_disk(16)
+    _one_line_error(run_cli("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / "hr" / "a.png", disk / "sr.png"),
+                    disk / "sr.png", "No space left on device")
+    _one_line_error(run_cli("convert", tmp_path / "m.pt", disk / "m.ckpt"), disk / "m.ckpt", "No space left")
+    _one_line_error(run_cli("eval", "--ckpt", tmp_path / "m.ckpt", "--hr-dir", tmp_path / "hr",
+                            "--save-images", disk / "sr"), disk / "sr" / "a_x2_SR.png", "No space left")
+    assert not [p for p in disk.rglob("*") if p.is_file()]
+    # training: the first checkpoint fits, the next one does not; the one written stays whole and resumable
+    disk = small_disk(1600)
+    train = ("train", "--data_train", "sample", "--data_test", "sample", "--n_resblocks", "2", "--n_feats", "32",
+             "--patch_size", "24", "--epochs", "3", "--test_every", "4", "--batch_size", "2",
+             "--ckpt_save_path", disk / "run")
+    result = run_cli(*train)
+    _one_line_error(result, disk / "run", "No space left on device")
+    left = sorted(p.name for p in (disk / "run").iterdir())
+    assert left == ["latest.ckpt", "run.json"], left  # no temporary checkpoint, no lock
+    from edsr_lib.weights import read_checkpoint
+
+    read_checkpoint(disk / "run" / "latest.ckpt")  # whole: its CRC checks
+    _one_line_error(run_cli(*train, "--resume"), disk / "run", "No space left on device")
+
+
+def test_file_size_limit_gives_one_line_and_leaves_nothing_half_written(tmp_path, rng):
+    """The same write-failure path as a full disk, for any user: writes beyond RLIMIT_FSIZE fail (EFBIG)."""
+    import resource
+
+    _kit_files(tmp_path, rng)
+    (tmp_path / "out").mkdir()
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # noqa: E731  (Python ignores SIGXFSZ)
+    for args, target in ((("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / "hr" / "a.png"), "sr.png"),
+                         (("convert", tmp_path / "m.pt"), "m.ckpt")):
+        result = subprocess.run([sys.executable, "-m", "edsr_lib.cli", *map(str, args), str(tmp_path / "out" / target)],
+                                capture_output=True, text=True, preexec_fn=limit)
+        _one_line_error(result, tmp_path / "out" / target, "File too large")
+    assert not list((tmp_path / "out").iterdir())

@@ -166,10 +166,16 @@ def test_folder_of_one_image_and_outputs_that_would_overwrite(tmp_path, baseline
     got = np.asarray(Image.open(tmp_path / "out" / "only.png"))
     assert (np.abs(got.astype(int) - quantise(published_forward(weights, image, 1.0))) <= 1).all()
     before = (src / "only.png").read_bytes()
-    for args in ((src / "only.png", src / "only.png"), (src, src)):
-        result = run_cli("upscale", "--ckpt", ckpt, *args)
-        assert result.returncode == 2 and "overwrite an input" in result.stderr, result.stderr
+    result = run_cli("upscale", "--ckpt", ckpt, src / "only.png", src / "only.png")
+    assert result.returncode == 2 and "overwrite an input" in result.stderr, result.stderr
     assert (src / "only.png").read_bytes() == before
+    jpegs = tmp_path / "jpegs"  # a.jpg -> a.png collides with no input, yet the folder is the input's
+    jpegs.mkdir()
+    Image.fromarray(image).save(jpegs / "a.jpg")
+    for folder in (src, jpegs):
+        result = run_cli("upscale", "--ckpt", ckpt, folder, folder)
+        assert result.returncode == 2 and "the output folder is the input folder" in result.stderr, result.stderr
+    assert sorted(p.name for p in jpegs.iterdir()) == ["a.jpg"]
     Image.fromarray(image).save(src / "only.jpg")  # only.jpg and only.png would both become out2/only.png
     result = run_cli("upscale", "--ckpt", ckpt, src, tmp_path / "out2")
     assert result.returncode == 2 and "both" in result.stderr and not (tmp_path / "out2").exists()
