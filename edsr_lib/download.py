@@ -18,9 +18,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from .errors import KitError
+from .progress import progress_bar
 
 DIV2K_BASE = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 # Official archive names. No SHA-256 is published for them, so none is pinned here: the digest of each completed
@@ -158,9 +158,8 @@ def _fetch_once(url, part, progress, timeout, stall_seconds):
                 total = have + length
         else:
             have, total = 0, length  # the server ignored the Range header: start over
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=part.name[: -len(".part")],
-            disable=not progress
+        with open(part, "ab" if have else "wb") as f, progress_bar(
+            total, part.name[: -len(".part")], progress, initial=have, unit="B", unit_scale=True
         ) as bar:
             _stream(response, f, bar, stall_seconds)
     return total

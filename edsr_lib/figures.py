@@ -57,17 +57,49 @@ def show_image(path):
 
 
 def markdown_table(rows, columns=None):
-    """A Markdown table (for `IPython.display.Markdown`) from a dict or a list of dicts."""
+    """A Markdown table (for `IPython.display.Markdown`) from a dict or a list of dicts. Floats show 4 significant
+    digits (2.5e-4 stays 0.00025, 31.7512 becomes 31.75); pipes in a cell are escaped."""
     if isinstance(rows, dict):
         rows, columns = [{"name": k, "value": v} for k, v in rows.items()], ["name", "value"]
     columns = columns or list(rows[0])
 
     def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def options_table(options, per_row=3):
+    """A dict of many options as a compact Markdown table: `per_row` name/value pairs per row instead of one."""
+    items = [(k, v) for k, v in options.items()]
+    rows = []
+    for start in range(0, len(items), per_row):
+        row = {}
+        for i, (k, v) in enumerate(items[start : start + per_row]):
+            row[f"option {i + 1}"], row[f"value {i + 1}"] = f"`{k}`", "" if v is None or v == "" else v
+        rows.append(row)
+    columns = [c for i in range(1, per_row + 1) for c in (f"option {i}", f"value {i}")]
+    return markdown_table(rows, columns).replace(
+        "| " + " | ".join(columns) + " |", "| " + " | ".join(["option", "value"] * per_row) + " |", 1)
+
+
+# Figures meant for a notebook are at most this wide (inches at the saved dpi ~ 960 px): JupyterLab shows them
+# at their own size, so a title set at 11 pt stays legible instead of being scaled down to ~6 pt.
+NOTEBOOK_WIDTH = 8.7
+PANELS_PER_ROW = 3
+
+
+def _grid(count, panel_height=3.1):
+    cols = min(PANELS_PER_ROW, count)
+    rows = -(-count // cols)
+    fig = Figure(figsize=(NOTEBOOK_WIDTH, panel_height * rows + 0.3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes[:count]
 
 
 def _hide_axes(ax):
@@ -116,15 +148,29 @@ def error_map(sr, hr):
     return np.abs(sr.astype(np.float32) - hr.astype(np.float32)).mean(axis=2)
 
 
-def plot_error_maps(hr, candidates, vmax=40):
-    """|candidate - HR| per pixel for each named candidate image, on a shared colour scale."""
-    fig = Figure(figsize=(4.2 * len(candidates), 3.8))
-    axes = np.atleast_1d(fig.subplots(1, len(candidates)))
-    for ax, (name, sr) in zip(axes, candidates.items()):
-        im = ax.imshow(error_map(sr, hr), cmap="inferno", vmin=0, vmax=vmax)
-        ax.set_title(f"{name}: mean |error| {error_map(sr, hr).mean():.2f}")
+def plot_error_maps(hr, candidates, box=None, vmax=None, reference="bicubic"):
+    """|candidate - HR| per pixel for each named candidate (on the crop `box` when given), on one shared colour
+    scale (vmax: the 99th percentile over all maps unless given), then for every other candidate a difference map
+    against `reference`: blue where it is closer to HR than the reference, red where it is further."""
+    top, left, size = box or (0, 0, max(hr.shape[:2]))
+    crop = (slice(top, top + size), slice(left, left + size))
+    errors = {name: error_map(sr[crop], hr[crop]) for name, sr in candidates.items()}
+    vmax = vmax or max(float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]), 99)), 1.0)
+    others = [n for n in errors if n != reference] if reference in errors else []
+    fig, axes = _grid(len(errors) + len(others))
+    for ax, (name, err) in zip(axes, errors.items()):
+        shown = ax.imshow(err, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"|{name} - HR|\nmean {err.mean():.2f}", fontsize=11)
+    fig.colorbar(shown, ax=list(axes[: len(errors)]), shrink=0.8, label="|error| (0-255)")
+    for ax, name in zip(axes[len(errors):], others):
+        gain = errors[name] - errors[reference]
+        limit = max(float(np.percentile(np.abs(gain), 99)), 1.0)
+        diverging = ax.imshow(gain, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        better = float((gain < 0).mean() * 100)
+        ax.set_title(f"{name} vs {reference}\n{name} closer on {better:.0f}% (blue)", fontsize=11)
+        fig.colorbar(diverging, ax=ax, shrink=0.8, label="error difference")
+    for ax in axes:
         _hide_axes(ax)
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="|error| (0-255)")
     return fig
 
 
@@ -156,23 +202,23 @@ def crop_box(shape, center, size):
 
 
 def plot_comparison(hr, candidates, box, scores=None, title=""):
-    """Full HR image with the crop marked, then the same crop of HR and every candidate, scores in the titles."""
+    """The full HR image with the crop marked, then the same crop of HR and every candidate with its scores in the
+    title, at most three panels per row."""
     from matplotlib.patches import Rectangle
 
     top, left, size = box
-    panels = {"HR": hr, **candidates}
-    fig = Figure(figsize=(3.2 * (len(panels) + 1.4), 3.6))
-    axes = fig.subplots(1, len(panels) + 1, gridspec_kw={"width_ratios": [1.4] + [1] * len(panels)})
-    axes[0].imshow(hr)
+    panels = {"HR": hr, **candidates} if hr is not None else dict(candidates)
+    reference = hr if hr is not None else next(iter(candidates.values()))
+    fig, axes = _grid(len(panels) + 1)
+    axes[0].imshow(reference)
     axes[0].add_patch(Rectangle((left, top), size, size, fill=False, edgecolor="yellow", lw=2))
-    axes[0].set_title(title or "HR (crop marked)")
+    axes[0].set_title(title or "crop marked", fontsize=11)
     for ax, (name, img) in zip(axes[1:], panels.items()):
         ax.imshow(img[top : top + size, left : left + size], interpolation="nearest")
         score = (scores or {}).get(name)
-        ax.set_title(name + (f"\n{score[0]:.2f} dB / {score[1]:.4f}" if score else ""), fontsize=10)
+        ax.set_title(name + (f"\n{score[0]:.2f} dB / SSIM {score[1]:.4f}" if score else ""), fontsize=11)
     for ax in axes:
         _hide_axes(ax)
-    fig.tight_layout()
     return fig
 
 
@@ -183,6 +229,23 @@ def before_after(before, after, split):
     if 0 < split < out.shape[1]:
         out[:, split] = 255
     return out
+
+
+def labelled_wipe(before, after, split, box=None, zoom=2, labels=("before", "after")):
+    """`before_after` on the crop `box`, enlarged `zoom` times by pixel repetition (no smoothing), with the two
+    names written in the top corners; `split` is a fraction of the width (0-1)."""
+    top, left, size = box or (0, 0, max(before.shape[:2]))
+    crop = (slice(top, top + size), slice(left, left + size))
+    a, b = (np.repeat(np.repeat(img[crop], zoom, axis=0), zoom, axis=1) for img in (before, after))
+    out = before_after(a, b, int(round(split * a.shape[1])))
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.fromarray(np.ascontiguousarray(out[..., :3]))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(12, min(20, canvas.width // 16)))
+    for text, anchor, x in ((labels[0], "la", 4), (labels[1], "ra", canvas.width - 4)):
+        draw.text((x, 4), text, fill=(255, 255, 255), anchor=anchor, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def plot_gains(per_image, bicubic_per_image):

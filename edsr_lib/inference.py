@@ -7,10 +7,10 @@ quadrant `chop` does not) while memory stays bounded by the tile size.
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .errors import KitError
 from .images import IMAGE_EXTENSIONS, list_images, read_image, write_image
+from .progress import progress_bar
 
 
 def forward_tiled(model, x, tile=None):
@@ -106,7 +106,8 @@ def _png_if_16bit(dst, image, log):
     return dst.with_suffix(".png")
 
 
-def upscale_paths(model, source, destination, tile=None, self_ensemble=False, alpha="white", log=print):
+def upscale_paths(model, source, destination, tile=None, self_ensemble=False, alpha="white", log=print,
+                  progress="auto"):
     """File -> file, or every image of a folder -> a folder (same names). Returns (written, failed) paths."""
     source, destination = Path(source), Path(destination)
     if source.is_dir():
@@ -132,7 +133,7 @@ def upscale_paths(model, source, destination, tile=None, self_ensemble=False, al
             log(f"{pairs[0][0]}: {note}")
         return [write_image(pairs[0][1], upscale(model, image, tile=tile, self_ensemble=self_ensemble))], []
     written, failed = [], []
-    for src, dst in tqdm(pairs, desc="upscale", unit="img"):
+    for src, dst in progress_bar(pairs, "upscale", progress, unit="img"):
         try:  # one bad file in a folder should not cost the others
             image, note = read_image(src, alpha=alpha)
             if note:

@@ -100,7 +100,8 @@ def run_standalone(train_data, output_dir, parameters=None, log=print):
     execute_notebook(EVALUATE, output_dir / EVALUATE,
                      {**shared, "checkpoint": checkpoint, "output_dir": str(output_dir / "evaluate")}, log)
     # No widgets headless: nothing would show them, and executing widget cells can hang nbclient (jupyter/nbclient#312).
-    execute_notebook(COMPARE, output_dir / COMPARE, {**shared, "checkpoint": checkpoint, "interactive": False,
+    compare = {k: v for k, v in shared.items() if k != "progress"}  # 04 shows no progress bars
+    execute_notebook(COMPARE, output_dir / COMPARE, {**compare, "checkpoint": checkpoint, "interactive": False,
                                                      "output_dir": str(output_dir / "compare")}, log)
     train, evaluation = _read_metrics(output_dir / "train" / "metrics.json"), _read_metrics(
         output_dir / "evaluate" / "metrics.json")

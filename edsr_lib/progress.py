@@ -1,24 +1,112 @@
-"""Progress bars: widget bars in an interactive notebook, plain throttled lines in terminals and headless runs."""
+"""Progress bars: a text bar updated in place in a notebook, plain throttled lines in terminals and headless runs.
+
+In a notebook the bar is an ordinary text output replaced in place (IPython's `display_id`), not an ipywidgets
+bar: widget bars vanish from a saved notebook once its kernel stops (JupyterLab shows "model not found", an HTML
+export shows `0%|` forever), while a text output keeps the final state wherever the notebook is opened.
+"""
 import sys
+import time
 
 PROGRESS_MODES = ("auto", "text", "none")
 # Headless logs (papermill, batch jobs) get one line per this many seconds instead of a bar redrawn per step.
 TEXT_INTERVAL_SECONDS = 30.0
+NOTEBOOK_INTERVAL_SECONDS = 0.5
+BAR_WIDTH = 24
+
+
+def in_notebook():
+    """True inside a Jupyter kernel (JupyterLab, papermill), where outputs are saved with the notebook."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def progress_bar(total=None, desc="", mode="auto", **kwargs):
-    """tqdm bar for `mode`: auto = widget bar in Jupyter, terminal bar otherwise; text = plain, throttled lines
-    (what papermill runs pass); none = silent; True/False mean auto/none. `total` may also be an iterable to wrap."""
+    """A bar for `mode`: auto = the notebook text bar in Jupyter, a terminal bar otherwise; text = plain, throttled
+    lines (what papermill runs pass); none = silent; True/False mean auto/none. `total` may also be an iterable."""
     if isinstance(mode, bool):
         mode = "auto" if mode else "none"
     if mode not in PROGRESS_MODES:
         raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
     iterable, total = (None, total) if total is None or isinstance(total, int) else (total, None)
-    if mode == "text":
-        from tqdm import tqdm
+    if mode == "auto" and in_notebook():
+        return NotebookBar(iterable, total, desc, unit=kwargs.get("unit", "it"), initial=kwargs.get("initial", 0),
+                           unit_scale=kwargs.get("unit_scale", False))
+    from tqdm import tqdm
 
+    if mode == "text":
         return tqdm(iterable, total=total, desc=desc, file=sys.stdout, mininterval=TEXT_INTERVAL_SECONDS,
                     maxinterval=TEXT_INTERVAL_SECONDS, ascii=True, dynamic_ncols=False, ncols=100, **kwargs)
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, disable=mode == "none", mininterval=1.0, **kwargs)
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+class NotebookBar:
+    """The subset of tqdm the kit uses (iteration, update, set_postfix, close), drawn as one text line that is
+    replaced in place and always reports a rate in units per second (tqdm flips to s/it below 1 it/s)."""
+
+    def __init__(self, iterable=None, total=None, desc="", unit="it", initial=0, unit_scale=False):
+        from IPython.display import display
+
+        self.iterable, self.desc, self.unit, self.unit_scale = iterable, desc, unit, unit_scale
+        self.total = total if total is not None or iterable is None else getattr(iterable, "__len__", lambda: None)()
+        self.n, self.initial, self.postfix, self.start, self._drawn = initial, initial, "", time.perf_counter(), 0.0
+        self._handle = display({"text/plain": self.line()}, raw=True, display_id=True)
+
+    def _amount(self, value):
+        if not self.unit_scale:
+            return f"{value:g}" if isinstance(value, float) else str(value)
+        for prefix in ("", "k", "M", "G"):
+            if abs(value) < 1000 or prefix == "G":
+                return f"{value:.3g}{prefix}"
+            value /= 1000
+
+    def line(self):
+        elapsed = time.perf_counter() - self.start
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 and self.n > self.initial else 0.0
+        amount, unit = self._amount(self.n), self.unit
+        if self.total:
+            filled = int(BAR_WIDTH * min(self.n / self.total, 1.0))
+            bar = "█" * filled + "·" * (BAR_WIDTH - filled)
+            left = f", {_clock((self.total - self.n) / rate)} left" if rate and self.n < self.total else ""
+            text = f"{self.desc}: {bar} {amount}/{self._amount(self.total)} {unit} [{_clock(elapsed)}{left}, "
+        else:
+            text = f"{self.desc}: {amount} {unit} [{_clock(elapsed)}, "
+        return text + f"{self._amount(rate) if self.unit_scale else f'{rate:.2f}'} {unit}/s]" + \
+            (f" {self.postfix}" if self.postfix else "")
+
+    def _draw(self, force=False):
+        now = time.perf_counter()
+        if force or now - self._drawn >= NOTEBOOK_INTERVAL_SECONDS:
+            self._drawn = now
+            self._handle.update({"text/plain": self.line()}, raw=True)
+
+    def update(self, n=1):
+        self.n += n
+        self._draw(force=self.total is not None and self.n >= self.total)
+
+    def set_postfix(self, refresh=True, **values):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+        if refresh:
+            self._draw()
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def close(self):
+        self._draw(force=True)  # the final state stays in the saved notebook
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -2,6 +2,8 @@
 
 Import this module before MindSpore (``edsr_lib/__init__.py`` does), so the settings apply to the first op.
 """
+import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -27,10 +29,27 @@ def _expects_cpu():
 # - ONEDNN_MAX_CPU_ISA, only where the kit's convolution cannot be built: on AVX-512 CPUs MindSpore's stock Conv2d
 #   pushes oneDNN into its reference loops (100x slower); capping the ISA at AVX2 restores JIT kernels (~2x PyTorch).
 #   The kit's kernel lets oneDNN pick its layouts, so it needs no cap and keeps AVX-512. No effect on Ascend.
+#   Exported MINDIR files always run MindSpore's stock Conv2d: where this process keeps AVX-512, ExportedModel runs
+#   them in a child process started with STOCK_CONV_ENVIRONMENT (`stock_conv_needs_own_process`).
 # A value the user already exported wins.
+STOCK_CONV_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 KIT_ENVIRONMENT = {"MS_DEV_HOST_BLOCKING_RUN": "1"} if _expects_cpu() else {}
 if FAST_CONV_LIBRARY is None:
-    KIT_ENVIRONMENT["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    KIT_ENVIRONMENT.update(STOCK_CONV_ENVIRONMENT)
+
+
+def _cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+def stock_conv_needs_own_process():
+    """True when MindSpore's stock CPU Conv2d would fall into oneDNN's reference loops in this process (an AVX-512
+    CPU and no ISA cap, which the kit's own kernel prefers): ~100x slower than in a process with the cap."""
+    return current_device() == "CPU" and "ONEDNN_MAX_CPU_ISA" not in os.environ and _cpu_has_avx512()
 
 
 def apply_environment():
@@ -128,6 +147,46 @@ FLOAT32_PRECISION_MODES = ("must_keep_origin_dtype",)
 
 def current_device():
     return _configured.get("target") or setup_device()
+
+
+@contextlib.contextmanager
+def mindspore_log_silenced():
+    """Hold back MindSpore's own log lines for a call whose failure the kit reports itself in one line, or whose
+    warnings are about MindSpore's internals rather than the user's work (e.g. `nn.Adam` constructing the deprecated
+    FusedSparseAdam, ONNX export's deprecation notice)."""
+    from mindspore import log as ms_log
+
+    logger = ms_log._get_logger()  # MindSpore's own logger (no public handle)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)  # "Failed to save" is logged as CRITICAL just before it raises
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def versions():
+    import platform
+
+    import numpy as np
+    import PIL
+
+    from . import __version__
+
+    return {"edsr_lib": __version__, "mindspore": ms.__version__, "numpy": np.__version__,
+            "pillow": PIL.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def setup_summary():
+    """What a notebook's first cell prints: versions, the device, and which convolution runs on the CPU."""
+    device = current_device()
+    if device != "CPU":
+        conv = f"MindSpore's {device} convolution"
+    elif FAST_CONV_LIBRARY is not None:
+        conv = f"the kit's oneDNN kernel ({FAST_CONV_LIBRARY.name})"
+    else:
+        conv = f"MindSpore's Conv2d ({FAST_CONV_UNAVAILABLE})"
+    return {**versions(), "device": device, "CPU cores": os.cpu_count(), "convolution": conv}
 
 
 def launched_distributed():

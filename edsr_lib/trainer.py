@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import threading
@@ -32,7 +31,7 @@ from .model import build_model, count_parameters, load_state
 from .options import Options
 from .pipeline import PatchSource, train_dataset
 from .progress import progress_bar
-from .runtime import configure_precision, init_distributed, setup_device
+from .runtime import configure_precision, init_distributed, mindspore_log_silenced, setup_device, versions
 from .weights import init_from_checkpoint, read_checkpoint, save_checkpoint
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -85,7 +84,8 @@ def make_optimizer(opts, params):
     lr = ms.Tensor(opts.lr, ms.float32)
     if opts.optimizer == "SGD":
         return nn.SGD(params, learning_rate=lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
-    return nn.Adam(params, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=opts.weight_decay)
+    with mindspore_log_silenced():  # nn.Adam builds MindSpore's deprecated FusedSparseAdam and warns about it
+        return nn.Adam(params, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=opts.weight_decay)
 
 
 _clip = ops.MultitypeFuncGraph("clip")
@@ -158,16 +158,6 @@ def param_digest(model):
     return digest.hexdigest()
 
 
-def versions():
-    import mindspore
-    import PIL
-
-    from . import __version__
-
-    return {"edsr_lib": __version__, "mindspore": mindspore.__version__, "numpy": np.__version__,
-            "pillow": PIL.__version__, "python": platform.python_version(), "platform": platform.platform()}
-
-
 @contextlib.contextmanager
 def run_lock(folder):
     """One training run at a time per run folder: `.lock` holds the owner's host and pid. A lock left by a process
@@ -228,6 +218,7 @@ def _pid_alive(pid):
 class Trainer:
     def __init__(self, opts: Options, log=print, progress="auto"):
         self.opts, self.log, self.progress = opts, log, progress
+        self._run_bar = None  # the whole run's bar while fit() runs
         self.device = setup_device(opts.device_target)
         self.precision = configure_precision(self.device, opts.precision_mode, opts.deterministic)
         self.rank, self.world = init_distributed(opts.device_target)
@@ -278,7 +269,10 @@ class Trainer:
 
     def _log(self, message):
         if self.rank == 0:
-            self.log(message)
+            from tqdm import tqdm
+
+            with tqdm.external_write_mode():  # a terminal bar is cleared, the line written, the bar redrawn
+                self.log(message)
 
     def summary(self):
         o = self.opts
@@ -408,8 +402,7 @@ class Trainer:
             self._open_feed()
         self._restart_totals()
         loss_sum, applied, t0, every = 0.0, 0, time.perf_counter(), o.sync_every()
-        bar = progress_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}",
-                           self.progress if self.rank == 0 else "none", unit="it")
+        bar = self._run_bar or self._new_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}")
         for done in range(every, o.test_every + 1, every):
             self._feed(every)
             totals = self._read_totals()
@@ -425,10 +418,12 @@ class Trainer:
                     f"training stopped in epoch {self.epoch + 1}: {streak} non-finite steps in a row "
                     f"(try a lower lr, amp_level O0 or a smaller loss_scale); the last good checkpoint is "
                     f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})")
-            bar.update(every)
             mean = totals[TrainStep.LOSS_SUM] / max(totals[TrainStep.APPLIED], 1)
-            bar.set_postfix(loss=f"{mean:.3f}", lr=f"{o.learning_rate(self.epoch):.2e}", refresh=False)
-        bar.close()
+            bar.set_postfix(epoch=f"{self.epoch + 1}/{o.epochs}", loss=f"{mean:.3f}",
+                            lr=f"{o.learning_rate(self.epoch):.2e}", refresh=False)
+            bar.update(every)
+        if bar is not self._run_bar:
+            bar.close()
         self._feed_epoch = self.epoch = self.epoch + 1
         self.last_loss = loss_sum / applied if applied else float("nan")
         return self.last_loss, o.test_every / (time.perf_counter() - t0)
@@ -445,9 +440,19 @@ class Trainer:
             self.bicubic_psnr = evaluate(self.val_set, None, protocol, progress=False)["psnr"]
         return evaluate(self.val_set, self.model, protocol, progress=False)["psnr"]
 
+    def _new_bar(self, total, desc):
+        return progress_bar(total, desc, self.progress if self.rank == 0 else "none", unit="it")
+
     def fit(self):
+        """Train the remaining epochs under one progress bar for the whole run (with its ETA), a line per epoch."""
+        remaining = (self.opts.epochs - self.epoch) * self.opts.test_every
         with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext(), _interruptible():
-            return self._fit()
+            self._run_bar = self._new_bar(remaining, "training")
+            try:
+                return self._fit()
+            finally:
+                self._run_bar.close()
+                self._run_bar = None
 
     def _fit(self):
         if self.rank == 0:

@@ -4,9 +4,7 @@ A kit checkpoint is a MindSpore checkpoint whose parameters carry the published 
 string recording the architecture, so loading needs no flags. Training checkpoints add optimizer and loop state
 under other names (see trainer.py); `read_checkpoint` returns the model part and the rest separately.
 """
-import contextlib
 import json
-import logging
 import os
 import uuid
 import zipfile
@@ -16,6 +14,7 @@ import numpy as np
 import mindspore as ms
 
 from .errors import KitError, write_error
+from .runtime import mindspore_log_silenced
 from .model import Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
 from .torch_pickle import load_torch_state_dict
 
@@ -110,7 +109,7 @@ def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # crc_check: a checkpoint damaged later (flipped bytes, a bad copy) is refused on load instead of read silently
-        with _mindspore_errors_silenced():  # its own "Failed to save" log line would repeat the error below
+        with mindspore_log_silenced():  # its own "Failed to save" log line would repeat the error below
             ms.save_checkpoint(records, str(tmp), crc_check=True,
                                append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})})
         os.replace(tmp, path)
@@ -121,19 +120,6 @@ def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
             if leftover.exists():
                 leftover.unlink()
     return path
-
-
-@contextlib.contextmanager
-def _mindspore_errors_silenced():
-    from mindspore import log as ms_log
-
-    logger = ms_log._get_logger()  # MindSpore's own logger (no public handle)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)  # "Failed to save" is logged as CRITICAL just before it raises
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def read_checkpoint(path, res_scale=None, allow_large_model=False):
@@ -174,7 +160,7 @@ def _read_any_checkpoint(path, res_scale):
         except KitError as exc:
             raise KitError(f"{path}: {exc}") from None
     try:
-        with _mindspore_errors_silenced():  # it logs its own multi-line error before raising; ours is one line
+        with mindspore_log_silenced():  # it logs its own multi-line error before raising; ours is one line
             raw = ms.load_checkpoint(str(path), crc_check=True)  # files saved without a CRC load as before
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with long messages
         raise KitError(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0][:200]})") from None
@@ -250,3 +236,18 @@ __all__ = [
     "convert", "load_model", "read_checkpoint", "save_checkpoint", "init_from_checkpoint", "infer_architecture",
     "modelzoo_to_published", "upsampling_factors",
 ]
+
+
+# Where notebook 02 leaves its best model with its default parameters, relative to the folder the notebooks run in.
+NOTEBOOK_02_CHECKPOINT = Path("outputs/02_train/ckpt/best.ckpt")
+
+
+def default_checkpoint(checkpoint="", trained=NOTEBOOK_02_CHECKPOINT):
+    """(checkpoint or None, one sentence saying which and why) for notebooks 03-05: `checkpoint` when given, else
+    the best one notebook 02 trained when it exists, else None and how to get one."""
+    if checkpoint:
+        return str(checkpoint), f"checkpoint: {checkpoint}"
+    if Path(trained).is_file():
+        return str(trained), f"checkpoint: {trained} (trained by 02_train.ipynb; set `checkpoint` to use another)"
+    return None, (f"no checkpoint yet: {trained} is made by 02_train.ipynb (a few minutes on a CPU); run it first, "
+                  "or set `checkpoint` to a kit .ckpt, a published EDSR-PyTorch .pt or a ModelZoo .ckpt")

@@ -1,15 +1,27 @@
 """Interactive views for JupyterLab (ipywidgets). Each has a static counterpart in `figures`, which the notebooks
-show first, so headless runs and static renderings still carry the picture."""
+show first, so headless runs and static renderings still carry the picture.
+
+The controls are widgets; the pictures they drive are ordinary image outputs replaced in place (IPython's
+`display_id`). A saved notebook therefore keeps the last picture a user looked at, and its HTML export shows it,
+while the controls themselves need a running kernel.
+"""
 import io
+import time
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .errors import KitError
+from .data import bicubic_lr, modcrop
 from .evaluation import bicubic_upscale
-from .figures import before_after, figure_png, crop_box, plot_comparison
+from .figures import crop_box, figure_png, labelled_wipe, plot_comparison
+from .images import atomic_write, read_image
 from .inference import upscale
 from .metrics import psnr, ssim
+
+CONTROLS_NOTE = "(interactive controls: they need a running kernel; the pictures below show their last state)"
 
 
 def _png_bytes(array):
@@ -18,62 +30,185 @@ def _png_bytes(array):
     return buffer.getvalue()
 
 
+def show_controls(widget):
+    """Display a widget with a text fallback that says what it is, instead of ipywidgets' `VBox(children=...`,
+    for renderers without the widget (an HTML export, a notebook reopened without its kernel)."""
+    from IPython.display import display
+
+    bundle = widget._repr_mimebundle_()
+    bundle["text/plain"] = CONTROLS_NOTE
+    display(bundle, raw=True)
+
+
 class Comparison:
-    """HR, bicubic and every model's output for the images of a dataset, computed once per image on demand."""
+    """HR, bicubic and every method's output for the images of a dataset (and for photos added with `add_photo`),
+    computed once per image on demand. `models`: name -> a loaded model, or a checkpoint path loaded when first
+    shown."""
 
     def __init__(self, dataset, models, protocol, cache_size=8):
-        self.dataset, self.models, self.protocol = dataset, dict(models), protocol
-        self.outputs = lru_cache(maxsize=cache_size)(self._outputs)
+        self.dataset, self.protocol = dataset, protocol
+        self.methods = {"bicubic": None, **models}
+        self.photos = {}  # name -> (lr, hr or None)
+        self._outputs = lru_cache(maxsize=cache_size)(self._compute)
 
-    def _outputs(self, index):
-        lr, hr = (np.asarray(a) for a in self.dataset.pair(index))
-        images = {"bicubic": bicubic_upscale(lr, self.dataset.scale)}
-        images.update({name: upscale(model, lr) for name, model in self.models.items()})
-        scores = {name: (psnr(img, hr, self.protocol), ssim(img, hr, self.protocol)) for name, img in images.items()}
+    @property
+    def names(self):
+        return list(self.dataset.names) + list(self.photos)
+
+    def model(self, name):
+        from .weights import load_model
+
+        if isinstance(self.methods[name], (str, Path)):
+            self.methods[name] = load_model(self.methods[name])
+            if self.methods[name].arch.scale != self.dataset.scale:
+                raise KitError(f"{name}: an x{self.methods[name].arch.scale} model, the comparison is x"
+                               f"{self.dataset.scale}")
+        return self.methods[name]
+
+    def add_photo(self, name, image, as_lr=False):
+        """A user's photo: as HR (its LR made with MATLAB bicubic, scores computed) or used directly as LR."""
+        if as_lr:
+            self.photos[name] = (image, None)
+        else:
+            self.photos[name] = (bicubic_lr(image, self.dataset.scale), modcrop(image, self.dataset.scale))
+        self._outputs.cache_clear()
+        return name
+
+    def pair(self, index):
+        if index < len(self.dataset):
+            return tuple(np.asarray(a) for a in self.dataset.pair(index))
+        return self.photos[self.names[index]]
+
+    def outputs(self, index, methods=None):
+        """(HR or None, {method: SR image}, {method: (PSNR, SSIM)}) for image `index` and `methods` (default all)."""
+        return self._outputs(index, tuple(methods or self.methods))
+
+    def _compute(self, index, methods):
+        lr, hr = self.pair(index)
+        images = {m: bicubic_upscale(lr, self.dataset.scale) if m == "bicubic" else upscale(self.model(m), lr)
+                  for m in methods}
+        scores = {} if hr is None else {m: (psnr(img, hr, self.protocol), ssim(img, hr, self.protocol))
+                                        for m, img in images.items()}
         return hr, images, scores
 
-    def figure(self, index, center=None, size=64):
-        hr, images, scores = self.outputs(index)
-        center = center or (hr.shape[0] // 2, hr.shape[1] // 2)
-        return plot_comparison(hr, images, crop_box(hr.shape, center, size), scores,
-                               title=f"{self.dataset.names[index]} x{self.dataset.scale}")
+    def figure(self, index, center=None, size=64, methods=None):
+        hr, images, scores = self.outputs(index, methods)
+        shape = next(iter(images.values())).shape
+        center = center or (shape[0] // 2, shape[1] // 2)
+        return plot_comparison(hr, images, crop_box(shape, center, size), scores,
+                               title=f"{self.names[index]} x{self.dataset.scale}")
 
 
-def comparison_explorer(comparison, size=64):
-    """Pick the image and move the crop; the figure redraws below the controls."""
-    import ipywidgets as w
-    from IPython.display import Image as ShownImage, display
+class ComparisonExplorer:
+    """Pick the image (or upload a photo), the methods and the crop; see the comparison and a 2x wipe of the crop
+    between any two methods. `show()` displays the controls and the two pictures."""
 
-    names = comparison.dataset.names
-    image = w.Dropdown(options=list(zip(names, range(len(names)))), description="image")
-    y = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="crop y")
-    x = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="crop x")
-    crop = w.IntSlider(size, min=16, max=256, step=8, description="crop px")
-    out = w.Output()
+    def __init__(self, comparison, size=64, main="EDSR", upload_dir="outputs/uploads"):
+        import ipywidgets as w
 
-    def redraw(_=None):
-        hr = comparison.outputs(image.value)[0]
-        fig = comparison.figure(image.value, (int(y.value * hr.shape[0]), int(x.value * hr.shape[1])), crop.value)
-        out.clear_output(wait=True)
-        with out:
-            display(ShownImage(data=figure_png(fig)))
+        self.comparison, self.upload_dir = comparison, Path(upload_dir)
+        methods = list(comparison.methods)
+        main = main if main in methods else methods[-1]
+        self.image = w.Dropdown(options=self._image_options(), description="image")
+        self.methods = w.SelectMultiple(options=methods, value=tuple(dict.fromkeys(["bicubic", main])),
+                                        rows=min(4, len(methods)), description="methods")
+        self.y = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="crop y")
+        self.x = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="crop x")
+        self.crop = w.IntSlider(size, min=16, max=256, step=8, description="crop px")
+        self.left = w.Dropdown(options=methods, value="bicubic", description="wipe left")
+        self.right = w.Dropdown(options=methods, value=main, description="wipe right")
+        self.split = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="wipe")
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="your photo")
+        self.photo_is = w.ToggleButtons(options=[("is HR: make LR with bicubic", False), ("is LR: upscale it", True)],
+                                        value=False, description="photo")
+        self.status = w.HTML()
+        self._handles = None
+        for control in (self.image, self.methods, self.y, self.x, self.crop):
+            control.observe(self.redraw, names="value")
+        for control in (self.left, self.right, self.split):
+            control.observe(self.redraw_wipe, names="value")
+        self.upload.observe(self._on_upload, names="value")
+        self.controls = w.VBox([w.HBox([self.image, self.methods]), w.HBox([self.y, self.x, self.crop]),
+                                w.HBox([self.left, self.right, self.split]), w.HBox([self.upload, self.photo_is]),
+                                self.status])
 
-    for control in (image, y, x, crop):
-        control.observe(redraw, names="value")
-    redraw()
-    return w.VBox([w.HBox([image, crop]), w.HBox([y, x]), out])
+    def _image_options(self):
+        return list(zip(self.comparison.names, range(len(self.comparison.names))))
+
+    def _center(self, shape):
+        return int(self.y.value * shape[0]), int(self.x.value * shape[1])
+
+    def _set_status(self, text):
+        self.status.value = f"<span style='font-size: 110%'>{text}</span>"
+
+    def pictures(self):
+        """(comparison PNG, wipe PNG) for the current control values."""
+        methods = tuple(dict.fromkeys([*self.methods.value, self.left.value, self.right.value]))
+        hr, images, _ = self.comparison.outputs(self.image.value, methods)
+        shape = next(iter(images.values())).shape
+        fig = self.comparison.figure(self.image.value, self._center(shape), self.crop.value,
+                                     self.methods.value or ("bicubic",))
+        box = crop_box(shape, self._center(shape), self.crop.value)
+        wipe = labelled_wipe(images[self.left.value], images[self.right.value], self.split.value, box, 2,
+                             (self.left.value, self.right.value))
+        return figure_png(fig), _png_bytes(wipe)
+
+    def _update(self, comparison_too=True):
+        from IPython.display import Image as ShownImage
+
+        start = time.perf_counter()
+        self._set_status("computing…")
+        try:
+            figure, wipe = self.pictures()
+        except KitError as exc:
+            self._set_status(f"error: {exc}")
+            return
+        if self._handles and None not in self._handles:  # (display returns None outside a kernel)
+            if comparison_too:
+                self._handles[0].update(ShownImage(data=figure))
+            self._handles[1].update(ShownImage(data=wipe))
+        self._set_status(f"{self.comparison.names[self.image.value]}: shown in {time.perf_counter() - start:.1f} s")
+
+    def redraw(self, _=None):
+        self._update(comparison_too=True)
+
+    def redraw_wipe(self, _=None):
+        self._update(comparison_too=False)
+
+    def add_photo(self, name, data, as_lr=False):
+        """Add an uploaded photo (its bytes) and show it; the file is kept under `upload_dir`."""
+        path = atomic_write(self.upload_dir / Path(name).name, lambda tmp: Path(tmp).write_bytes(data))
+        try:
+            image, _ = read_image(path)
+        except KitError:
+            path.unlink()
+            raise
+        self.comparison.add_photo(path.name, image.astype(np.uint8) if image.dtype != np.uint8 else image, as_lr)
+        self.image.options = self._image_options()
+        self.image.value = len(self.comparison.names) - 1  # triggers a redraw
+
+    def _on_upload(self, change):
+        files = change["new"]
+        if not files:
+            return
+        item = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
+        try:
+            self.add_photo(item["name"], bytes(item["content"]), self.photo_is.value)
+        except KitError as exc:
+            self._set_status(f"error: {exc}")
+
+    def show(self):
+        from IPython.display import Image as ShownImage, display
+
+        show_controls(self.controls)
+        figure, wipe = self.pictures()
+        self._handles = (display(ShownImage(data=figure), display_id=True),
+                         display(ShownImage(data=wipe), display_id=True))
+        self._set_status(f"{self.comparison.names[self.image.value]}: ready")
 
 
-def before_after_viewer(before, after, width=None):
-    """A wipe between two same-size images (e.g. bicubic and EDSR), shown losslessly as PNG."""
-    import ipywidgets as w
-
-    slider = w.IntSlider(after.shape[1] // 2, min=0, max=after.shape[1], description="split")
-    view = w.Image(value=_png_bytes(before_after(before, after, slider.value)), format="png",
-                   width=width or after.shape[1])
-
-    def redraw(change):
-        view.value = _png_bytes(before_after(before, after, change["new"]))
-
-    slider.observe(redraw, names="value")
-    return w.VBox([slider, view])
+def comparison_explorer(comparison, size=64, main="EDSR"):
+    """Build the explorer and show it (the notebooks' one-liner)."""
+    explorer = ComparisonExplorer(comparison, size, main)
+    explorer.show()
+    return explorer

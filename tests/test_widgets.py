@@ -2,40 +2,94 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from edsr_lib import widgets
-from edsr_lib.data import SampleImages
-from edsr_lib.figures import before_after
+from edsr_lib.errors import KitError
+from edsr_lib.data import SampleImages, bicubic_lr, modcrop
+from edsr_lib.figures import before_after, crop_box, labelled_wipe
 from edsr_lib.metrics import protocol_for
 from edsr_lib.model import Architecture, build_model
 
 
-def test_before_after_wipe_is_lossless_and_follows_the_slider(rng):
+class _Handle:
+    """Stands in for IPython's DisplayHandle: records what each picture was replaced with."""
+
+    def __init__(self):
+        self.shown = []
+
+    def update(self, image):
+        self.shown.append(image.data)
+
+
+def _png(data):
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_wipe_is_lossless_zoomed_and_labelled(rng):
     before = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     after = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    view = widgets.before_after_viewer(before, after)
-    slider, image = view.children
-    for split in (0, 7, 30):
-        slider.value = split
-        shown = np.asarray(Image.open(io.BytesIO(image.value)))
-        assert np.array_equal(shown, before_after(before, after, split))
-    # left of the split is `before`, right of it `after`, the divider column white
     shown = before_after(before, after, 7)
     assert np.array_equal(shown[:, :7], before[:, :7]) and (shown[:, 7] == 255).all()
     assert np.array_equal(shown[:, 8:], after[:, 8:])
+    box = (2, 3, 16)
+    wipe = labelled_wipe(before, after, 0.5, box, zoom=2, labels=("L", "R"))
+    assert wipe.shape == (32, 32, 3)
+    crop_a, crop_b = before[2:18, 3:19], after[2:18, 3:19]
+    # below the labels: every 2x2 block is one source pixel, left of the divider `before`, right of it `after`
+    assert np.array_equal(wipe[24:, :16], np.repeat(np.repeat(crop_a, 2, 0), 2, 1)[24:, :16])
+    assert np.array_equal(wipe[24:, 17:], np.repeat(np.repeat(crop_b, 2, 0), 2, 1)[24:, 17:])
+    assert (wipe[24:, 16] == 255).all()
 
 
-def test_comparison_explorer_redraws_for_each_image_and_crop():
+def _explorer(size=32):
     model = build_model(Architecture(scale=2, n_resblocks=1, n_feats=4))
     model.set_train(False)
     dataset = SampleImages(2, "test")
     comparison = widgets.Comparison(dataset, {"EDSR": model}, protocol_for("sample", 2))
-    explorer = widgets.comparison_explorer(comparison, size=32)
-    (image, crop), (_, x) = explorer.children[0].children, explorer.children[1].children
+    explorer = widgets.ComparisonExplorer(comparison, size)
+    explorer._handles = (_Handle(), _Handle())
+    return comparison, explorer, dataset
+
+
+def test_explorer_defaults_to_the_main_model_against_bicubic_and_follows_its_controls():
+    comparison, explorer, dataset = _explorer()
+    assert explorer.methods.value == ("bicubic", "EDSR") and (explorer.left.value, explorer.right.value) == (
+        "bicubic", "EDSR")
     hr, images, scores = comparison.outputs(0)
     assert set(images) == {"bicubic", "EDSR"} and set(scores) == {"bicubic", "EDSR"}
-    image.value = 2
-    x.value, crop.value = 0.1, 48
-    assert comparison.outputs.cache_info().currsize == 2  # image 0 and image 2 computed once each
-    assert comparison.outputs(2)[0].shape == np.asarray(dataset.hr(2)).shape
+    figure_handle, wipe_handle = explorer._handles
+    explorer.image.value = 2
+    explorer.x.value, explorer.crop.value = 0.1, 48
+    assert len(figure_handle.shown) == 3 and len(wipe_handle.shown) == 3
+    _, images, _ = comparison.outputs(2)
+    box = crop_box(images["EDSR"].shape, explorer._center(images["EDSR"].shape), 48)
+    expected = labelled_wipe(images["bicubic"], images["EDSR"], 0.5, box, 2, ("bicubic", "EDSR"))
+    assert np.array_equal(_png(wipe_handle.shown[-1]), expected)
+    explorer.split.value = 0.2  # moving the wipe redraws only the wipe
+    assert len(figure_handle.shown) == 3 and len(wipe_handle.shown) == 4
+    assert not np.array_equal(_png(wipe_handle.shown[-1]), expected)
+    assert comparison._outputs.cache_info().currsize == 2  # image 0 and image 2 computed once each
+    assert "shown in" in explorer.status.value
+
+
+def test_an_uploaded_photo_is_compared_as_hr_or_used_as_lr(tmp_path, rng):
+    comparison, explorer, dataset = _explorer()
+    explorer.upload_dir = tmp_path / "uploads"
+    photo = rng.integers(0, 256, (21, 30, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG")
+    explorer.add_photo("mine.png", buffer.getvalue())
+    assert explorer.image.value == len(dataset) and (tmp_path / "uploads" / "mine.png").is_file()
+    hr, images, scores = comparison.outputs(explorer.image.value)
+    assert np.array_equal(hr, modcrop(photo, 2)) and set(scores) == {"bicubic", "EDSR"}
+    assert np.array_equal(comparison.pair(explorer.image.value)[0], bicubic_lr(photo, 2))
+    explorer.add_photo("mine_lr.png", buffer.getvalue(), as_lr=True)
+    hr, images, scores = comparison.outputs(explorer.image.value)
+    assert hr is None and not scores and images["EDSR"].shape == (42, 60, 3)
+    with pytest.raises(KitError, match="broken.png: not an image"):
+        explorer.add_photo("broken.png", b"not an image")
+    assert not (tmp_path / "uploads" / "broken.png").exists()
+    explorer._on_upload({"new": ({"name": "broken.png", "content": memoryview(b"junk")},)})  # as FileUpload sends it
+    assert "not an image" in explorer.status.value and explorer.image.value == len(dataset) + 1
