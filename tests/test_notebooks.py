@@ -134,3 +134,85 @@ def test_export_notebook_verifies_both_formats(standalone, tmp_path):
     assert all(c["max |exported - checkpoint|"] < 1e-2 for c in metrics["checks"])
     assert all(d <= 1 for d in metrics["max_pixel_difference"].values())
     assert (tmp_path / "export" / "edsr.mindir").is_file() and (tmp_path / "export" / "edsr.onnx.json").is_file()
+
+
+def _papermill(notebook, out, cwd, params=None):
+    return subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(cwd),
+                           *_p(params or {})], capture_output=True, text=True, timeout=900)
+
+
+def _text_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    texts = []
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        for output in cell.outputs:
+            texts.append(output.get("text", ""))
+            texts += [str(v) for k, v in output.get("data", {}).items() if k.startswith("text/")]
+    return "\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """02 -> 03 -> 04 -> 05 in one working folder, as a class runs them: 02 tiny, the others with their defaults."""
+    work = tmp_path_factory.mktemp("chain")
+    runs = {"02": _papermill(ROOT / "notebooks" / "02_train.ipynb", work / "02.ipynb", work, TINY_TRAIN)}
+    for name in ("03_evaluate", "04_visual_comparison", "05_export_inference"):
+        runs[name[:2]] = _papermill(ROOT / "notebooks" / f"{name}.ipynb", work / f"{name[:2]}.ipynb", work)
+    return work, runs
+
+
+def test_notebooks_chain_with_their_defaults(chain):
+    pytest.importorskip("onnxruntime")
+    work, runs = chain
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.stderr[-3000:])
+        assert "nan" not in _text_outputs(work / f"{name}.ipynb").lower().replace("nanosec", ""), name
+    trained = work / "outputs" / "02_train" / "ckpt" / "best.ckpt"
+    evaluation = json.loads((work / "outputs" / "03_evaluate" / "metrics.json").read_text())
+    assert evaluation["checkpoint"] == str(trained.relative_to(work)) and evaluation["psnr"] is not None
+    assert len(list((work / "outputs" / "03_evaluate" / "images").rglob("*.png"))) == 3  # SR images saved
+    comparison = json.loads((work / "outputs" / "04_visual_comparison" / "metrics.json").read_text())
+    assert set(comparison["scores"]) == {"bicubic", "EDSR"}
+    assert "trained by 02_train.ipynb" in _text_outputs(work / "05.ipynb")
+
+
+def test_without_a_checkpoint_the_notebooks_say_how_to_get_one(tmp_path):
+    run = _papermill(ROOT / "notebooks" / "03_evaluate.ipynb", tmp_path / "03.ipynb", tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = _text_outputs(tmp_path / "03.ipynb")
+    assert "run it first" in text and "02_train.ipynb" in text and "nan" not in text.lower()
+
+
+def test_saved_notebooks_keep_their_final_state_in_html(chain):
+    work, runs = chain
+    for name in ("02", "04"):
+        assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+        done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(work / f"{name}.ipynb"),
+                               "--output-dir", str(work / "html")], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        html = (work / "html" / f"{name}.html").read_text()
+        assert "0%|" not in html and "VBox(children=" not in html and "Error displaying widget" not in html
+    html_02 = (work / "html" / "02.html").read_text()
+    total = TINY_TRAIN["epochs"] * TINY_TRAIN["test_every"]
+    assert f"{total}/{total} it" in html_02  # the run's bar, finished
+    nb = nbformat.read(work / "04.ipynb", as_version=4)
+    explorer = nb.cells[-1].outputs
+    assert any("interactive controls" in o.get("data", {}).get("text/plain", "") for o in explorer)
+    assert sum("image/png" in o.get("data", {}) for o in explorer) == 2  # its last comparison and wipe
+
+
+def test_exercises_report_pass_with_the_solutions_and_todo_or_fail_otherwise(tmp_path):
+    folder = ROOT / "notebooks" / "exercises"
+    run = _papermill(folder / "exercises.ipynb", tmp_path / "solved.ipynb", folder,
+                     {"solutions": folder / "solutions.py"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "all 4 exercises passed" in _text_outputs(tmp_path / "solved.ipynb")
+    run = _papermill(folder / "exercises.ipynb", tmp_path / "stubs.ipynb", folder)
+    text = _text_outputs(tmp_path / "stubs.ipynb")
+    assert run.returncode == 0 and "0 of 4 exercises passed" in text and text.count("not implemented yet") == 4
+    wrong = (folder / "solutions.py").read_text().replace("transpose(0, 3, 1, 4, 2)", "transpose(0, 3, 2, 4, 1)")
+    (tmp_path / "wrong.py").write_text(wrong.replace("return 1 + 2 * n_resblocks", "return 2 * n_resblocks"))
+    run = _papermill(folder / "exercises.ipynb", tmp_path / "wrong.ipynb", folder, {"solutions": tmp_path / "wrong.py"})
+    text = _text_outputs(tmp_path / "wrong.ipynb")
+    assert "2 of 4 exercises passed" in text and "FAIL  1. PixelShuffle order: values in the wrong places" in text
+    assert "FAIL  4." in text
