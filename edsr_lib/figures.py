@@ -231,6 +231,11 @@ def before_after(before, after, split):
     return out
 
 
+def wipe_zoom(crop_size, target=320):
+    """Pixel repetition for a wipe of a `crop_size` crop: at least 2x, more for small crops (about `target` px)."""
+    return max(2, target // max(int(crop_size), 1))
+
+
 def labelled_wipe(before, after, split, box=None, zoom=2, labels=("before", "after")):
     """`before_after` on the crop `box`, enlarged `zoom` times by pixel repetition (no smoothing), with the two
     names written in the top corners; `split` is a fraction of the width (0-1)."""

@@ -16,7 +16,7 @@ from PIL import Image
 from .errors import KitError
 from .data import bicubic_lr, modcrop
 from .evaluation import bicubic_upscale
-from .figures import crop_box, figure_png, labelled_wipe, plot_comparison
+from .figures import crop_box, figure_png, labelled_wipe, plot_comparison, wipe_zoom
 from .images import atomic_write, read_image
 from .inference import upscale
 from .metrics import psnr, ssim
@@ -119,7 +119,7 @@ class ComparisonExplorer:
         self.right = w.Dropdown(options=methods, value=main, description="wipe right")
         self.split = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="wipe")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="your photo")
-        self.photo_is = w.ToggleButtons(options=[("is HR: make LR with bicubic", False), ("is LR: upscale it", True)],
+        self.photo_is = w.ToggleButtons(options=[("HR (LR by bicubic)", False), ("LR (as it is)", True)],
                                         value=False, description="photo")
         self.status = w.HTML()
         self._handles = None
@@ -149,8 +149,8 @@ class ComparisonExplorer:
         fig = self.comparison.figure(self.image.value, self._center(shape), self.crop.value,
                                      self.methods.value or ("bicubic",))
         box = crop_box(shape, self._center(shape), self.crop.value)
-        wipe = labelled_wipe(images[self.left.value], images[self.right.value], self.split.value, box, 2,
-                             (self.left.value, self.right.value))
+        wipe = labelled_wipe(images[self.left.value], images[self.right.value], self.split.value, box,
+                             wipe_zoom(self.crop.value), (self.left.value, self.right.value))
         return figure_png(fig), _png_bytes(wipe)
 
     def _update(self, comparison_too=True):

@@ -24,3 +24,7 @@ if ! "$VENV_PY" -m pip install --disable-pip-version-check -e "$SPEC" > .venv/pi
     exit 1
 fi
 "$VENV_PY" -c "import edsr_lib" || { echo "edsr_lib failed to import after install" >&2; exit 1; }
+# JupyterLab's "Save Widget State Automatically", in this venv only: a saved notebook keeps its widgets' state, so
+# reopened without a kernel it shows the explorer's controls as they were instead of "model not found".
+mkdir -p .venv/share/jupyter/lab/settings
+cp scripts/jupyterlab-overrides.json .venv/share/jupyter/lab/settings/overrides.json

@@ -8,7 +8,7 @@ from PIL import Image
 from edsr_lib import widgets
 from edsr_lib.errors import KitError
 from edsr_lib.data import SampleImages, bicubic_lr, modcrop
-from edsr_lib.figures import before_after, crop_box, labelled_wipe
+from edsr_lib.figures import before_after, crop_box, labelled_wipe, wipe_zoom
 from edsr_lib.metrics import protocol_for
 from edsr_lib.model import Architecture, build_model
 
@@ -65,7 +65,7 @@ def test_explorer_defaults_to_the_main_model_against_bicubic_and_follows_its_con
     assert len(figure_handle.shown) == 3 and len(wipe_handle.shown) == 3
     _, images, _ = comparison.outputs(2)
     box = crop_box(images["EDSR"].shape, explorer._center(images["EDSR"].shape), 48)
-    expected = labelled_wipe(images["bicubic"], images["EDSR"], 0.5, box, 2, ("bicubic", "EDSR"))
+    expected = labelled_wipe(images["bicubic"], images["EDSR"], 0.5, box, wipe_zoom(48), ("bicubic", "EDSR"))
     assert np.array_equal(_png(wipe_handle.shown[-1]), expected)
     explorer.split.value = 0.2  # moving the wipe redraws only the wipe
     assert len(figure_handle.shown) == 3 and len(wipe_handle.shown) == 4
