@@ -50,7 +50,8 @@ def _cmd_upscale(args):
 
 def _cmd_eval(args):
     from .data import open_dataset
-    from .evaluation import evaluate, format_table, write_json
+    from .evaluation import evaluate, format_table
+    from .files import write_json
     from .metrics import protocol_for
 
     model = None
@@ -118,7 +119,7 @@ def _parse_bool(text):
 
 
 def _add_option_flags(parser):
-    """One `--name value` flag per Options field, with the seed's names; unset flags keep the preset's recipe."""
+    """One `--name value` flag per Options field, with the MindSpore ModelZoo EDSR's names; unset flags keep the preset's recipe."""
     from dataclasses import fields
     from typing import get_type_hints
 

@@ -217,7 +217,7 @@ class SampleImages(PairDataset):
 
 
 def open_dataset(spec, scale, dir_data="", split="test", data_range="1-800/801-810", **kwargs):
-    """A dataset from a name (`sample`, `DIV2K`, `Set5`, ...) or a folder path, as the seed's options name them.
+    """A dataset from a name (`sample`, `DIV2K`, `Set5`, ...) or a folder path, as the MindSpore ModelZoo EDSR's options name them.
 
     Benchmarks are looked up as `dir_data/benchmark/<name>` (EDSR-PyTorch layout), then `dir_data/<name>`
     (either layout or a plain HR folder).

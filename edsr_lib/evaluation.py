@@ -1,11 +1,10 @@
 """Evaluating a model (or plain bicubic) on a dataset with the papers' protocol; tables and JSON."""
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .imresize import imresize
-from .images import atomic_write, write_image
+from .images import write_image
 from .metrics import protocol_for, psnr, quantize, ssim
 from .progress import progress_bar
 
@@ -73,7 +72,3 @@ def format_table(result):
     lines += [f"{r['name']:<24}{r['psnr']:>11.3f}{r['ssim']:>9.4f}" for r in result["per_image"]]
     lines.append(f"{'mean':<24}{result['psnr']:>11.3f}{result['ssim']:>9.4f}")
     return "\n".join(lines)
-
-
-def write_json(path, payload):
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))

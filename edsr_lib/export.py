@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import nn
 
 from .errors import KitError
-from .evaluation import write_json
+from .files import write_json
 from .inference import forward_tiled
 from .model import Architecture, check_size
 from .runtime import STOCK_CONV_ENVIRONMENT, current_device, mindspore_log_silenced, stock_conv_needs_own_process

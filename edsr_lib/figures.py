@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .images import atomic_write
+from .files import atomic_write
 
 
 def figure_png(fig, dpi=110):

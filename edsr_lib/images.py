@@ -4,8 +4,6 @@ Pillow alone gets several cases wrong (16-bit RGB PNGs are read as 8-bit, 16-bit
 alpha without compositing), so 16-bit PNGs go through pypng and every mode conversion is spelled out here.
 Writes go to a temporary file that is renamed into place, so an interrupted run never leaves a partial image.
 """
-import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -14,7 +12,8 @@ import numpy as np
 import png
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import KitError, write_error
+from .errors import KitError
+from .files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 ALPHA_MODES = ("white", "drop")
@@ -165,34 +164,6 @@ def _pillow_to_rgb(path, img, alpha):
         raise KitError(f"{path}: floating-point images are not supported")
     array = np.asarray(img)
     return _to_rgb(array, img.mode in ("RGBA", "LA"), alpha, 255)
-
-
-def _current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path, write_fn):
-    """Call write_fn(tmp_path) and move the result to `path` only if it succeeded."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        write_fn(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except OSError as exc:  # a write to an open file (disk full) carries no file name: name the destination
-        raise write_error(path, exc) from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_image(path, array):

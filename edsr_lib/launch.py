@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import KitError, OneLineArgumentParser
-from .evaluation import write_json
+from .files import write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 TRAIN, EVALUATE, COMPARE = "02_train.ipynb", "03_evaluate.ipynb", "04_visual_comparison.ipynb"
@@ -39,7 +39,7 @@ def parse_parameters(pairs):
 
 
 def train_data_parameters(train_data):
-    """The seed's TRAIN_DATA_DIR as options: `sample`, a DIV2K root (validating on DIV2K), or an HR folder."""
+    """The ModelZoo EDSR scripts' TRAIN_DATA_DIR as options: `sample`, a DIV2K root (validating on DIV2K), or an HR folder."""
     text = str(train_data)
     if text.lower() == "sample":
         return {"data_train": "sample"}
@@ -114,7 +114,7 @@ def run_standalone(train_data, output_dir, parameters=None, log=print):
 
 
 def run_evaluation(test_data, checkpoint, dataset_type, output_dir, parameters=None, log=print):
-    """The seed's run_eval: evaluate CHECKPOINT on DATASET_TYPE (a benchmark name or DIV2K under TEST_DATA_DIR,
+    """The ModelZoo EDSR's run_eval: evaluate CHECKPOINT on DATASET_TYPE (a benchmark name or DIV2K under TEST_DATA_DIR,
     or a folder of HR images)."""
     output_dir = Path(output_dir)
     is_folder = Path(dataset_type).is_dir()
@@ -536,7 +536,7 @@ def build_parser():
     p.add_argument("--node-rank", type=int, default=None, help="this server's index (0 starts the scheduler)")
     p.add_argument("--master-addr", default="127.0.0.1", help="address of server 0")
     p.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT)
-    p = sub.add_parser("eval", help="evaluate a checkpoint (the seed's run_eval)")
+    p = sub.add_parser("eval", help="evaluate a checkpoint (the ModelZoo EDSR's run_eval)")
     p.add_argument("test_data", help="dataset root (holding benchmark/ or DIV2K/)")
     p.add_argument("checkpoint")
     p.add_argument("dataset_type", help="Set5, Set14, B100, Urban100, DIV2K, sample or a folder of HR images")

@@ -1,4 +1,4 @@
-"""The one options object: the seed's names, shared by notebook parameters, CLI flags and every component."""
+"""The one options object: the MindSpore ModelZoo EDSR's names, shared by notebook parameters, CLI flags and every component."""
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
@@ -200,7 +200,7 @@ OPTION_HELP = {
     "ckpt_path": "initialise the weights from this checkpoint (e.g. x2 -> x3/x4 fine-tuning)",
     "resume": "continue from latest.ckpt in ckpt_save_path",
     "overwrite": "start a new run in a ckpt_save_path that holds an earlier run (its files are replaced)",
-    "task_id": "task index (kept for the seed's scripts; not used in training)",
+    "task_id": "task index (kept for the ModelZoo EDSR's scripts; not used in training)",
     "amp_level": "mixed precision O0 (float32), O1, O2 or O3",
     "loss_scale": "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend",
     "precision_mode": "Ascend: CANN precision mode, e.g. must_keep_origin_dtype for float32 convolutions",

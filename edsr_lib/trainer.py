@@ -23,9 +23,9 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .data import open_dataset
 from .errors import KitError
-from .evaluation import evaluate, write_json
+from .evaluation import evaluate
 from .figures import plot_history, save_figure
-from .images import atomic_write
+from .files import atomic_write, write_json
 from .metrics import protocol_for
 from .model import build_model, count_parameters, load_state
 from .options import Options

@@ -17,7 +17,8 @@ from .errors import KitError
 from .data import bicubic_lr, modcrop
 from .evaluation import bicubic_upscale
 from .figures import crop_box, figure_png, labelled_wipe, plot_comparison, wipe_zoom
-from .images import atomic_write, read_image
+from .files import atomic_write
+from .images import read_image
 from .inference import upscale
 from .metrics import psnr, ssim
 

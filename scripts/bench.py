@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench.py --quick         # fewer sizes, and one round instead of two
     .venv/bin/python scripts/bench.py --memory        # + time and peak memory of tiled paper-x4 inference (slow)
     .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
+    .venv/bin/python scripts/bench.py --export        # one image: checkpoint, MINDIR (in process, child), ONNX
 
 Network timings compare three engines running the same network on the same CPU: the kit ("kit": MindSpore graphs
 with dynamic shapes and the kit's CPU convolution, what `load_model` and the Trainer use), MindSpore's stock Conv2d in
@@ -350,6 +351,45 @@ def bench_memory():
           f"{ratio(kit['peak_mb'] - kit['start_mb'], ref['peak_mb'] - ref['start_mb'])}")
 
 
+EXPORT_LR = (150, 225)  # LR height, width: notebook 05's sample image
+
+
+def bench_export(rounds=3):
+    """Inference of one image through the checkpoint and its exports: the MINDIR in this process (stock Conv2d
+    without the ISA cap: oneDNN's reference loops on AVX-512), in the kit's capped child process (what
+    ExportedModel uses on such CPUs), and ONNX (onnxruntime, tiled). Best of `rounds` after one warm-up call."""
+    from edsr_lib.export import MindirProcess, export_model, load_exported, load_mindir
+    from edsr_lib.model import state_dict
+    from edsr_lib.weights import load_model, save_checkpoint
+
+    setup_device("CPU")
+    arch = Architecture.from_preset("baseline", 2)
+    lr = np.random.default_rng(0).integers(0, 256, (*EXPORT_LR, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(f"{tmp}/m.ckpt", arch, state_dict(build_model(arch)))
+        mindir = export_model(ckpt, "MINDIR", f"{tmp}/m.mindir")[0]
+        runners = {"checkpoint (kit kernel)": load_model(ckpt).forward_array,
+                   "MINDIR, child process with the AVX2 cap": MindirProcess(mindir),
+                   "MINDIR, this process (no cap)": load_mindir(mindir)}
+        if importlib.util.find_spec("onnxruntime"):
+            onnx = export_model(ckpt, "ONNX", f"{tmp}/m.onnx", input_size=(96, 96))[0]
+            runners["ONNX (onnxruntime, 96x96 tiles)"] = load_exported(onnx).forward_array
+        x = np.ascontiguousarray(lr.transpose(2, 0, 1)[None], np.float32)
+        times = {}
+        for name, run in runners.items():
+            tries = 1 if "no cap" in name else rounds  # ~100 s a call on AVX-512 CPUs
+            best = []
+            for i in range(tries + 1):
+                start = time.perf_counter()
+                run(x)
+                best.append(time.perf_counter() - start)
+            times[name] = min(best[1:])
+            print(f"{name}: {times[name]:.2f} s (first call {best[0]:.2f} s)")
+        reference = times["checkpoint (kit kernel)"]
+        for name, seconds in times.items():
+            print(f"  {name} / checkpoint: {ratio(seconds, reference)}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--memory", action="store_true")
@@ -357,6 +397,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, help="times each engine is run, alternating (default 2; 1 with --quick)")
     parser.add_argument("--new-sizes", type=int, default=12, help="unseen input sizes to time (default 12)")
     parser.add_argument("--train", action="store_true", help="training steps only (incl. without host blocking)")
+    parser.add_argument("--export", action="store_true", help="checkpoint vs MINDIR (in process, child) vs ONNX")
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine-worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
@@ -366,6 +407,8 @@ if __name__ == "__main__":
                       train_only=args.train_only)
     elif args.train:
         bench_training(args.rounds or 2)
+    elif args.export:
+        bench_export(args.rounds or 3)
     elif args.memory_worker:
         memory_worker(args.memory_worker)
     else:

@@ -100,3 +100,24 @@ def test_user_errors(tmp_path, exported):
     (tmp_path / "lonely.onnx").write_bytes((folder / "m.onnx").read_bytes())
     with pytest.raises(KitError, match="lonely.onnx.json: missing"):
         ExportedModel(tmp_path / "lonely.onnx")
+
+
+def test_mindir_child_process_gives_the_in_process_result_and_fails_in_one_line(tmp_path, rng):
+    """On AVX-512 CPUs ExportedModel runs a MINDIR in a child process with oneDNN capped at AVX2 (~100x faster
+    there); both ways must give the same numbers, and a failing child must be one clear error."""
+    from edsr_lib.export import MindirProcess, export_model, load_mindir
+
+    ckpt = save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8),
+                           random_published_weights(rng, 2, 1, 8))
+    mindir = export_model(ckpt, "MINDIR", tmp_path / "m.mindir")[0]
+    x = rng.uniform(0, 255, (1, 3, 12, 17)).astype(np.float32)
+    child = MindirProcess(mindir)
+    np.testing.assert_allclose(child(x), load_mindir(mindir)(x), rtol=0, atol=1e-3)
+    assert child(x[:, :, :5, :6]).shape == (1, 3, 10, 12)  # any size, one process
+    child._child.kill()
+    child._child.wait()
+    with pytest.raises(KitError, match="m.mindir: the MINDIR process ended"):
+        child(x)
+    (tmp_path / "junk.mindir").write_bytes(b"not a graph")
+    with pytest.raises(KitError, match="junk.mindir: not a loadable MINDIR file"):
+        MindirProcess(tmp_path / "junk.mindir")

@@ -97,6 +97,7 @@ def test_zip_bombs_are_refused_before_inflating(tmp_path):
     _zip(tmp_path / "pickle_bomb.pt", {"archive/data.pkl": lambda f: [f.write(zeros) for _ in range(8)]})
     with pytest.raises(KitError, match="data.pkl declares"):
         load_torch_state_dict(tmp_path / "pickle_bomb.pt")
+    _assert_refused(tmp_path / "pickle_bomb.pt", tmp_path, "data.pkl declares")
 
 
 def test_deeply_nested_pickle_is_refused_not_a_crash(tmp_path):

@@ -49,7 +49,7 @@ def test_notebook_is_committed_clean_and_thin(path):
         if line.strip() and not line.lstrip().startswith("#"):
             assert ": " in line.split("=")[0], line
     for cell in code:
-        # the parameters cell is a list of the seed's option names, one per line, so it may be longer
+        # the parameters cell is a list of the ModelZoo EDSR's option names, one per line, so it may be longer
         assert cell is tagged[0] or len(cell.source.splitlines()) <= MAX_CELL_LINES, cell.source[:80]
         for line in cell.source.splitlines():
             assert not line.lstrip().startswith(("def ", "class ", "lambda", "async def ")), line
@@ -166,11 +166,23 @@ def test_notebooks_chain_with_their_defaults(chain):
     work, runs = chain
     for name, run in runs.items():
         assert run.returncode == 0, (name, run.stderr[-3000:])
-        assert "nan" not in _text_outputs(work / f"{name}.ipynb").lower().replace("nanosec", ""), name
+        assert "nan" not in _text_outputs(work / f"{name}.ipynb").lower(), name
+        nb = nbformat.read(work / f"{name}.ipynb", as_version=4)
+        stderr = [o.text for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                  if o.output_type == "stream" and o.name == "stderr"]
+        assert not [t for t in stderr if "deprecated" in t or "WARNING" in t], (name, stderr)  # no red noise
+        echoes = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                  if o.output_type == "execute_result"]
+        assert not echoes, (name, echoes)  # no `Out[..]: PosixPath(...)`
     trained = work / "outputs" / "02_train" / "ckpt" / "best.ckpt"
     evaluation = json.loads((work / "outputs" / "03_evaluate" / "metrics.json").read_text())
     assert evaluation["checkpoint"] == str(trained.relative_to(work)) and evaluation["psnr"] is not None
     assert len(list((work / "outputs" / "03_evaluate" / "images").rglob("*.png"))) == 3  # SR images saved
+    import zipfile
+
+    with zipfile.ZipFile(work / "outputs" / "03_evaluate.zip") as archive:  # the results in one download
+        names = archive.namelist()
+    assert "03_evaluate/metrics.json" in names and sum(n.endswith("_SR.png") for n in names) == 3
     comparison = json.loads((work / "outputs" / "04_visual_comparison" / "metrics.json").read_text())
     assert set(comparison["scores"]) == {"bicubic", "EDSR"}
     assert "trained by 02_train.ipynb" in _text_outputs(work / "05.ipynb")

@@ -53,7 +53,7 @@ def _quiet(opts, **kw):
 
 def test_loss_scaling_is_applied_and_undone_exactly(tmp_path):
     # Scaling the loss by a power of two and unscaling the gradients is exact in float32: the weights must equal an
-    # unscaled run's bit for bit. The seed's bug (gradients divided by the scale, loss never scaled) would not.
+    # unscaled run's bit for bit. The MindSpore ModelZoo EDSR's bug (gradients divided by the scale, loss never scaled) would not.
     plain = _quiet(_opts(tmp_path / "plain", epochs=1))
     plain.fit()
     scaled = _quiet(_opts(tmp_path / "scaled", epochs=1, loss_scale=1024.0))
