@@ -251,3 +251,13 @@ def default_checkpoint(checkpoint="", trained=NOTEBOOK_02_CHECKPOINT):
         return str(trained), f"checkpoint: {trained} (trained by 02_train.ipynb; set `checkpoint` to use another)"
     return None, (f"no checkpoint yet: {trained} is made by 02_train.ipynb (a few minutes on a CPU); run it first, "
                   "or set `checkpoint` to a kit .ckpt, a published EDSR-PyTorch .pt or a ModelZoo .ckpt")
+
+
+def find_checkpoints(root="outputs", exclude=()):
+    """Kit checkpoints under `root` (e.g. every run notebook 02 or `edsr train` left there), by a short name
+    (`02_train/ckpt/best`), for a notebook to offer; not loaded, so listing is cheap. `exclude`: paths to leave out."""
+    root, skip = Path(root), {Path(p).resolve() for p in exclude if p}
+    if not root.is_dir():
+        return {}
+    found = sorted(p for p in root.rglob("*.ckpt") if not p.name.startswith(".") and p.resolve() not in skip)
+    return {str(p.relative_to(root).with_suffix("")): p for p in found}

@@ -93,3 +93,26 @@ def test_an_uploaded_photo_is_compared_as_hr_or_used_as_lr(tmp_path, rng):
     assert not (tmp_path / "uploads" / "broken.png").exists()
     explorer._on_upload({"new": ({"name": "broken.png", "content": memoryview(b"junk")},)})  # as FileUpload sends it
     assert "not an image" in explorer.status.value and explorer.image.value == len(dataset) + 1
+
+
+def test_checkpoints_found_under_outputs_are_offered_and_loaded_only_when_chosen(tmp_path, rng):
+    from edsr_lib.weights import find_checkpoints, save_checkpoint
+    from reference import random_published_weights
+
+    arch = Architecture(scale=2, n_resblocks=1, n_feats=4)
+    for name in ("run/ckpt/best.ckpt", "run/ckpt/latest.ckpt", "x3/best.ckpt"):
+        save_checkpoint(tmp_path / name, Architecture(scale=3 if "x3" in name else 2, n_resblocks=1, n_feats=4),
+                        random_published_weights(rng, 3 if "x3" in name else 2, 1, 4))
+    (tmp_path / "run" / "ckpt" / ".best.ckpt.123.tmp.ckpt").write_bytes(b"partial")
+    found = find_checkpoints(tmp_path, exclude=[tmp_path / "run" / "ckpt" / "latest.ckpt"])
+    assert list(found) == ["run/ckpt/best", "x3/best"]
+    model = build_model(arch)
+    model.set_train(False)
+    comparison = widgets.Comparison(SampleImages(2, "test"), {"EDSR": model, **found}, protocol_for("sample", 2))
+    assert isinstance(comparison.methods["run/ckpt/best"], type(tmp_path))  # listed, not loaded
+    _, images, scores = comparison.outputs(0, ["bicubic", "run/ckpt/best"])
+    assert set(scores) == {"bicubic", "run/ckpt/best"} and images["run/ckpt/best"].shape == images["bicubic"].shape
+    explorer = widgets.ComparisonExplorer(comparison, 32)
+    explorer._handles = (_Handle(), _Handle())
+    explorer.methods.value = ("bicubic", "x3/best")
+    assert "an x3 model" in explorer.status.value  # a clear message in the view, not a traceback
