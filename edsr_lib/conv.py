@@ -15,7 +15,7 @@ from mindspore import nn, ops
 from mindspore.ops import CustomRegOp, DataType
 
 from .errors import KitError
-from .runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE, current_device
+from .runtime import current_device, fast_conv_library
 
 CONV_KERNELS = ("auto", "fast", "stock")
 
@@ -66,12 +66,12 @@ class _FastKernels:
 
 @functools.lru_cache(maxsize=1)
 def _fast_kernels():
-    return _FastKernels(FAST_CONV_LIBRARY)
+    return _FastKernels(fast_conv_library()[0])
 
 
 @functools.lru_cache(maxsize=1)
 def _warn_fallback_once():
-    warnings.warn(f"fast CPU convolution unavailable ({FAST_CONV_UNAVAILABLE}); using MindSpore's Conv2d (slower "
+    warnings.warn(f"fast CPU convolution unavailable ({fast_conv_library()[1]}); using MindSpore's Conv2d (slower "
                   "training on CPU)", stacklevel=4)
 
 
@@ -108,9 +108,10 @@ def make_conv(in_channels, out_channels, kernel_size=3, kernel="auto"):
                      has_bias=True)
     if kernel == "stock" or (kernel == "auto" and current_device() != "CPU"):
         return conv
-    if FAST_CONV_LIBRARY is None:
+    library, reason = fast_conv_library()
+    if library is None:
         if kernel == "fast":
-            raise KitError(f"the fast CPU convolution is unavailable: {FAST_CONV_UNAVAILABLE}")
+            raise KitError(f"the fast CPU convolution is unavailable: {reason}")
         _warn_fallback_once()
         return conv
     return FastConv2d(conv)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import KitError
+from .files import user_cache_dir
 from .images import image_size, list_images, read_image
 from .imresize import imresize
 from .metrics import BENCHMARKS, quantize
@@ -23,15 +24,11 @@ SAMPLE_TRAIN = ("astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jp
 SAMPLE_TEST = ("chelsea.png", "camera.png", "coins.png")
 
 
-def default_cache_dir():
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edsr_lib"
-
-
 class ArrayCache:
     """Decoded images as memory-mapped .npy files, keyed so that a changed source file is re-decoded."""
 
     def __init__(self, root=None):
-        self.root = Path(root) if root else default_cache_dir()
+        self.root = Path(root) if root else user_cache_dir()
 
     def _key(self, path, kind):
         st = Path(path).stat()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 from .errors import KitError
+from .files import check_archive_member
 from .progress import progress_bar
 
 DIV2K_BASE = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
@@ -165,12 +166,6 @@ def _fetch_once(url, part, progress, timeout, stall_seconds):
     return total
 
 
-def _check_member(name, is_link=False):
-    p = Path(name)
-    if p.is_absolute() or ".." in p.parts or name.startswith(("/", "\\")) or is_link:
-        raise KitError(f"unsafe archive member {name!r} (absolute path, '..' or link): refusing to extract")
-
-
 # The dataset archives hold PNGs, which hardly compress: more than this ratio is a zip bomb, not a dataset.
 MAX_EXTRACT_RATIO = 10
 
@@ -194,14 +189,14 @@ def safe_extract(archive, target):
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as z:
                     for info in z.infolist():
-                        _check_member(info.filename, is_link=(info.external_attr >> 16) & 0o170000 == 0o120000)
+                        check_archive_member(info.filename, is_link=(info.external_attr >> 16) & 0o170000 == 0o120000)
                     _check_extracted_size(archive, sum(i.file_size for i in z.infolist()), target)
                     z.extractall(tmp)
             elif tarfile.is_tarfile(archive):
                 with tarfile.open(archive) as t:
                     members = t.getmembers()
                     for member in members:
-                        _check_member(member.name, is_link=member.issym() or member.islnk())
+                        check_archive_member(member.name, is_link=member.issym() or member.islnk())
                     _check_extracted_size(archive, sum(m.size for m in members), target)
                     t.extractall(tmp, filter="data")
             else:

@@ -6,7 +6,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import write_error
+from .errors import KitError, write_error
 
 
 def _current_umask():
@@ -16,6 +16,18 @@ def _current_umask():
 
 
 _UMASK = _current_umask()
+
+
+def user_cache_dir():
+    """The kit's cache folder: $XDG_CACHE_HOME/edsr_lib (an empty value counts as unset), else ~/.cache/edsr_lib."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edsr_lib"
+
+
+def check_archive_member(name, is_link=False):
+    """Refuse an archive member that would land outside the extraction folder (absolute, '..', or a link)."""
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts or name.startswith(("/", "\\")) or is_link:
+        raise KitError(f"unsafe archive member {name!r} (absolute path, '..' or link): refusing to extract")
 
 
 def atomic_write(path, write_fn):

@@ -1,11 +1,18 @@
-"""Building the fast CPU convolution (`csrc/onednn_conv.cpp`) once per machine, before MindSpore loads.
+"""Building the fast CPU convolution (`csrc/onednn_conv.cpp`) once per machine, on request.
+
+    python -m edsr_lib.native build [--force]     # scripts/_venv.sh runs it after installing the kit
 
 It is compiled with the system C++ compiler ($CXX, else g++) against oneDNN's public headers and linked to the
 oneDNN library inside the MindSpore wheel, into `~/.cache/edsr_lib/kernels/<key>/`, where the key covers the
 source, the MindSpore version, the compiler, the CPU and the headers. The headers come from the `onednn-devel` wheel
 on the package index: taken from the environment when installed, otherwise downloaded once (`pip download`, headers
 only, 1 MB) into `~/.cache/edsr_lib/onednn-headers/`; installing the package itself would pull ~2 GB of Intel
-runtimes the kit does not use. Nothing here imports MindSpore: `runtime` needs the answer before MindSpore loads.
+runtimes the kit does not use.
+
+Importing the kit only looks in the cache (`find_library`). When nothing is built yet, the first convolution built
+on the CPU builds it (`build`); a failed build is remembered with its reason in the key's folder, so later processes
+neither wait nor retry, until `build --force`. Nothing here imports MindSpore: `runtime` needs the answer before
+MindSpore loads.
 """
 import hashlib
 import importlib.metadata
@@ -19,6 +26,9 @@ import sysconfig
 import tempfile
 import zipfile
 from pathlib import Path
+
+from .errors import KitError
+from .files import atomic_write, check_archive_member, user_cache_dir
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "onednn_conv.cpp"
 LIBRARY_NAME = "onednn_conv.so"
@@ -39,7 +49,7 @@ def _has_headers(include):
 
 
 def _headers_cache():
-    return cache_root().parent / "onednn-headers" / HEADERS_REQUIREMENT.split("==")[1] / "include"
+    return user_cache_dir() / "onednn-headers" / HEADERS_REQUIREMENT.split("==")[1] / "include"
 
 
 def _onednn_include():
@@ -66,14 +76,15 @@ def fetch_headers():
             with zipfile.ZipFile(wheel) as archive:
                 for member in archive.namelist():
                     marker = ".data/data/include/"
-                    if marker in member and not member.endswith("/") and ".." not in member:
+                    if marker in member and not member.endswith("/"):
+                        check_archive_member(member)
                         destination = unpacked / member.split(marker, 1)[1]
                         destination.parent.mkdir(parents=True, exist_ok=True)
                         destination.write_bytes(archive.read(member))
             if not _has_headers(unpacked):
                 return None
             os.replace(unpacked, target)  # atomic; a concurrent process may have won, which is fine
-        except (OSError, subprocess.SubprocessError, StopIteration, zipfile.BadZipFile):
+        except (OSError, subprocess.SubprocessError, StopIteration, zipfile.BadZipFile, KitError):
             return target if _has_headers(target) else None
     return target
 
@@ -87,58 +98,104 @@ def _cpu_description():
     return "\n".join(wanted[:2])
 
 
+def _compiler():
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
 def unavailable_reason():
-    """Why the fast convolution cannot be built here, or None."""
+    """Why the fast convolution cannot be built on this machine at all, or None (reads no network, runs nothing)."""
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         return f"needs Linux on x86-64, this is {platform.system()} on {platform.machine()}"
-    if not shutil.which(os.environ.get("CXX", "g++")):
+    if not _compiler():
         return f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH"
     if _mindspore_lib() is None:
         return "MindSpore's bundled oneDNN (lib/libdnnl.so.3) was not found"
-    if _onednn_include() is None and fetch_headers() is None:
-        return f"oneDNN headers unavailable (could not download {HEADERS_REQUIREMENT})"
     return None
 
 
-def cache_root():
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edsr_lib" / "kernels"
+def kernels_folder():
+    """Where built kernel libraries live, one sub-folder per build key."""
+    return user_cache_dir() / "kernels"
 
 
 def build_key():
-    compiler = os.environ.get("CXX", "g++")
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        version = ""
-    parts = [SOURCE.read_bytes(), importlib.metadata.version("mindspore").encode(), version.encode(),
-             _cpu_description().encode(), str(_onednn_include()).encode()]
+    """Hash of what the library depends on; cheap (no compiler run), since every import computes it."""
+    compiler = Path(_compiler() or "none")
+    stamp = f"{compiler.resolve()}:{compiler.stat().st_size}:{compiler.stat().st_mtime_ns}" if compiler.exists() else ""
+    parts = [SOURCE.read_bytes(), importlib.metadata.version("mindspore").encode(), stamp.encode(),
+             _cpu_description().encode(), HEADERS_REQUIREMENT.encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-def fast_conv_library():
-    """Path of the compiled kernel library (built now if needed), or (None, reason) when it cannot be had."""
+FAILURE_RECORD = "build-failed.txt"
+
+
+def find_library():
+    """What importing the kit does: (library, None) when built; (None, reason) when it cannot be built here or an
+    earlier build failed (remembered); (None, None) when no build was tried yet. Only reads the cache."""
     reason = unavailable_reason()
     if reason:
         return None, reason
-    target = cache_root() / build_key() / LIBRARY_NAME
-    if target.is_file():
-        return target, None
-    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = kernels_folder() / build_key()
+    if (folder / LIBRARY_NAME).is_file():
+        return folder / LIBRARY_NAME, None
+    if (folder / FAILURE_RECORD).is_file():
+        recorded = (folder / FAILURE_RECORD).read_text().strip()
+        return None, f"{recorded} (remembered; retry with: python -m edsr_lib.native build --force)"
+    return None, None
+
+
+def _remember_failure(folder, reason):
+    atomic_write(folder / FAILURE_RECORD, lambda tmp: Path(tmp).write_text(reason + "\n"))
+    return None, reason
+
+
+def build(force=False):
+    """Build the library unless it exists (or an earlier failure is remembered and not `force`): (path, reason)."""
+    found, reason = find_library()
+    if found is not None or (reason is not None and not force) or unavailable_reason():
+        return found, reason or unavailable_reason()
+    folder = kernels_folder() / build_key()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FAILURE_RECORD).unlink(missing_ok=True)
+    include = _onednn_include() or fetch_headers()
+    if include is None:
+        return _remember_failure(folder, f"oneDNN headers unavailable (could not download {HEADERS_REQUIREMENT})")
     lib = _mindspore_lib()
-    fd, tmp = tempfile.mkstemp(prefix=".build.", suffix=".so", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".build.", suffix=".so", dir=folder)
     os.close(fd)
-    command = [os.environ.get("CXX", "g++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-pthread",
-               f"-I{_onednn_include()}", str(SOURCE), "-o", tmp, f"-L{lib}", "-l:libdnnl.so.3",
-               f"-Wl,-rpath,{lib}"]
+    command = [_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{include}", str(SOURCE),
+               "-o", tmp, f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["unknown error"])[0]
-            return None, f"compiling {SOURCE.name} failed: {first}"
-        os.replace(tmp, target)  # atomic: concurrent ranks building the same key are harmless
+            return _remember_failure(folder, f"compiling {SOURCE.name} failed: {first}")
+        os.replace(tmp, folder / LIBRARY_NAME)  # atomic: concurrent ranks building the same key are harmless
     except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"compiling {SOURCE.name} failed: {exc}"
+        return _remember_failure(folder, f"compiling {SOURCE.name} failed: {exc}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target, None
+    return folder / LIBRARY_NAME, None
+
+
+def main(argv=None):
+    from .errors import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="python -m edsr_lib.native", description="build the kit's CPU convolution")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="build it now (once per machine; kept in the user cache)")
+    p.add_argument("--force", action="store_true", help="retry even if an earlier build failed")
+    args = parser.parse_args(argv)
+    library, reason = build(force=args.force)
+    if library is None:
+        print(f"the kit's CPU convolution was not built: {reason}; MindSpore's Conv2d is used instead "
+              "(slower on CPU)", file=sys.stderr)
+        return 1
+    print(f"the kit's CPU convolution: {library}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,15 +3,17 @@
 Import this module before MindSpore (``edsr_lib/__init__.py`` does), so the settings apply to the first op.
 """
 import contextlib
+import functools
 import logging
 import os
 import sys
 import warnings
 
-from .native import fast_conv_library  # imports no MindSpore
+from . import native  # imports no MindSpore
 
-# The kit's own CPU convolution (conv.py), built once per machine; None (with the reason) where it cannot be.
-FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE = fast_conv_library()
+# The kit's own CPU convolution (conv.py) as the cache holds it: built, known not to build (why), or not tried yet.
+# Import builds nothing: `python -m edsr_lib.native build`, or the first CPU convolution (fast_conv_library).
+_CACHED_LIBRARY, _CACHED_REASON = native.find_library()
 
 def _expects_cpu():
     """The device decision before MindSpore loads: $DEVICE_TARGET, else whether CANN is installed."""
@@ -26,7 +28,8 @@ def _expects_cpu():
 #   and takes one of two cores from the kernels (op by op about 2x slower; the earlier multi-graph training step
 #   1.08x; the one-graph step and graph inference unchanged: docs/benchmarks.md). On Ascend the host must keep
 #   queueing work while the device runs, so it is left alone there.
-# - ONEDNN_MAX_CPU_ISA, only where the kit's convolution cannot be built: on AVX-512 CPUs MindSpore's stock Conv2d
+# - ONEDNN_MAX_CPU_ISA, only where the kit's convolution is not built (or not built yet, in which case the process
+#   that builds it runs it capped; later ones find it built): on AVX-512 CPUs MindSpore's stock Conv2d
 #   pushes oneDNN into its reference loops (100x slower); capping the ISA at AVX2 restores JIT kernels (~2x PyTorch).
 #   The kit's kernel lets oneDNN pick its layouts, so it needs no cap and keeps AVX-512. No effect on Ascend.
 #   Exported MINDIR files always run MindSpore's stock Conv2d: where this process keeps AVX-512, ExportedModel runs
@@ -34,8 +37,19 @@ def _expects_cpu():
 # A value the user already exported wins.
 STOCK_CONV_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 KIT_ENVIRONMENT = {"MS_DEV_HOST_BLOCKING_RUN": "1"} if _expects_cpu() else {}
-if FAST_CONV_LIBRARY is None:
+if _CACHED_LIBRARY is None:
     KIT_ENVIRONMENT.update(STOCK_CONV_ENVIRONMENT)
+
+
+@functools.lru_cache(maxsize=1)
+def fast_conv_library():
+    """(library, None), or (None, why not): the kit's CPU convolution, built now when no build was tried yet on
+    this machine (once; later processes find it in the cache)."""
+    if _CACHED_LIBRARY is not None or _CACHED_REASON is not None:
+        return _CACHED_LIBRARY, _CACHED_REASON
+    print("building the kit's CPU convolution once for this machine (about a minute; "
+          "`python -m edsr_lib.native build` does it ahead)", file=sys.stderr)
+    return native.build()
 
 
 def _cpu_has_avx512():
@@ -182,10 +196,10 @@ def setup_summary():
     device = current_device()
     if device != "CPU":
         conv = f"MindSpore's {device} convolution"
-    elif FAST_CONV_LIBRARY is not None:
-        conv = f"the kit's oneDNN kernel ({FAST_CONV_LIBRARY.name})"
+    elif fast_conv_library()[0] is not None:
+        conv = f"the kit's oneDNN kernel ({fast_conv_library()[0].name})"
     else:
-        conv = f"MindSpore's Conv2d ({FAST_CONV_UNAVAILABLE})"
+        conv = f"MindSpore's Conv2d ({fast_conv_library()[1]})"
     return {**versions(), "device": device, "CPU cores": os.cpu_count(), "convolution": conv}
 
 

@@ -32,7 +32,7 @@ from edsr_lib.data import ArrayCache, SampleImages
 from edsr_lib.imresize import imresize
 from edsr_lib.inference import forward_tiled
 from edsr_lib.pipeline import PatchSource
-from edsr_lib.runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE, setup_device
+from edsr_lib.runtime import fast_conv_library, setup_device
 
 ENGINES = ("kit", "stock", "torch")
 FULL_CASES = [("baseline", 2, 48), ("baseline", 2, 96), ("baseline", 2, 192), ("baseline", 4, 96), ("paper", 2, 48)]
@@ -255,8 +255,8 @@ def memory_worker(name):
 
 def available_engines():
     engines = ["kit", "stock", "torch"]
-    if FAST_CONV_LIBRARY is None:
-        print(f"(the kit's CPU convolution is unavailable: {FAST_CONV_UNAVAILABLE}; 'kit' runs stock Conv2d)")
+    if fast_conv_library()[0] is None:
+        print(f"(the kit's CPU convolution is unavailable: {fast_conv_library()[1]}; 'kit' runs stock Conv2d)")
     if importlib.util.find_spec("torch") is None:
         engines.remove("torch")
         print("(torch not installed: ratios against stock MindSpore only; pip install -e '.[bench]')")

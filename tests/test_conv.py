@@ -2,6 +2,7 @@
 backward, identical training losses, interchangeable parameters, the build cache and the fallback."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ from mindspore import nn, ops
 from edsr_lib import native
 from edsr_lib.conv import FastConv2d, make_conv
 from edsr_lib.model import Architecture, build_model, compile_dynamic
-from edsr_lib.runtime import FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE
+from edsr_lib.runtime import fast_conv_library
+
+FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE = fast_conv_library()
 
 needs_fast = pytest.mark.skipif(FAST_CONV_LIBRARY is None, reason=f"fast conv unavailable: {FAST_CONV_UNAVAILABLE}")
 
@@ -117,11 +120,49 @@ def test_same_parameters_and_same_losses_over_adam_steps():
 def test_library_is_built_once_and_keyed_by_source(tmp_path, monkeypatch):
     assert FAST_CONV_LIBRARY.parent.name == native.build_key()
     mtime = FAST_CONV_LIBRARY.stat().st_mtime_ns
-    assert native.fast_conv_library() == (FAST_CONV_LIBRARY, None)
+    assert native.find_library() == (FAST_CONV_LIBRARY, None) == native.build()
     assert FAST_CONV_LIBRARY.stat().st_mtime_ns == mtime  # cached, not rebuilt
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    built, reason = native.fast_conv_library()
+    assert native.find_library() == (None, None)  # an empty cache: nothing built, nothing tried
+    headers = native._onednn_include()
+    if headers is not None and str(headers).startswith(str(FAST_CONV_LIBRARY.parents[2])):  # the cached download
+        (tmp_path / "edsr_lib" / "onednn-headers").mkdir(parents=True)
+        shutil.copytree(headers.parent, native._headers_cache().parent)  # no second download in the test
+    built, reason = native.build()
     assert reason is None and built.is_file() and str(built).startswith(str(tmp_path))
+    assert native.find_library() == (built, None)
+
+
+def test_import_builds_nothing_and_a_failed_build_is_remembered(tmp_path):
+    """Importing the kit with an empty cache runs no compiler and downloads nothing; `native build` fails once with
+    its reason, which later imports report without retrying, until `build --force`."""
+    fake = tmp_path / "fake-g++"
+    calls = tmp_path / "calls"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 'fatal: no compiler here' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "CXX": str(fake),
+           "PIP_INDEX_URL": "http://127.0.0.1:9/", "PIP_NO_INDEX": "1"}
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    probe = "import edsr_lib.runtime as r; print(r._CACHED_LIBRARY, '|', r._CACHED_REASON)"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert imported.stdout.strip() == "None | None" and not calls.exists()
+    assert not (tmp_path / "cache" / "edsr_lib" / "onednn-headers").exists()  # no download attempted
+    headers = native._onednn_include()
+    if headers is not None:  # let the build reach the compiler without a network
+        shutil.copytree(headers.parent, tmp_path / "cache" / "edsr_lib" / "onednn-headers" /
+                        native.HEADERS_REQUIREMENT.split("==")[1])
+    build = [sys.executable, "-m", "edsr_lib.native", "build"]
+    first = subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 1 and "was not built" in first.stderr and "Traceback" not in first.stderr
+    reason = "fatal: no compiler here" if headers is not None else "oneDNN headers unavailable"
+    assert reason in first.stderr
+    again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert reason in again.stdout and "remembered" in again.stdout
+    tries = calls.read_text().count("\n") if calls.exists() else 0
+    assert subprocess.run(build, capture_output=True, text=True, env=env, timeout=300).returncode == 1
+    assert (calls.read_text().count("\n") if calls.exists() else 0) == tries  # remembered: not retried
+    subprocess.run([*build, "--force"], capture_output=True, text=True, env=env, timeout=300)
+    assert headers is None or calls.read_text().count("\n") == tries + 1  # --force retries
 
 
 def test_fallback_without_compiler_warns_once_and_matches():
@@ -129,7 +170,8 @@ def test_fallback_without_compiler_warns_once_and_matches():
 import json, warnings, numpy as np
 warnings.simplefilter("default")
 import edsr_lib, mindspore as ms, os
-from edsr_lib.runtime import setup_device, FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE
+from edsr_lib.runtime import setup_device, fast_conv_library
+FAST_CONV_LIBRARY, FAST_CONV_UNAVAILABLE = fast_conv_library()
 setup_device("CPU")
 from edsr_lib.model import Architecture, build_model, compile_dynamic
 ms.set_seed(11)

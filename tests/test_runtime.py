@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from edsr_lib.errors import KitError
-from edsr_lib.runtime import FAST_CONV_LIBRARY, resolve_device
+from edsr_lib.runtime import fast_conv_library, resolve_device
 
 
 def test_device_override_and_default(monkeypatch):
@@ -23,7 +23,7 @@ def test_environment_set_before_mindspore_and_warning_when_too_late():
     env = {k: v for k, v in os.environ.items() if k not in ("MS_DEV_HOST_BLOCKING_RUN", "ONEDNN_MAX_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     # the ISA cap is the fallback's (tests/test_conv.py checks it there); the kit's own kernel runs uncapped
-    assert out.stdout.split() == ["1", "AVX2" if FAST_CONV_LIBRARY is None else "None"]
+    assert out.stdout.split() == ["1", "AVX2" if fast_conv_library()[0] is None else "None"]
     kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**env, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
     assert kept.stdout.split() == ["1", "AVX512_CORE"]  # a value the user exported wins
