@@ -8,7 +8,8 @@ import edsr_lib  # noqa: F401  (sets the process environment before MindSpore lo
 from edsr_lib.runtime import setup_device
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCHMARKS = ROOT.parent / "shared" / "data" / "benchmarks"
+TEST_DATA = Path(__file__).parent / "data"  # small reference data committed with the tests (see its README)
+SHARED_BENCHMARKS = ROOT.parent / "shared" / "data" / "benchmarks"  # larger sets, on the CI machine only
 sys.path.insert(0, str(Path(__file__).parent))
 
 setup_device("CPU")
@@ -19,11 +20,12 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def shared_benchmark(name):
-    path = SHARED_BENCHMARKS / name
-    if not path.is_dir():
-        pytest.skip(f"shared benchmark {name} not present at {path}")
-    return path
+def benchmark_folder(name):
+    """A benchmark's HR folder: tests/data (Set5), else ../shared beside the project, else None."""
+    for path in (TEST_DATA / name, SHARED_BENCHMARKS / name):
+        if path.is_dir():
+            return path
+    return None
 
 
 def run_cli(*args):

@@ -28,6 +28,7 @@ def _rel(a, b):
 
 @needs_fast
 @pytest.mark.parametrize("seed", range(6))
+@pytest.mark.slow
 def test_forward_and_backward_match_nn_conv2d_on_random_shapes(seed):
     rng = np.random.default_rng(seed)
     n, c, o = int(rng.integers(1, 4)), int(rng.choice([1, 3, 8, 64])), int(rng.choice([3, 16, 64, 256]))
@@ -133,6 +134,7 @@ def test_library_is_built_once_and_keyed_by_source(tmp_path, monkeypatch):
     assert native.find_library() == (built, None)
 
 
+@pytest.mark.slow
 def test_import_builds_nothing_and_a_failed_build_is_remembered(tmp_path):
     """Importing the kit with an empty cache runs no compiler and downloads nothing; `native build` fails once with
     its reason, which later imports report without retrying, until `build --force`."""

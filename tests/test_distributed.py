@@ -12,6 +12,8 @@ from conftest import ROOT
 from edsr_lib.errors import KitError
 from edsr_lib.launch import msrun_command, rank_parameters, rank_table_environments, train_data_parameters
 
+pytestmark = pytest.mark.slow  # msrun jobs: several processes each
+
 # SGD without momentum: an update is lr times the gradient, so a sum over ranks instead of a mean doubles it
 # (Adam would hide the factor).
 TINY = {"n_resblocks": 2, "n_feats": 8, "patch_size": 24, "test_every": 3, "epochs": 2, "batch_size": 2,

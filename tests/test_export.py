@@ -13,6 +13,7 @@ from edsr_lib.export import ExportedModel, _exact_windows
 from reference import published_forward, random_published_weights
 
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # exports and runs full baseline networks
 
 
 @pytest.fixture(scope="module", params=[2, 3, 4])

@@ -85,6 +85,7 @@ def _zip(path, members, compression=zipfile.ZIP_DEFLATED):
                 z.writestr(name, data)
 
 
+@pytest.mark.slow
 def test_zip_bombs_are_refused_before_inflating(tmp_path):
     n = 100_000_000  # a storage declaring 400 MB that deflates from ~400 KB
     data, _ = _pickle_state({"w": np.zeros(4, np.float32)},
@@ -120,6 +121,7 @@ def test_a_hostile_file_cannot_poison_later_loads(tmp_path, rng):
     assert all(np.array_equal(loaded[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_corrupt_archives_give_one_line_errors(tmp_path, rng):
     state = _state(rng)
     write_pt_zip(tmp_path / "good.pt", state)
@@ -157,6 +159,7 @@ def _png(width, height, bit_depth, idat):
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_odd_and_hostile_images_give_one_line_errors(tmp_path):
     import zlib
 
@@ -239,6 +242,7 @@ def test_cli_turns_environment_and_internal_errors_into_one_line(tmp_path, rng):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_export_refuses_sizes_no_deployment_uses_and_tampered_records(tmp_path, rng, monkeypatch):
     import json as json_module
 
@@ -341,6 +345,7 @@ def _kit_files(tmp_path, rng):
     Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(tmp_path / "hr" / "a.png")
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, rng, small_disk):
     from conftest import run_cli
 

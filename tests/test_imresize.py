@@ -2,16 +2,12 @@ import numpy as np
 import pytest
 
 from edsr_lib import imresize
-from conftest import ROOT
-
-REFERENCE = ROOT.parent / "shared" / "data" / "imresize_matlab_reference.npz"
+from conftest import TEST_DATA
 
 
 @pytest.fixture(scope="module")
 def matlab():
-    if not REFERENCE.is_file():
-        pytest.skip("MATLAB imresize reference data not present")
-    return np.load(REFERENCE)
+    return np.load(TEST_DATA / "imresize_matlab_reference.npz")
 
 
 @pytest.mark.parametrize("name", ["ramp_9x8", "random_16x15x3"])

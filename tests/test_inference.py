@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edsr_lib.errors import KitError
 from edsr_lib import Architecture, build_model, read_image, save_checkpoint, upscale
 from edsr_lib.inference import forward_tiled
 from edsr_lib.model import load_state
@@ -45,6 +46,7 @@ def test_tiled_equals_whole_image_for_tiny_tiles(rng):
         np.testing.assert_allclose(forward_tiled(model, x, tile), whole, atol=1e-3, rtol=0)
 
 
+@pytest.mark.slow
 def test_cli_tile_48_gives_same_image_as_whole(tmp_path, baseline_ckpt, rng):
     ckpt, weights = baseline_ckpt
     image = rng.integers(0, 256, (61, 110, 3), dtype=np.uint8)
@@ -115,6 +117,7 @@ def test_16bit_png_read_full_precision_and_written_16bit(tmp_path, baseline_ckpt
     assert len(np.unique(out % 257)) > 10  # not just an 8-bit result scaled up
 
 
+@pytest.mark.slow
 def test_bad_inputs_one_line_error_no_output(tmp_path, baseline_ckpt, rng):
     ckpt, _ = baseline_ckpt
     Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "good.png")
@@ -149,12 +152,13 @@ def test_folder_mode_processes_good_files_and_reports_bad(tmp_path, baseline_ckp
 
 def test_upscale_rejects_wrong_array():
     model = build_model(Architecture(scale=2, n_resblocks=1, n_feats=4))
-    with pytest.raises(Exception, match="HxWx3"):
+    with pytest.raises(KitError, match="HxWx3"):
         upscale(model, np.zeros((4, 4), np.uint8))
-    with pytest.raises(Exception, match="HxWx3"):
+    with pytest.raises(KitError, match="HxWx3"):
         upscale(model, np.zeros((4, 4, 3), np.float32))
 
 
+@pytest.mark.slow
 def test_folder_of_one_image_and_outputs_that_would_overwrite(tmp_path, baseline_ckpt, rng):
     ckpt, weights = baseline_ckpt
     src = tmp_path / "one"

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # papermill runs: tens of seconds each
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TINY_TRAIN = {"n_resblocks": 2, "n_feats": 8, "patch_size": 24, "test_every": 3, "epochs": 2, "batch_size": 2,
               "lr": 1e-3}
@@ -29,11 +30,11 @@ def _errors(path):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
 
 
-def test_there_are_the_four_notebooks():
-    names = [p.name for p in NOTEBOOKS]
-    for expected in ("01_data_exploration.ipynb", "02_train.ipynb", "03_evaluate.ipynb", "04_visual_comparison.ipynb",
-                     "05_export_inference.ipynb"):
-        assert expected in names
+def test_there_are_the_five_notebooks_and_the_exercises():
+    assert [p.name for p in NOTEBOOKS] == ["01_data_exploration.ipynb", "02_train.ipynb", "03_evaluate.ipynb",
+                                           "04_visual_comparison.ipynb", "05_export_inference.ipynb"]
+    assert (ROOT / "notebooks" / "exercises" / "exercises.ipynb").is_file()
+    assert (ROOT / "notebooks" / "exercises" / "solutions.py").is_file()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -18,6 +18,7 @@ def test_device_override_and_default(monkeypatch):
         resolve_device("TPU")
 
 
+@pytest.mark.slow
 def test_environment_set_before_mindspore_and_warning_when_too_late():
     code = "import os, edsr_lib; print(os.environ['MS_DEV_HOST_BLOCKING_RUN'], os.environ.get('ONEDNN_MAX_CPU_ISA'))"
     env = {k: v for k, v in os.environ.items() if k not in ("MS_DEV_HOST_BLOCKING_RUN", "ONEDNN_MAX_CPU_ISA")}

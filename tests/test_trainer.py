@@ -165,6 +165,7 @@ Trainer(Options(**json.loads(sys.argv[1])), log=print, progress=False).fit()
 """
 
 
+@pytest.mark.slow
 def test_kill_mid_checkpoint_then_resume_matches_straight_run(tmp_path):
     import json
     import signal
@@ -185,6 +186,7 @@ def test_kill_mid_checkpoint_then_resume_matches_straight_run(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_cli_train_resume_and_errors(tmp_path):
     from conftest import run_cli
 
@@ -201,6 +203,7 @@ def test_cli_train_resume_and_errors(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_baseline_learns_on_the_sample_photos_and_beats_bicubic(tmp_path):
     """The issue's acceptance run, shortened: EDSR-baseline x2 with the training notebook's defaults (batch 16, HR
     patch 64, lr 5e-4) for 5 epochs of 25 iterations, validated on the 3 held-out photos (about 5 CPU minutes)."""
@@ -275,6 +278,7 @@ def test_resume_from_converted_weights_says_what_to_do(tmp_path):
         _quiet(_opts(tmp_path / "b", epochs=1, resume=True))
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_training_cleanly(tmp_path):
     import signal
     import subprocess

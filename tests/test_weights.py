@@ -129,6 +129,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, legacy):
     assert not (tmp_path / "out.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_bad_checkpoint_files_give_one_line_errors(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
     (tmp_path / "junk.pt").write_bytes(b"\x80\x02garbage")
