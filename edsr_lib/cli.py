@@ -2,6 +2,7 @@
 
 User mistakes raise KitError, printed here as one line with a non-zero exit; no traceback.
 """
+
 import argparse
 import sys
 
@@ -9,16 +10,22 @@ from .errors import KitError, OneLineArgumentParser, describe_os_error
 
 
 def _add_device(parser):
-    parser.add_argument("--device_target", "--device-target", default=None,
-                        help="Ascend, GPU or CPU (default: $DEVICE_TARGET, else Ascend when present, else CPU)")
+    parser.add_argument(
+        "--device_target",
+        "--device-target",
+        default=None,
+        help="Ascend, GPU or CPU (default: $DEVICE_TARGET, else Ascend when present, else CPU)",
+    )
 
 
 def _cmd_convert(args):
     from .weights import convert
 
     arch = convert(args.src, args.dst, res_scale=args.res_scale)
-    print(f"wrote {args.dst}: EDSR x{arch.scale}, {arch.n_resblocks} blocks, {arch.n_feats} features, "
-          f"res_scale {arch.res_scale}")
+    print(
+        f"wrote {args.dst}: EDSR x{arch.scale}, {arch.n_resblocks} blocks, {arch.n_feats} features, "
+        f"res_scale {arch.res_scale}"
+    )
     return 0
 
 
@@ -34,9 +41,15 @@ def _cmd_upscale(args):
         model = load_exported(args.model)
     else:
         model = load_model(args.ckpt, res_scale=args.res_scale)
-    written, failed = upscale_paths(model, args.input, args.output, tile=args.tile,
-                                    self_ensemble=args.self_ensemble, alpha=args.alpha,
-                                    log=lambda m: print(m, file=sys.stderr))
+    written, failed = upscale_paths(
+        model,
+        args.input,
+        args.output,
+        tile=args.tile,
+        self_ensemble=args.self_ensemble,
+        alpha=args.alpha,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     if len(written) > 3:
         print(f"wrote {len(written)} images to {args.output}")
     else:
@@ -71,11 +84,13 @@ def _cmd_eval(args):
     else:
         scale = args.scale
     spec = args.hr_dir or args.data_test
-    dataset = open_dataset(spec, scale, dir_data=args.dir_data, data_range=args.data_range,
-                           on_error="skip" if args.skip_bad else "raise")
+    dataset = open_dataset(
+        spec, scale, dir_data=args.dir_data, data_range=args.data_range, on_error="skip" if args.skip_bad else "raise"
+    )
     protocol = protocol_for(args.data_test if not args.hr_dir else dataset.name, scale, override=args.channel)
-    result = evaluate(dataset, model, protocol, self_ensemble=args.self_ensemble, tile=args.tile,
-                      save_dir=args.save_images)
+    result = evaluate(
+        dataset, model, protocol, self_ensemble=args.self_ensemble, tile=args.tile, save_dir=args.save_images
+    )
     print(format_table(result))
     if args.json:
         write_json(args.json, result)
@@ -95,9 +110,11 @@ def _cmd_train(args):
     trainer.fit()
     metrics = trainer.final_metrics()
     if trainer.rank == 0:
-        print(f"done: {metrics['epochs']} epochs, final loss {metrics['final_loss']:.4f}"
-              + (f", PSNR {metrics['psnr']:.3f} dB (bicubic {metrics['psnr_bicubic']:.3f})" if metrics["psnr"] else "")
-              + f"; run folder {opts.ckpt_save_path}")
+        print(
+            f"done: {metrics['epochs']} epochs, final loss {metrics['final_loss']:.4f}"
+            + (f", PSNR {metrics['psnr']:.3f} dB (bicubic {metrics['psnr_bicubic']:.3f})" if metrics["psnr"] else "")
+            + f"; run folder {opts.ckpt_save_path}"
+        )
     return 0
 
 
@@ -119,7 +136,8 @@ def _parse_bool(text):
 
 
 def _add_option_flags(parser):
-    """One `--name value` flag per Options field, with the MindSpore ModelZoo EDSR's names; unset flags keep the preset's recipe."""
+    """One `--name value` flag per Options field, with the MindSpore ModelZoo EDSR's names; unset flags keep the
+    preset's recipe."""
     from dataclasses import fields
     from typing import get_type_hints
 
@@ -132,8 +150,9 @@ def _add_option_flags(parser):
         kind = str if kind not in (bool, int, float) else kind
         extra = dict(nargs="?", const=True, type=_parse_bool) if kind is bool else dict(type=kind)
         default = f.default if f.name != "patch_size" else "48 * scale"
-        parser.add_argument(f"--{f.name}", default=None, help=f"{OPTION_HELP.get(f.name, '')} (default: {default})",
-                            **extra)
+        parser.add_argument(
+            f"--{f.name}", default=None, help=f"{OPTION_HELP.get(f.name, '')} (default: {default})", **extra
+        )
 
 
 def _cmd_export(args):
@@ -141,8 +160,9 @@ def _cmd_export(args):
     from .runtime import setup_device
 
     setup_device(args.device_target)
-    path, meta = export_model(args.ckpt, args.format, args.output, input_size=args.input_size,
-                              batch_size=args.batch_size)
+    path, meta = export_model(
+        args.ckpt, args.format, args.output, input_size=args.input_size, batch_size=args.batch_size
+    )
     arch = meta["architecture"]
     size = "x".join(map(str, meta["input_size"])) if meta["input_size"] else "dynamic HxW"
     print(f"wrote {path} ({args.format.upper()}, EDSR x{arch['scale']}, input {meta['batch_size']}x3x{size}, 0-255)")
@@ -164,6 +184,7 @@ def _cmd_download(args):
 
 def _positive(kind):
     """An argparse type: a finite number > 0 of `kind`, refused by argparse itself (one line, exit 2)."""
+
     def parse(text):
         try:
             value = kind(text)
@@ -185,22 +206,47 @@ def build_parser():
     p = sub.add_parser("convert", help="convert a published .pt or ModelZoo .ckpt into a kit checkpoint")
     p.add_argument("src", help="EDSR-PyTorch .pt (legacy or zip) or MindSpore ModelZoo EDSR .ckpt")
     p.add_argument("dst", help="output kit checkpoint (.ckpt)")
-    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=_positive(float), default=None,
-                   help="residual scaling (default: 0.1 for 256 features, else 1.0)")
+    p.add_argument(
+        "--res-scale",
+        "--res_scale",
+        dest="res_scale",
+        type=_positive(float),
+        default=None,
+        help="residual scaling (default: 0.1 for 256 features, else 1.0)",
+    )
     p.set_defaults(run=_cmd_convert)
 
     p = sub.add_parser("upscale", help="super-resolve an image or a folder of images")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="kit checkpoint, published .pt or ModelZoo .ckpt")
     source.add_argument("--model", help="exported .mindir (run by MindSpore) or .onnx (run by onnxruntime)")
-    p.add_argument("--tile", type=_positive(int), default=None,
-                   help="LR tile size in pixels; exact (same output as whole-image) with bounded memory")
-    p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true",
-                   help="average the 8 flipped/transposed predictions (x8 slower, ~+0.1 dB)")
-    p.add_argument("--alpha", choices=("white", "drop"), default="white",
-                   help="RGBA inputs: composite on white (default) or drop the alpha channel")
-    p.add_argument("--res-scale", "--res_scale", dest="res_scale", type=_positive(float), default=None,
-                   help="override res_scale for .pt/ModelZoo files")
+    p.add_argument(
+        "--tile",
+        type=_positive(int),
+        default=None,
+        help="LR tile size in pixels; exact (same output as whole-image) with bounded memory",
+    )
+    p.add_argument(
+        "--self-ensemble",
+        "--self_ensemble",
+        dest="self_ensemble",
+        action="store_true",
+        help="average the 8 flipped/transposed predictions (x8 slower, ~+0.1 dB)",
+    )
+    p.add_argument(
+        "--alpha",
+        choices=("white", "drop"),
+        default="white",
+        help="RGBA inputs: composite on white (default) or drop the alpha channel",
+    )
+    p.add_argument(
+        "--res-scale",
+        "--res_scale",
+        dest="res_scale",
+        type=_positive(float),
+        default=None,
+        help="override res_scale for .pt/ModelZoo files",
+    )
     _add_device(p)
     p.add_argument("input", help="image file or folder")
     p.add_argument("output", help="image file or folder")
@@ -210,20 +256,40 @@ def build_parser():
     p.add_argument("--bicubic", action="store_true", help="evaluate MATLAB-bicubic upscaling instead of a model")
     p.add_argument("--ckpt", help="checkpoint to evaluate (kit, published .pt or ModelZoo .ckpt)")
     p.add_argument("--hr-dir", "--hr_dir", dest="hr_dir", help="folder of HR images (LR made with MATLAB bicubic)")
-    p.add_argument("--data_test", "--data-test", dest="data_test", default="Set5",
-                   help="dataset name (sample, Set5, Set14, B100, Urban100, Manga109, DIV2K) or folder")
+    p.add_argument(
+        "--data_test",
+        "--data-test",
+        dest="data_test",
+        default="Set5",
+        help="dataset name (sample, Set5, Set14, B100, Urban100, Manga109, DIV2K) or folder",
+    )
     p.add_argument("--dir_data", "--dir-data", dest="dir_data", default="", help="root of the datasets")
-    p.add_argument("--data_range", "--data-range", dest="data_range", default="1-800/801-810",
-                   help="DIV2K index ranges train/test")
+    p.add_argument(
+        "--data_range", "--data-range", dest="data_range", default="1-800/801-810", help="DIV2K index ranges train/test"
+    )
     p.add_argument("--scale", type=_positive(int), default=None, help="upscaling factor (taken from --ckpt when given)")
-    p.add_argument("--channel", choices=("y", "rgb"), default=None,
-                   help="force the metric channel (default: Y for benchmarks, RGB with border scale+6 for DIV2K)")
+    p.add_argument(
+        "--channel",
+        choices=("y", "rgb"),
+        default=None,
+        help="force the metric channel (default: Y for benchmarks, RGB with border scale+6 for DIV2K)",
+    )
     p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true")
     p.add_argument("--tile", type=_positive(int), default=None, help="LR tile size for large images (exact)")
-    p.add_argument("--save-images", "--save_images", dest="save_images", default=None,
-                   help="also write the SR images to this folder")
-    p.add_argument("--skip-bad", "--skip_bad", dest="skip_bad", action="store_true",
-                   help="skip unreadable or mismatched images with a warning instead of stopping")
+    p.add_argument(
+        "--save-images",
+        "--save_images",
+        dest="save_images",
+        default=None,
+        help="also write the SR images to this folder",
+    )
+    p.add_argument(
+        "--skip-bad",
+        "--skip_bad",
+        dest="skip_bad",
+        action="store_true",
+        help="skip unreadable or mismatched images with a warning instead of stopping",
+    )
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)
     p.set_defaults(run=_cmd_eval)
@@ -232,19 +298,37 @@ def build_parser():
     p.add_argument("--ckpt", required=True, help="kit checkpoint, published .pt or ModelZoo .ckpt")
     p.add_argument("--format", type=str.upper, choices=("MINDIR", "ONNX", "AIR"), default="MINDIR")
     p.add_argument("--output", required=True, help="file to write (.mindir, .onnx or .air)")
-    p.add_argument("--input-size", "--input_size", dest="input_size", type=int, nargs=2, metavar=("H", "W"),
-                   help="fixed LR input size (required for ONNX; MINDIR is dynamic in H and W without it)")
+    p.add_argument(
+        "--input-size",
+        "--input_size",
+        dest="input_size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="fixed LR input size (required for ONNX; MINDIR is dynamic in H and W without it)",
+    )
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=1)
-    p.add_argument("--verify", action="store_true",
-                   help="run the exported model on a sample input and report the difference to the checkpoint")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the exported model on a sample input and report the difference to the checkpoint",
+    )
     _add_device(p)
     p.set_defaults(run=_cmd_export)
 
     p = sub.add_parser("train", help="train EDSR (EDSR-PyTorch's recipe; flags use EDSR-PyTorch's option names)")
-    p.add_argument("--preset", choices=("baseline", "paper"), default="baseline",
-                   help="recipe defaults: baseline (16 blocks, 64 features) or paper (32, 256, res_scale 0.1)")
-    p.add_argument("--progress", choices=("auto", "text", "none"), default="auto",
-                   help="progress display: auto (bar), text (a line every 30 s, for logs), none")
+    p.add_argument(
+        "--preset",
+        choices=("baseline", "paper"),
+        default="baseline",
+        help="recipe defaults: baseline (16 blocks, 64 features) or paper (32, 256, res_scale 0.1)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "text", "none"),
+        default="auto",
+        help="progress display: auto (bar), text (a line every 30 s, for logs), none",
+    )
     _add_option_flags(p)
     p.set_defaults(run=_cmd_train)
 
@@ -275,8 +359,11 @@ def main(argv=None):
     except Exception as exc:
         if debug:
             raise
-        print(f"edsr: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"edsr: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

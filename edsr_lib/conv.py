@@ -8,6 +8,7 @@ in exports, and wherever that kernel cannot be built, it is the stock `nn.Conv2d
 Parameters are always named, shaped and initialised as `nn.Conv2d` (`weight` [out, in, k, k], `bias`), so
 checkpoints are interchangeable whatever kernel runs.
 """
+
 import functools
 import warnings
 
@@ -37,12 +38,17 @@ class _FastKernels:
 
     def __init__(self, library):
         def custom(function, inputs, outputs, out_dtype, bprop=None):
-            return ops.Custom(f"{library}:{function}", out_shape=None, out_dtype=out_dtype, func_type="aot",
-                              bprop=bprop, reg_info=_registration(f"edsr_{function}", inputs, outputs))
+            return ops.Custom(
+                f"{library}:{function}",
+                out_shape=None,
+                out_dtype=out_dtype,
+                func_type="aot",
+                bprop=bprop,
+                reg_info=_registration(f"edsr_{function}", inputs, outputs),
+            )
 
         self.backward_data = custom("ConvBackwardData", ["dy", "w"], ["dx"], lambda dy, w: dy)
-        self.backward_weights = custom("ConvBackwardWeights", ["x", "dy", "w"], ["dw", "db"],
-                                       lambda x, dy, w: (x, x))
+        self.backward_weights = custom("ConvBackwardWeights", ["x", "dy", "w"], ["dw", "db"], lambda x, dy, w: (x, x))
 
         def conv_grads(x, w, dy):
             dw, db = self.backward_weights(x, dy, w)
@@ -60,8 +66,13 @@ class _FastKernels:
 
         self.forward = custom("ConvForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, forward_bprop)
         self.forward_relu = custom("ConvReluForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, relu_bprop)
-        self.forward_residual = custom("ConvResidualForward", ["x", "w", "b", "skip", "scale"], ["y"],
-                                       lambda x, w, b, skip, scale: x, residual_bprop)
+        self.forward_residual = custom(
+            "ConvResidualForward",
+            ["x", "w", "b", "skip", "scale"],
+            ["y"],
+            lambda x, w, b, skip, scale: x,
+            residual_bprop,
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,8 +82,11 @@ def _fast_kernels():
 
 @functools.lru_cache(maxsize=1)
 def _warn_fallback_once():
-    warnings.warn(f"fast CPU convolution unavailable ({fast_conv_library()[1]}); using MindSpore's Conv2d (slower "
-                  "training on CPU)", stacklevel=4)
+    warnings.warn(
+        f"fast CPU convolution unavailable ({fast_conv_library()[1]}); using MindSpore's Conv2d (slower "
+        "training on CPU)",
+        stacklevel=4,
+    )
 
 
 class FastConv2d(nn.Cell):
@@ -82,8 +96,11 @@ class FastConv2d(nn.Cell):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
         kernels = _fast_kernels()
-        self.conv2d, self.conv2d_relu, self.conv2d_residual = (kernels.forward, kernels.forward_relu,
-                                                               kernels.forward_residual)
+        self.conv2d, self.conv2d_relu, self.conv2d_residual = (
+            kernels.forward,
+            kernels.forward_relu,
+            kernels.forward_residual,
+        )
 
     def construct(self, x):
         return self.conv2d(x, self.weight, self.bias)
@@ -104,8 +121,9 @@ def make_conv(in_channels, out_channels, kernel_size=3, kernel="auto"):
     """
     if kernel not in CONV_KERNELS:
         raise KitError(f"conv kernel must be one of {', '.join(CONV_KERNELS)}, got {kernel!r}")
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=kernel_size // 2,
-                     has_bias=True)
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=kernel_size // 2, has_bias=True
+    )
     if kernel == "stock" or (kernel == "auto" and current_device() != "CPU"):
         return conv
     library, reason = fast_conv_library()

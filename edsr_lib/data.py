@@ -5,6 +5,7 @@ any folder of HR images (LR made with MATLAB bicubic), and the built-in sample p
 Decoded images are cached as `.npy` files keyed by path, size and modification time, and memory-mapped, so
 training never decodes a PNG per step and an edited source file is noticed.
 """
+
 import hashlib
 import os
 import re
@@ -186,9 +187,14 @@ class DIV2K(PairDataset):
         for i in range(index_range[0], index_range[1] + 1):
             stem = f"{i:04d}"
             splits = ("valid", "train") if i > 800 else ("train", "valid")
-            hr = next((root / f"DIV2K_{sp}_HR" / f"{stem}.png" for sp in splits
-                       if (root / f"DIV2K_{sp}_HR" / f"{stem}.png").is_file()),
-                      root / f"DIV2K_{splits[0]}_HR" / f"{stem}.png")
+            hr = next(
+                (
+                    root / f"DIV2K_{sp}_HR" / f"{stem}.png"
+                    for sp in splits
+                    if (root / f"DIV2K_{sp}_HR" / f"{stem}.png").is_file()
+                ),
+                root / f"DIV2K_{splits[0]}_HR" / f"{stem}.png",
+            )
             split = hr.parent.name.split("_")[1]
             lr = root / f"DIV2K_{split}_LR_{degradation}" / f"X{scale}" / f"{stem}x{scale}.png"
             items.append((stem, hr, lr))
@@ -214,7 +220,8 @@ class SampleImages(PairDataset):
 
 
 def open_dataset(spec, scale, dir_data="", split="test", data_range="1-800/801-810", **kwargs):
-    """A dataset from a name (`sample`, `DIV2K`, `Set5`, ...) or a folder path, as the MindSpore ModelZoo EDSR's options name them.
+    """A dataset from a name (`sample`, `DIV2K`, `Set5`, ...) or a folder path, as the MindSpore ModelZoo EDSR's
+    options name them.
 
     Benchmarks are looked up as `dir_data/benchmark/<name>` (EDSR-PyTorch layout), then `dir_data/<name>`
     (either layout or a plain HR folder).

@@ -4,6 +4,7 @@ A download goes to `<name>.part` and resumes with an HTTP Range request; it is r
 its size (and SHA-256, where one is pinned) match. Archives are extracted into a temporary folder and moved into
 place; members with absolute paths, `..` components or links are refused (no path traversal).
 """
+
 import hashlib
 import json
 import os
@@ -27,9 +28,11 @@ DIV2K_BASE = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 # Official archive names. No SHA-256 is published for them, so none is pinned here: the digest of each completed
 # download is printed and recorded in <dir>/downloads.json, and later runs check against it.
 ARCHIVES = {
-    "div2k": [DIV2K_BASE + name for name in
-              ["DIV2K_train_HR.zip", "DIV2K_valid_HR.zip"]
-              + [f"DIV2K_{split}_LR_bicubic_X{s}.zip" for split in ("train", "valid") for s in (2, 3, 4)]],
+    "div2k": [
+        DIV2K_BASE + name
+        for name in ["DIV2K_train_HR.zip", "DIV2K_valid_HR.zip"]
+        + [f"DIV2K_{split}_LR_bicubic_X{s}.zip" for split in ("train", "valid") for s in (2, 3, 4)]
+    ],
     "benchmark": ["https://cv.snu.ac.kr/research/EDSR/benchmark.tar"],
 }
 CHUNK = 1 << 20
@@ -126,8 +129,10 @@ def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL
     if total is not None and size != total:
         raise KitError(f"{url}: got {size} of {total} bytes; run again to resume")
     if total is None and not _archive_complete(part):
-        raise KitError(f"{url}: the connection closed after {size} bytes, the server gave no length and the file is "
-                       "not a complete archive; run again to resume")
+        raise KitError(
+            f"{url}: the connection closed after {size} bytes, the server gave no length and the file is "
+            "not a complete archive; run again to resume"
+        )
     digest = sha256_of(part)
     if sha256 and digest != sha256:
         part.unlink()
@@ -159,9 +164,10 @@ def _fetch_once(url, part, progress, timeout, stall_seconds):
                 total = have + length
         else:
             have, total = 0, length  # the server ignored the Range header: start over
-        with open(part, "ab" if have else "wb") as f, progress_bar(
-            total, part.name[: -len(".part")], progress, initial=have, unit="B", unit_scale=True
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as f,
+            progress_bar(total, part.name[: -len(".part")], progress, initial=have, unit="B", unit_scale=True) as bar,
+        ):
             _stream(response, f, bar, stall_seconds)
     return total
 
@@ -173,8 +179,10 @@ MAX_EXTRACT_RATIO = 10
 def _check_extracted_size(archive, declared, target):
     packed = Path(archive).stat().st_size
     if declared > MAX_EXTRACT_RATIO * packed + CHUNK:
-        raise KitError(f"{archive}: declares {declared} bytes from {packed} ({declared // max(packed, 1)}x): refusing "
-                       "to extract (a zip bomb?)")
+        raise KitError(
+            f"{archive}: declares {declared} bytes from {packed} ({declared // max(packed, 1)}x): refusing "
+            "to extract (a zip bomb?)"
+        )
     free = shutil.disk_usage(target).free
     if declared > free:
         raise KitError(f"{archive}: needs {declared / 1e9:.1f} GB to extract, {target} has {free / 1e9:.1f} GB free")
@@ -243,7 +251,8 @@ def _read_record(path):
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise KitError(f"{path}: unreadable ({exc}); delete it and the digests will be recorded again") from None
-    if not isinstance(record, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64
-                                               for k, v in record.items()):
+    if not isinstance(record, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in record.items()
+    ):
         raise KitError(f"{path}: not a name -> SHA-256 record; delete it and the digests will be recorded again")
     return record

@@ -1,4 +1,5 @@
 """The one exception type for user mistakes: the CLI prints it as one line and exits non-zero."""
+
 import argparse
 from pathlib import Path
 

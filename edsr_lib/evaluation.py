@@ -1,4 +1,5 @@
 """Evaluating a model (or plain bicubic) on a dataset with the papers' protocol; tables and JSON."""
+
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +13,29 @@ from .progress import progress_bar
 # Published EDSR (paper model) PSNR/SSIM on the Y channel (Lim et al. 2017, Table 3), and EDSR-PyTorch's README
 # for DIV2K 801-900 (RGB, border scale + 6; PSNR only).
 PUBLISHED_EDSR = {
-    ("Set5", 2): (38.11, 0.9601), ("Set5", 3): (34.65, 0.9282), ("Set5", 4): (32.46, 0.8968),
-    ("Set14", 2): (33.92, 0.9195), ("Set14", 3): (30.52, 0.8462), ("Set14", 4): (28.80, 0.7876),
-    ("B100", 2): (32.32, 0.9013), ("B100", 3): (29.25, 0.8093), ("B100", 4): (27.71, 0.7420),
-    ("Urban100", 2): (32.93, 0.9351), ("Urban100", 3): (28.80, 0.8653), ("Urban100", 4): (26.64, 0.8033),
-    ("DIV2K", 2): (35.03, None), ("DIV2K", 3): (31.26, None), ("DIV2K", 4): (29.25, None),
+    ("Set5", 2): (38.11, 0.9601),
+    ("Set5", 3): (34.65, 0.9282),
+    ("Set5", 4): (32.46, 0.8968),
+    ("Set14", 2): (33.92, 0.9195),
+    ("Set14", 3): (30.52, 0.8462),
+    ("Set14", 4): (28.80, 0.7876),
+    ("B100", 2): (32.32, 0.9013),
+    ("B100", 3): (29.25, 0.8093),
+    ("B100", 4): (27.71, 0.7420),
+    ("Urban100", 2): (32.93, 0.9351),
+    ("Urban100", 3): (28.80, 0.8653),
+    ("Urban100", 4): (26.64, 0.8033),
+    ("DIV2K", 2): (35.03, None),
+    ("DIV2K", 3): (31.26, None),
+    ("DIV2K", 4): (29.25, None),
 }
 
 
 def published_row(dataset_name, scale):
     """'38.11/0.9601' for a dataset with published EDSR numbers at this scale, else '-'."""
-    key = next((k for k in PUBLISHED_EDSR if k[1] == scale and str(dataset_name).upper().startswith(k[0].upper())), None)
+    key = next(
+        (k for k in PUBLISHED_EDSR if k[1] == scale and str(dataset_name).upper().startswith(k[0].upper())), None
+    )
     if key is None:
         return "-"
     value, ssim_value = PUBLISHED_EDSR[key]
@@ -67,8 +80,10 @@ def evaluate(dataset, model=None, protocol=None, self_ensemble=False, tile=None,
 
 
 def format_table(result):
-    lines = [f"{result['method']} on {result['dataset']} x{result['scale']} ({result['protocol']})",
-             f"{'image':<24}{'PSNR (dB)':>11}{'SSIM':>9}"]
+    lines = [
+        f"{result['method']} on {result['dataset']} x{result['scale']} ({result['protocol']})",
+        f"{'image':<24}{'PSNR (dB)':>11}{'SSIM':>9}",
+    ]
     lines += [f"{r['name']:<24}{r['psnr']:>11.3f}{r['ssim']:>9.4f}" for r in result["per_image"]]
     lines.append(f"{'mean':<24}{result['psnr']:>11.3f}{result['ssim']:>9.4f}")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Checks for the exercises in notebooks/exercises: each compares a student's function with the kit's own
 implementation (or MindSpore's) on several inputs and prints one clear pass/fail line."""
+
 import importlib.util
 from pathlib import Path
 
@@ -56,11 +57,13 @@ def check_pixel_shuffle(pixel_shuffle):
             x = rng.standard_normal((channels * r * r, h, w)).astype(np.float32)
             expected = nn.PixelShuffle(r)(ms.Tensor(x[None])).asnumpy()[0]
             got = np.asarray(pixel_shuffle(x, r))
-            assert got.shape == expected.shape, f"shape {got.shape} for input {x.shape}, r={r}; expected " \
-                                                f"{expected.shape}"
+            assert got.shape == expected.shape, (
+                f"shape {got.shape} for input {x.shape}, r={r}; expected {expected.shape}"
+            )
             assert np.array_equal(got, expected), (
                 f"values in the wrong places for input {x.shape}, r={r}: output[c, y, x] comes from input channel "
-                "c*r*r + (y % r)*r + (x % r)")
+                "c*r*r + (y % r)*r + (x % r)"
+            )
         return "same as nn.PixelShuffle on 3 shapes"
 
     return _report("pixel_shuffle", attempt)
@@ -74,8 +77,9 @@ def check_cubic(cubic):
         x = np.linspace(-3, 3, 1201)
         got, expected = np.asarray(cubic(x), np.float64), _cubic(x)
         worst = int(np.argmax(np.abs(got - expected)))
-        assert np.allclose(got, expected, atol=1e-12), f"cubic({x[worst]:.3f}) = {got[worst]:.6f}, expected " \
-                                                       f"{expected[worst]:.6f}"
+        assert np.allclose(got, expected, atol=1e-12), (
+            f"cubic({x[worst]:.3f}) = {got[worst]:.6f}, expected {expected[worst]:.6f}"
+        )
         return "equal to the kit's kernel on [-3, 3]"
 
     return _report("cubic", attempt)
@@ -93,8 +97,10 @@ def check_psnr_y(psnr_y):
             sr[:scale] = 0  # damage only the border: a correct answer ignores it
             expected = psnr(sr, hr, protocol_for("Set5", scale))
             got = float(psnr_y(sr, hr, scale))
-            assert abs(got - expected) < 1e-6, f"{got:.4f} dB with border {scale}, expected {expected:.4f} dB " \
-                                               "(Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255)"
+            assert abs(got - expected) < 1e-6, (
+                f"{got:.4f} dB with border {scale}, expected {expected:.4f} dB "
+                "(Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255)"
+            )
         return "equal to edsr_lib.metrics.psnr on the benchmark protocol"
 
     return _report("psnr_y", attempt)
@@ -117,8 +123,12 @@ def check_receptive_radius(receptive_radius):
 
 def check_all(functions):
     """Run every check on a dict name -> function; print one line each and a summary; return the count passed."""
-    checks = {"pixel_shuffle": check_pixel_shuffle, "cubic": check_cubic, "psnr_y": check_psnr_y,
-              "receptive_radius": check_receptive_radius}
+    checks = {
+        "pixel_shuffle": check_pixel_shuffle,
+        "cubic": check_cubic,
+        "psnr_y": check_psnr_y,
+        "receptive_radius": check_receptive_radius,
+    }
     passed = sum(checks[name](functions[name]) for name in EXERCISES)
     total = len(EXERCISES)
     print(f"all {total} exercises passed" if passed == total else f"{passed} of {total} exercises passed")

@@ -4,6 +4,7 @@ An exported model takes float32 NCHW RGB on the 0-255 scale and returns the uncl
 `rgb_range` the checkpoint was trained with. Next to each export, `<file>.json` records the architecture and the
 input size, so `edsr upscale --model` can tile exactly and verify without the checkpoint.
 """
+
 import json
 import os
 import shutil
@@ -52,10 +53,14 @@ def check_export_shape(input_size, batch_size, where="export"):
         raise KitError(f"{where}: batch_size must be an integer from 1 to {MAX_EXPORT_BATCH}, got {batch_size!r}")
     if input_size is None:
         return
-    if (not isinstance(input_size, (list, tuple)) or len(input_size) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EXPORT_SIDE for v in input_size)):
-        raise KitError(f"{where}: input size must be two integers H W from 1 to {MAX_EXPORT_SIDE} (LR pixels), "
-                       f"got {input_size!r}")
+    if (
+        not isinstance(input_size, (list, tuple))
+        or len(input_size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EXPORT_SIDE for v in input_size)
+    ):
+        raise KitError(
+            f"{where}: input size must be two integers H W from 1 to {MAX_EXPORT_SIDE} (LR pixels), got {input_size!r}"
+        )
 
 
 def export_model(checkpoint, file_format, output, input_size=None, batch_size=1, res_scale=None):
@@ -64,11 +69,15 @@ def export_model(checkpoint, file_format, output, input_size=None, batch_size=1,
     if file_format not in FORMATS:
         raise KitError(f"unknown export format {file_format!r}; choose MINDIR, ONNX or AIR")
     if file_format == "AIR" and current_device() != "Ascend":
-        raise KitError("AIR export needs the Ascend backend (CANN), and this machine runs on "
-                       f"{current_device()}; export MINDIR here (and convert it with ATC on the Ascend host)")
+        raise KitError(
+            "AIR export needs the Ascend backend (CANN), and this machine runs on "
+            f"{current_device()}; export MINDIR here (and convert it with ATC on the Ascend host)"
+        )
     if file_format == "ONNX" and not input_size:
-        raise KitError("ONNX export needs --input-size H W: MindSpore cannot export ONNX with dynamic height and "
-                       "width (MINDIR can)")
+        raise KitError(
+            "ONNX export needs --input-size H W: MindSpore cannot export ONNX with dynamic height and "
+            "width (MINDIR can)"
+        )
     check_export_shape(input_size, batch_size)
     output = Path(output)
     if output.suffix.lower() != FORMATS[file_format]:
@@ -95,9 +104,15 @@ def export_model(checkpoint, file_format, output, input_size=None, batch_size=1,
         os.replace(produced, output)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    meta = {"format": file_format, "architecture": arch.to_dict(), "batch_size": batch_size,
-            "input_size": list(input_size) if input_size else None, "input": "float32 NCHW RGB, 0-255",
-            "output": "float32 NCHW RGB, 0-255, unclamped", "checkpoint": str(checkpoint)}
+    meta = {
+        "format": file_format,
+        "architecture": arch.to_dict(),
+        "batch_size": batch_size,
+        "input_size": list(input_size) if input_size else None,
+        "input": "float32 NCHW RGB, 0-255",
+        "output": "float32 NCHW RGB, 0-255, unclamped",
+        "checkpoint": str(checkpoint),
+    }
     write_json(sidecar_path(output), meta)
     return output, meta
 
@@ -122,8 +137,10 @@ class ExportedModel:
             raise KitError(f"{self.path}: no such exported model")
         meta_path = sidecar_path(self.path)
         if not meta_path.is_file():
-            raise KitError(f"{meta_path}: missing; it is written by `edsr export` next to the model and records its "
-                           "architecture and input size")
+            raise KitError(
+                f"{meta_path}: missing; it is written by `edsr export` next to the model and records its "
+                "architecture and input size"
+            )
         try:
             meta = json.loads(meta_path.read_text())
             self.arch = Architecture.from_dict({**meta["architecture"], "rgb_range": 255.0})
@@ -149,8 +166,10 @@ class ExportedModel:
                 raise KitError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
             declared = session.get_inputs()[0]
             if self.input_size and list(declared.shape[2:]) != list(self.input_size):
-                raise KitError(f"{meta_path}: records input size {list(self.input_size)} but {self.path.name} takes "
-                               f"{declared.shape[2:]}; the record does not belong to this model")
+                raise KitError(
+                    f"{meta_path}: records input size {list(self.input_size)} but {self.path.name} takes "
+                    f"{declared.shape[2:]}; the record does not belong to this model"
+                )
             name = declared.name
             self._infer = lambda x: session.run(None, {name: x})[0]
         else:
@@ -179,8 +198,11 @@ class ExportedModel:
         margin = self.arch.receptive_radius
         if min(fixed_h, fixed_w) <= 2 * margin and (height > fixed_h or width > fixed_w):
             margin = min(fixed_h, fixed_w) // 4
-            warnings.warn(f"{self.path}: exported size {fixed_h}x{fixed_w} is too small for exact tiling (needs more "
-                          f"than {2 * self.arch.receptive_radius} px); tiles will show faint seams", stacklevel=2)
+            warnings.warn(
+                f"{self.path}: exported size {fixed_h}x{fixed_w} is too small for exact tiling (needs more "
+                f"than {2 * self.arch.receptive_radius} px); tiles will show faint seams",
+                stacklevel=2,
+            )
         s = self.arch.scale
         out = np.empty((x.shape[0], self.arch.n_colors, height * s, width * s), np.float32)
         rows, cols = _exact_windows(height, fixed_h, margin), _exact_windows(width, fixed_w, margin)
@@ -191,8 +213,9 @@ class ExportedModel:
                 x0 = 0 if left == 0 else margin
                 y1 = fixed_h if top + fixed_h == height else fixed_h - margin
                 x1 = fixed_w if left + fixed_w == width else fixed_w - margin
-                out[:, :, (top + y0) * s : (top + y1) * s, (left + x0) * s : (left + x1) * s] = \
-                    sr[:, :, y0 * s : y1 * s, x0 * s : x1 * s]
+                out[:, :, (top + y0) * s : (top + y1) * s, (left + x0) * s : (left + x1) * s] = sr[
+                    :, :, y0 * s : y1 * s, x0 * s : x1 * s
+                ]
         return out
 
 
@@ -234,9 +257,12 @@ class MindirProcess:
         import sys
 
         self.path = Path(path)
-        self._child = subprocess.Popen([sys.executable, "-m", "edsr_lib.export", str(self.path)],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       env={**os.environ, **STOCK_CONV_ENVIRONMENT})
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "edsr_lib.export", str(self.path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, **STOCK_CONV_ENVIRONMENT},
+        )
         self._call({"load": True})
 
     def _call(self, header, array=None):
@@ -297,7 +323,9 @@ def verify_export(checkpoint, exported_path, input_size=None, seed=0):
     exported = ExportedModel(exported_path)
     height, width = input_size or exported.input_size or (40, 52)
     x = np.random.default_rng(seed).uniform(0, 255, (1, model.arch.n_colors, height, width)).astype(np.float32)
-    expected = forward_tiled(model, x * np.float32(model.arch.rgb_range / 255.0)) / np.float32(model.arch.rgb_range / 255.0)
+    expected = forward_tiled(model, x * np.float32(model.arch.rgb_range / 255.0)) / np.float32(
+        model.arch.rgb_range / 255.0
+    )
     got = exported.forward_array(x)
     if got.shape != expected.shape:
         raise KitError(f"{exported_path}: output shape {got.shape} differs from the checkpoint's {expected.shape}")

@@ -1,4 +1,5 @@
 """Figures as matplotlib `Figure` objects (no pyplot state): shown inline by notebooks, saved as PNG by the kit."""
+
 import io
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def options_table(options, per_row=3):
         rows.append(row)
     columns = [c for i in range(1, per_row + 1) for c in (f"option {i}", f"value {i}")]
     return markdown_table(rows, columns).replace(
-        "| " + " | ".join(columns) + " |", "| " + " | ".join(["option", "value"] * per_row) + " |", 1)
+        "| " + " | ".join(columns) + " |", "| " + " | ".join(["option", "value"] * per_row) + " |", 1
+    )
 
 
 # Figures meant for a notebook are at most this wide (inches at the saved dpi ~ 960 px): JupyterLab shows them
@@ -133,8 +135,9 @@ def plot_augmentations(lr_patch, hr_patch, augment):
         lr, hr = augment((lr_patch, hr_patch), hflip, vflip, rot90)
         axes[0, k].imshow(hr)
         axes[1, k].imshow(lr, interpolation="nearest")
-        axes[0, k].set_title("".join(n for n, on in (("h", hflip), ("v", vflip), ("t", rot90)) if on) or "id",
-                             fontsize=9)
+        axes[0, k].set_title(
+            "".join(n for n, on in (("h", hflip), ("v", vflip), ("t", rot90)) if on) or "id", fontsize=9
+        )
         _hide_axes(axes[0, k])
         _hide_axes(axes[1, k])
     axes[0, 0].set_ylabel("HR")
@@ -162,7 +165,7 @@ def plot_error_maps(hr, candidates, box=None, vmax=None, reference="bicubic"):
         shown = ax.imshow(err, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_title(f"|{name} - HR|\nmean {err.mean():.2f}", fontsize=11)
     fig.colorbar(shown, ax=list(axes[: len(errors)]), shrink=0.8, label="|error| (0-255)")
-    for ax, name in zip(axes[len(errors):], others):
+    for ax, name in zip(axes[len(errors) :], others):
         gain = errors[name] - errors[reference]
         limit = max(float(np.percentile(np.abs(gain), 99)), 1.0)
         diverging = ax.imshow(gain, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")

@@ -1,5 +1,6 @@
 """Writing files so that an interrupted or failed write never leaves a partial file: write to a temporary name in
 the same folder, then rename into place (atomic on one filesystem)."""
+
 import json
 import os
 import tempfile

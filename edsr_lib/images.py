@@ -4,6 +4,7 @@ Pillow alone gets several cases wrong (16-bit RGB PNGs are read as 8-bit, 16-bit
 alpha without compositing), so 16-bit PNGs go through pypng and every mode conversion is spelled out here.
 Writes go to a temporary file that is renamed into place, so an interrupted run never leaves a partial image.
 """
+
 import warnings
 import zlib
 from pathlib import Path
@@ -78,8 +79,10 @@ def _check_pixels(path, width, height):
     if width < 1 or height < 1:
         raise KitError(f"{path}: image has no pixels ({width}x{height})")
     if width * height > MAX_IMAGE_PIXELS:
-        raise KitError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, more than the "
-                       f"{MAX_IMAGE_PIXELS / 1e6:.0f} the kit decodes; tile or crop it first")
+        raise KitError(
+            f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, more than the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} the kit decodes; tile or crop it first"
+        )
 
 
 def _to_rgb(array, has_alpha, alpha, max_value):
@@ -135,8 +138,15 @@ def read_image(path, alpha="white"):
             if rotated:
                 img = ImageOps.exif_transpose(img)
             array, note = _pillow_to_rgb(path, img, alpha)
-            notes = [n for n in (note, "EXIF orientation applied" if rotated else None,
-                                 f"first frame of {frames}" if frames > 1 else None) if n]
+            notes = [
+                n
+                for n in (
+                    note,
+                    "EXIF orientation applied" if rotated else None,
+                    f"first frame of {frames}" if frames > 1 else None,
+                )
+                if n
+            ]
             return array, "; ".join(notes) or None
     except KitError:
         raise

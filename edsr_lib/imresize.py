@@ -4,6 +4,7 @@ What makes it MATLAB's and not PIL's or OpenCV's: the cubic kernel with a = -0.5
 when shrinking (antialiasing), symmetric (mirror) boundary handling, output size ceil(size * scale), and no
 rounding of the result. SR benchmarks make their LR images this way, so PSNR is only comparable with it.
 """
+
 import math
 
 import numpy as np

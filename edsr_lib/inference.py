@@ -4,6 +4,7 @@
 only their valid centres are kept, so tiled and whole-image inference give the same result (EDSR-PyTorch's
 quadrant `chop` does not) while memory stays bounded by the tile size.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -106,20 +107,25 @@ def _png_if_16bit(dst, image, log):
     return dst.with_suffix(".png")
 
 
-def upscale_paths(model, source, destination, tile=None, self_ensemble=False, alpha="white", log=print,
-                  progress="auto"):
+def upscale_paths(
+    model, source, destination, tile=None, self_ensemble=False, alpha="white", log=print, progress="auto"
+):
     """File -> file, or every image of a folder -> a folder (same names). Returns (written, failed) paths."""
     source, destination = Path(source), Path(destination)
     if source.is_dir():
         if destination.exists() and not destination.is_dir():
             raise KitError(f"{destination}: input is a folder, so the output must be a folder too")
         if destination.exists() and destination.resolve() == source.resolve():
-            raise KitError(f"{destination}: the output folder is the input folder, which would mix the results "
-                           "with the originals; choose another folder")
+            raise KitError(
+                f"{destination}: the output folder is the input folder, which would mix the results "
+                "with the originals; choose another folder"
+            )
         files = list_images(source)
         if not files:
             raise KitError(f"{source}: no images found")
-        pairs = [(f, destination / (f.stem + (".png" if f.suffix.lower() in (".jpg", ".jpeg") else f.suffix))) for f in files]
+        pairs = [
+            (f, destination / (f.stem + (".png" if f.suffix.lower() in (".jpg", ".jpeg") else f.suffix))) for f in files
+        ]
     else:
         target = destination / source.name if destination.is_dir() else destination
         pairs = [(source, target)]

@@ -4,6 +4,7 @@ data-parallel training on N ranks launched by msrun or an HCCL rank table.
 Every rank executes `02_train.ipynb` itself, writing `rank_<i>/02_train.ipynb`, its log and `metrics.json`;
 the checkpoints of the run go to one shared folder that rank 0 alone writes.
 """
+
 import contextlib
 import json
 import os
@@ -39,7 +40,8 @@ def parse_parameters(pairs):
 
 
 def train_data_parameters(train_data):
-    """The ModelZoo EDSR scripts' TRAIN_DATA_DIR as options: `sample`, a DIV2K root (validating on DIV2K), or an HR folder."""
+    """The ModelZoo EDSR scripts' TRAIN_DATA_DIR as options: `sample`, a DIV2K root (validating on DIV2K), or an
+    HR folder."""
     text = str(train_data)
     if text.lower() == "sample":
         return {"data_train": "sample"}
@@ -71,13 +73,22 @@ def execute_notebook(name, output_notebook, parameters, log=print):
     output_notebook.parent.mkdir(parents=True, exist_ok=True)
     log(f"running {name} -> {output_notebook}")
     try:
-        papermill.execute_notebook(str(notebook_path(name)), str(output_notebook), parameters=parameters,
-                                   progress_bar=False, log_output=True, stdout_file=sys.stdout,
-                                   stderr_file=sys.stderr, cwd=os.getcwd(),
-                                   kernel_manager_class=_kernel_manager_class())
+        papermill.execute_notebook(
+            str(notebook_path(name)),
+            str(output_notebook),
+            parameters=parameters,
+            progress_bar=False,
+            log_output=True,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+            cwd=os.getcwd(),
+            kernel_manager_class=_kernel_manager_class(),
+        )
     except PapermillExecutionError as exc:
-        raise KitError(f"{name}: cell {exc.exec_count} failed with {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}"
-                       f" (see {output_notebook})") from None
+        raise KitError(
+            f"{name}: cell {exc.exec_count} failed with {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}"
+            f" (see {output_notebook})"
+        ) from None
     return output_notebook
 
 
@@ -97,18 +108,36 @@ def run_standalone(train_data, output_dir, parameters=None, log=print):
     execute_notebook(TRAIN, output_dir / TRAIN, {**params, "output_dir": str(output_dir / "train")}, log)
     checkpoint = str(Path(ckpt_dir) / "best.ckpt")
     shared = {k: params[k] for k in ("data_test", "dir_data", "data_range", "progress") if k in params}
-    execute_notebook(EVALUATE, output_dir / EVALUATE,
-                     {**shared, "checkpoint": checkpoint, "output_dir": str(output_dir / "evaluate")}, log)
+    execute_notebook(
+        EVALUATE,
+        output_dir / EVALUATE,
+        {**shared, "checkpoint": checkpoint, "output_dir": str(output_dir / "evaluate")},
+        log,
+    )
     # No widgets headless: nothing would show them, and executing widget cells can hang nbclient (jupyter/nbclient#312).
     compare = {k: v for k, v in shared.items() if k != "progress"}  # 04 shows no progress bars
-    execute_notebook(COMPARE, output_dir / COMPARE, {**compare, "checkpoint": checkpoint, "interactive": False,
-                                                     "output_dir": str(output_dir / "compare")}, log)
-    train, evaluation = _read_metrics(output_dir / "train" / "metrics.json"), _read_metrics(
-        output_dir / "evaluate" / "metrics.json")
-    summary = {"psnr": evaluation["psnr"], "psnr_bicubic": evaluation["psnr_bicubic"], "ssim": evaluation["ssim"],
-               "ssim_bicubic": evaluation["ssim_bicubic"], "dataset": evaluation["dataset"],
-               "scale": evaluation["scale"], "checkpoint": checkpoint, "final_loss": train["final_loss"],
-               "epochs": train["epochs"], "per_image": evaluation["per_image"]}
+    execute_notebook(
+        COMPARE,
+        output_dir / COMPARE,
+        {**compare, "checkpoint": checkpoint, "interactive": False, "output_dir": str(output_dir / "compare")},
+        log,
+    )
+    train, evaluation = (
+        _read_metrics(output_dir / "train" / "metrics.json"),
+        _read_metrics(output_dir / "evaluate" / "metrics.json"),
+    )
+    summary = {
+        "psnr": evaluation["psnr"],
+        "psnr_bicubic": evaluation["psnr_bicubic"],
+        "ssim": evaluation["ssim"],
+        "ssim_bicubic": evaluation["ssim_bicubic"],
+        "dataset": evaluation["dataset"],
+        "scale": evaluation["scale"],
+        "checkpoint": checkpoint,
+        "final_loss": train["final_loss"],
+        "epochs": train["epochs"],
+        "per_image": evaluation["per_image"],
+    }
     write_json(output_dir / "metrics.json", summary)
     return summary
 
@@ -118,8 +147,14 @@ def run_evaluation(test_data, checkpoint, dataset_type, output_dir, parameters=N
     or a folder of HR images)."""
     output_dir = Path(output_dir)
     is_folder = Path(dataset_type).is_dir()
-    params = {"checkpoint": str(checkpoint), "data_test": str(dataset_type), "dir_data": "" if is_folder else
-              str(test_data), "output_dir": str(output_dir), "progress": "text", **(parameters or {})}
+    params = {
+        "checkpoint": str(checkpoint),
+        "data_test": str(dataset_type),
+        "dir_data": "" if is_folder else str(test_data),
+        "output_dir": str(output_dir),
+        "progress": "text",
+        **(parameters or {}),
+    }
     execute_notebook(EVALUATE, output_dir / EVALUATE, params, log)
     return _read_metrics(output_dir / "metrics.json")
 
@@ -137,22 +172,34 @@ FAILED_MARKER = "job_failed.json"  # written by the launcher that saw a rank fai
 def rank_parameters(output_dir, rank, parameters):
     """Papermill parameters of one rank: its own output folder, one shared checkpoint folder, text progress."""
     output_dir = Path(output_dir)
-    return {"progress": "text", **parameters, "output_dir": str(output_dir / f"rank_{rank}"),
-            "ckpt_save_path": str(parameters.get("ckpt_save_path") or output_dir / "ckpt")}
+    return {
+        "progress": "text",
+        **parameters,
+        "output_dir": str(output_dir / f"rank_{rank}"),
+        "ckpt_save_path": str(parameters.get("ckpt_save_path") or output_dir / "ckpt"),
+    }
 
 
 def worker_command(output_dir, parameters, python="python"):
     return [python, "-m", "edsr_lib.launch", "worker", str(output_dir), json.dumps(parameters)]
 
 
-def msrun_command(device_num, output_dir, parameters, master_port=DEFAULT_MASTER_PORT, nodes=1, node_rank=0,
-                  master_addr="127.0.0.1"):
+def msrun_command(
+    device_num, output_dir, parameters, master_port=DEFAULT_MASTER_PORT, nodes=1, node_rank=0, master_addr="127.0.0.1"
+):
     """msrun starts the scheduler (on the master server) and this server's `device_num` workers of the job's
     nodes * device_num; each runs `python -m edsr_lib.launch worker`."""
-    return ["msrun", f"--worker_num={nodes * device_num}", f"--local_worker_num={device_num}",
-            f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
-            f"--log_dir={Path(output_dir) / 'msrun_logs'}", "--join=True",
-            *worker_command(output_dir, parameters)]
+    return [
+        "msrun",
+        f"--worker_num={nodes * device_num}",
+        f"--local_worker_num={device_num}",
+        f"--node_rank={node_rank}",
+        f"--master_addr={master_addr}",
+        f"--master_port={master_port}",
+        f"--log_dir={Path(output_dir) / 'msrun_logs'}",
+        "--join=True",
+        *worker_command(output_dir, parameters),
+    ]
 
 
 def dynamic_cluster_environments(device_num, nodes, node_rank, master_addr, master_port, base_env=None):
@@ -161,10 +208,21 @@ def dynamic_cluster_environments(device_num, nodes, node_rank, master_addr, mast
     would start a second scheduler on the master's port."""
     base = dict(os.environ if base_env is None else base_env)
     total = nodes * device_num
-    return [{**base, "MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": str(total), "MS_SCHED_HOST": str(master_addr),
-             "MS_SCHED_PORT": str(master_port), "MS_TOPO_TIMEOUT": "600", "MS_NODE_ID": str(rank),
-             "RANK_ID": str(rank), "RANK_SIZE": str(total), "DEVICE_ID": str(local)}
-            for local, rank in enumerate(range(node_rank * device_num, (node_rank + 1) * device_num))]
+    return [
+        {
+            **base,
+            "MS_ROLE": "MS_WORKER",
+            "MS_WORKER_NUM": str(total),
+            "MS_SCHED_HOST": str(master_addr),
+            "MS_SCHED_PORT": str(master_port),
+            "MS_TOPO_TIMEOUT": "600",
+            "MS_NODE_ID": str(rank),
+            "RANK_ID": str(rank),
+            "RANK_SIZE": str(total),
+            "DEVICE_ID": str(local),
+        }
+        for local, rank in enumerate(range(node_rank * device_num, (node_rank + 1) * device_num))
+    ]
 
 
 def is_local_address(address):
@@ -186,9 +244,13 @@ def read_rank_table(path):
     """[(server_id, [(rank_id, device_id), ...]), ...] from an HCCL rank table (version 1.0: server_list[].device[])."""
     try:
         table = json.loads(Path(path).read_text())
-        servers = [(str(server.get("server_id", index)),
-                    sorted((int(d["rank_id"]), int(d["device_id"])) for d in server["device"]))
-                   for index, server in enumerate(table["server_list"])]
+        servers = [
+            (
+                str(server.get("server_id", index)),
+                sorted((int(d["rank_id"]), int(d["device_id"])) for d in server["device"]),
+            )
+            for index, server in enumerate(table["server_list"])
+        ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KitError(f"{path}: not a readable HCCL rank table ({exc})") from None
     if not servers:
@@ -207,8 +269,10 @@ def this_server(servers, path, node_rank=None, env=None):
             return ids.index(chosen)
         if chosen.isdigit() and int(chosen) < len(servers):
             return int(chosen)
-        raise KitError(f"{path}: SERVER_ID={chosen} is neither a server index (0-{len(servers) - 1}) nor one of "
-                       f"its server_id values ({', '.join(ids)})")
+        raise KitError(
+            f"{path}: SERVER_ID={chosen} is neither a server index (0-{len(servers) - 1}) nor one of "
+            f"its server_id values ({', '.join(ids)})"
+        )
     if node_rank is not None:
         if not 0 <= node_rank < len(servers):
             raise KitError(f"{path}: --node-rank {node_rank} but the table lists {len(servers)} server(s)")
@@ -217,8 +281,10 @@ def this_server(servers, path, node_rank=None, env=None):
         return 0
     local = [i for i, (server_id, _) in enumerate(servers) if is_local_address(server_id)]
     if len(local) != 1:
-        raise KitError(f"{path}: cannot tell which of its {len(servers)} servers this is "
-                       f"({'none' if not local else 'several'} of their server_id values is local); set SERVER_ID")
+        raise KitError(
+            f"{path}: cannot tell which of its {len(servers)} servers this is "
+            f"({'none' if not local else 'several'} of their server_id values is local); set SERVER_ID"
+        )
     return local[0]
 
 
@@ -232,11 +298,21 @@ def rank_table_environments(rank_table_file, device_num, base_env=None, node_ran
     index = this_server(servers, rank_table_file, node_rank, base)
     server_id, devices = servers[index]
     if len(devices) != device_num:
-        raise KitError(f"{rank_table_file}: server {server_id} lists {len(devices)} devices but DEVICE_NUM is "
-                       f"{device_num}")
+        raise KitError(
+            f"{rank_table_file}: server {server_id} lists {len(devices)} devices but DEVICE_NUM is {device_num}"
+        )
     total = sum(len(d) for _, d in servers)
-    return [{**base, "RANK_TABLE_FILE": str(Path(rank_table_file).resolve()), "RANK_SIZE": str(total),
-             "RANK_ID": str(rank), "DEVICE_ID": str(device), "SERVER_ID": str(index)} for rank, device in devices]
+    return [
+        {
+            **base,
+            "RANK_TABLE_FILE": str(Path(rank_table_file).resolve()),
+            "RANK_SIZE": str(total),
+            "RANK_ID": str(rank),
+            "DEVICE_ID": str(device),
+            "SERVER_ID": str(index),
+        }
+        for rank, device in devices
+    ]
 
 
 def _python_first_on_path(env):
@@ -264,8 +340,9 @@ class RankWatch:
 
     def start(self, command, env, log_path=None, rank=None):
         handle = open(log_path, "w") if log_path else None
-        proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT if handle else None,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, env=env, stdout=handle, stderr=subprocess.STDOUT if handle else None, start_new_session=True
+        )
         self.top.append((proc, rank, log_path, handle))
         return proc
 
@@ -374,8 +451,11 @@ class RankWatch:
     def rank_logs(self, rank):
         if rank is None:
             return ""
-        candidates = [self.output_dir / "msrun_logs" / f"worker_{rank}.log", self.output_dir / f"rank_{rank}" / "train.log",
-                      self.output_dir / f"rank_{rank}" / TRAIN]
+        candidates = [
+            self.output_dir / "msrun_logs" / f"worker_{rank}.log",
+            self.output_dir / f"rank_{rank}" / "train.log",
+            self.output_dir / f"rank_{rank}" / TRAIN,
+        ]
         return ", ".join(str(p) for p in candidates if p.exists())
 
 
@@ -409,8 +489,23 @@ def batch_run_parameters(train_data, given, world=1):
     from .options import Options
 
     recipe = Options(scale=int(params.get("scale", 2)))
-    run_keys = {"dir_data", "data_train", "data_test", "data_range", "device_target", "ckpt_save_path", "ckpt_path",
-                "resume", "output_dir", "progress", "model", "n_colors", "rgb_range", "seed", "task_id"}
+    run_keys = {
+        "dir_data",
+        "data_train",
+        "data_test",
+        "data_range",
+        "device_target",
+        "ckpt_save_path",
+        "ckpt_path",
+        "resume",
+        "output_dir",
+        "progress",
+        "model",
+        "n_colors",
+        "rgb_range",
+        "seed",
+        "task_id",
+    }
     defaults = notebook_defaults()
     for field in fields(Options):
         name = field.name
@@ -430,31 +525,47 @@ def describe_schedule(params, world):
 
     values = {**notebook_defaults(), **params}
     opts = Options.from_dict({k: v for k, v in values.items() if k in Options.__dataclass_fields__}, strict=False)
-    return (f"schedule: {opts.epochs} epochs x {opts.test_every} iterations, lr {opts.lr:g} x {opts.gamma:g} after "
-            f"epoch(s) {opts.decay}, HR patch {opts.patch_size}, batch {opts.batch_size} per device x {world} "
-            f"rank(s) = global batch {opts.batch_size * world}; model {opts.n_resblocks} blocks, {opts.n_feats} "
-            f"features")
+    return (
+        f"schedule: {opts.epochs} epochs x {opts.test_every} iterations, lr {opts.lr:g} x {opts.gamma:g} after "
+        f"epoch(s) {opts.decay}, HR patch {opts.patch_size}, batch {opts.batch_size} per device x {world} "
+        f"rank(s) = global batch {opts.batch_size * world}; model {opts.n_resblocks} blocks, {opts.n_feats} "
+        f"features"
+    )
 
 
-def run_distributed(train_data, device_num, output_dir, parameters=None, rank_table_file=None,
-                    master_port=DEFAULT_MASTER_PORT, nodes=1, node_rank=None, master_addr="127.0.0.1", log=print):
+def run_distributed(
+    train_data,
+    device_num,
+    output_dir,
+    parameters=None,
+    rank_table_file=None,
+    master_port=DEFAULT_MASTER_PORT,
+    nodes=1,
+    node_rank=None,
+    master_addr="127.0.0.1",
+    log=print,
+):
     """Launch this server's part of the data-parallel job, watch it, and check that its ranks agree."""
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     table_node_rank, node_rank = node_rank, node_rank or 0
     if device_num < 1 or nodes < 1 or not 0 <= node_rank < nodes:
-        raise KitError(f"need DEVICE_NUM >= 1, --nodes >= 1 and 0 <= --node-rank < --nodes (got {device_num}, "
-                       f"{nodes}, {node_rank})")
+        raise KitError(
+            f"need DEVICE_NUM >= 1, --nodes >= 1 and 0 <= --node-rank < --nodes (got {device_num}, "
+            f"{nodes}, {node_rank})"
+        )
     if rank_table_file:
-        envs = rank_table_environments(rank_table_file, device_num, node_rank=table_node_rank,
-                                       nodes=nodes if nodes > 1 else None)
+        envs = rank_table_environments(
+            rank_table_file, device_num, node_rank=table_node_rank, nodes=nodes if nodes > 1 else None
+        )
         world, node_rank = int(envs[0]["RANK_SIZE"]), int(envs[0]["SERVER_ID"])
     else:
         envs, world = None, nodes * device_num
     params = batch_run_parameters(train_data, parameters or {}, world)
     log(describe_schedule(params, world))
-    local_ranks = [int(e["RANK_ID"]) for e in envs] if envs else list(range(node_rank * device_num,
-                                                                            (node_rank + 1) * device_num))
+    local_ranks = (
+        [int(e["RANK_ID"]) for e in envs] if envs else list(range(node_rank * device_num, (node_rank + 1) * device_num))
+    )
     for rank in local_ranks:  # this server's own earlier results
         with contextlib.suppress(FileNotFoundError):
             (output_dir / f"rank_{rank}" / "metrics.json").unlink()
@@ -466,16 +577,23 @@ def run_distributed(train_data, device_num, output_dir, parameters=None, rank_ta
         for env in envs:
             rank_dir = output_dir / f"rank_{env['RANK_ID']}"
             rank_dir.mkdir(parents=True, exist_ok=True)
-            watch.start(worker_command(output_dir, params, sys.executable), env, rank_dir / "train.log",
-                        int(env["RANK_ID"]))
+            watch.start(
+                worker_command(output_dir, params, sys.executable), env, rank_dir / "train.log", int(env["RANK_ID"])
+            )
     elif node_rank > 0 and is_local_address(master_addr):
         log_dir = output_dir / "msrun_logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log(f"master {master_addr} is this host: starting ranks {local_ranks[0]}-{local_ranks[-1]} without msrun "
-            "(msrun would start a second scheduler)")
+        log(
+            f"master {master_addr} is this host: starting ranks {local_ranks[0]}-{local_ranks[-1]} without msrun "
+            "(msrun would start a second scheduler)"
+        )
         for env in dynamic_cluster_environments(device_num, nodes, node_rank, master_addr, master_port):
-            watch.start(worker_command(output_dir, params, sys.executable), env,
-                        log_dir / f"worker_{env['RANK_ID']}.log", int(env["RANK_ID"]))
+            watch.start(
+                worker_command(output_dir, params, sys.executable),
+                env,
+                log_dir / f"worker_{env['RANK_ID']}.log",
+                int(env["RANK_ID"]),
+            )
     else:
         command = msrun_command(device_num, output_dir, params, master_port, nodes, node_rank, master_addr)
         log("launching: " + " ".join(command[:8]) + " ...")
@@ -494,8 +612,9 @@ def check_ranks(output_dir, local_ranks, world):
             metrics.append(_read_metrics(path))
     digests = {m.get("param_digest", m["param_checksum"]) for m in metrics}
     if len(digests) != 1:
-        raise KitError("ranks disagree: " + ", ".join(f"rank {m['rank']} checksum {m['param_checksum']:.6f}"
-                                                      for m in metrics))
+        raise KitError(
+            "ranks disagree: " + ", ".join(f"rank {m['rank']} checksum {m['param_checksum']:.6f}" for m in metrics)
+        )
     if world > 1 and not all(m.get("ranks_agree") for m in metrics):
         raise KitError("ranks disagree: the in-job comparison over all ranks found different weights")
     return sorted(metrics, key=lambda m: m["rank"])
@@ -511,8 +630,9 @@ def worker(output_dir, parameters):
         return 0
     rank = int(os.environ.get("RANK_ID") or os.environ.get("MS_NODE_ID") or 0)
     params = rank_parameters(output_dir, rank, parameters)
-    execute_notebook(TRAIN, Path(output_dir) / f"rank_{rank}" / TRAIN, params,
-                     log=lambda m: print(f"[rank {rank}] {m}", flush=True))
+    execute_notebook(
+        TRAIN, Path(output_dir) / f"rank_{rank}" / TRAIN, params, log=lambda m: print(f"[rank {rank}] {m}", flush=True)
+    )
     # The notebook's Trainer took its rank from get_rank() after init(); the folder name must be that rank.
     reported = _read_metrics(Path(output_dir) / f"rank_{rank}" / "metrics.json").get("rank")
     if reported != rank:
@@ -521,8 +641,9 @@ def worker(output_dir, parameters):
 
 
 def build_parser():
-    parser = OneLineArgumentParser(prog="python -m edsr_lib.launch",
-                                     description="run the notebooks headlessly (what scripts/run_*.sh call)")
+    parser = OneLineArgumentParser(
+        prog="python -m edsr_lib.launch", description="run the notebooks headlessly (what scripts/run_*.sh call)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("standalone", help="train, evaluate and compare on one device")
     p.add_argument("train_data", help="sample, a DIV2K root or a folder of HR images")
@@ -545,8 +666,15 @@ def build_parser():
     p.add_argument("output_dir")
     p.add_argument("parameters_json")
     for p in sub.choices.values():
-        p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                       help="notebook parameter (repeatable), e.g. -p epochs 3")
+        p.add_argument(
+            "-p",
+            "--parameter",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("NAME", "VALUE"),
+            help="notebook parameter (repeatable), e.g. -p epochs 3",
+        )
     parser.command_parsers = sub.choices
     return parser
 
@@ -566,20 +694,34 @@ def main(argv=None):
             return worker(args.output_dir, {**json.loads(args.parameters_json), **params})
         if args.command == "standalone":
             summary = run_standalone(args.train_data, args.output_dir, params)
-            print(f"held-out {summary['dataset']} x{summary['scale']}: EDSR {summary['psnr']:.3f} dB, "
-                  f"bicubic {summary['psnr_bicubic']:.3f} dB ({summary['psnr'] - summary['psnr_bicubic']:+.3f} dB); "
-                  f"results in {args.output_dir}")
+            print(
+                f"held-out {summary['dataset']} x{summary['scale']}: EDSR {summary['psnr']:.3f} dB, "
+                f"bicubic {summary['psnr_bicubic']:.3f} dB ({summary['psnr'] - summary['psnr_bicubic']:+.3f} dB); "
+                f"results in {args.output_dir}"
+            )
             return 0
         if args.command == "distribute":
-            metrics = run_distributed(args.train_data, args.device_num, args.output_dir, params,
-                                      args.rank_table_file, args.master_port, args.nodes,
-                                      args.node_rank, args.master_addr)
-            print(f"{len(metrics)} ranks agree: param_checksum {metrics[0]['param_checksum']:.6f}, final loss "
-                  f"{metrics[0]['final_loss']:.4f}; results in {args.output_dir}")
+            metrics = run_distributed(
+                args.train_data,
+                args.device_num,
+                args.output_dir,
+                params,
+                args.rank_table_file,
+                args.master_port,
+                args.nodes,
+                args.node_rank,
+                args.master_addr,
+            )
+            print(
+                f"{len(metrics)} ranks agree: param_checksum {metrics[0]['param_checksum']:.6f}, final loss "
+                f"{metrics[0]['final_loss']:.4f}; results in {args.output_dir}"
+            )
             return 0
         result = run_evaluation(args.test_data, args.checkpoint, args.dataset_type, args.output_dir, params)
-        print(f"{result['dataset']} x{result['scale']}: EDSR {result['psnr']:.3f} dB / {result['ssim']:.4f}, "
-              f"bicubic {result['psnr_bicubic']:.3f} dB / {result['ssim_bicubic']:.4f}; results in {args.output_dir}")
+        print(
+            f"{result['dataset']} x{result['scale']}: EDSR {result['psnr']:.3f} dB / {result['ssim']:.4f}, "
+            f"bicubic {result['psnr_bicubic']:.3f} dB / {result['ssim_bicubic']:.4f}; results in {args.output_dir}"
+        )
         return 0
     except KitError as exc:
         print(f"edsr: error: {exc}", file=sys.stderr)

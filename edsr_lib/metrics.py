@@ -7,6 +7,7 @@ Protocol: quantise the output first (clamp, round), then
 SSIM is Wang et al.'s MATLAB `ssim_index`: 11x11 Gaussian window (sigma 1.5), 'valid' filtering,
 C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, on the same channel and crop.
 """
+
 from dataclasses import dataclass
 
 import numpy as np

@@ -3,6 +3,7 @@
 Parameter names mirror the published state-dict keys (`head.0.weight`, `body.3.body.2.bias`, `tail.0.0.weight`,
 ...), so a published checkpoint maps one to one. Input and output are float NCHW on the [0, rgb_range] scale.
 """
+
 import math
 from dataclasses import asdict, dataclass
 
@@ -38,8 +39,10 @@ class Architecture:
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in counts):
             raise KitError(f"invalid architecture {self}: blocks, features and colours must be integers")
         reals = (self.res_scale, self.rgb_range)
-        if any(isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v <= 0
-               for v in reals):
+        if any(
+            isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v <= 0
+            for v in reals
+        ):
             raise KitError(f"invalid architecture {self}: res_scale and rgb_range must be finite and positive")
         if self.n_resblocks < 0 or self.n_feats < 1 or self.n_colors < 1:
             raise KitError(f"invalid architecture {self}")
@@ -76,8 +79,10 @@ def check_size(arch, allow_large_model=False):
     if arch.scale > MAX_SCALE:
         raise KitError(f"scale {arch.scale} is above the supported {MAX_SCALE}")
     if not allow_large_model and (arch.n_resblocks > MAX_RESBLOCKS or arch.n_feats > MAX_FEATS):
-        raise KitError(f"a network of {arch.n_resblocks} blocks and {arch.n_feats} features is beyond the limits "
-                       f"({MAX_RESBLOCKS} blocks, {MAX_FEATS} features); pass allow_large_model to build it anyway")
+        raise KitError(
+            f"a network of {arch.n_resblocks} blocks and {arch.n_feats} features is beyond the limits "
+            f"({MAX_RESBLOCKS} blocks, {MAX_FEATS} features); pass allow_large_model to build it anyway"
+        )
     return arch
 
 
@@ -121,8 +126,13 @@ class ResBlock(nn.Cell):
 
     def __init__(self, n_feats, res_scale, conv_kernel="auto"):
         super().__init__()
-        self.body = nn.SequentialCell([make_conv(n_feats, n_feats, kernel=conv_kernel), nn.ReLU(),
-                                       make_conv(n_feats, n_feats, kernel=conv_kernel)])
+        self.body = nn.SequentialCell(
+            [
+                make_conv(n_feats, n_feats, kernel=conv_kernel),
+                nn.ReLU(),
+                make_conv(n_feats, n_feats, kernel=conv_kernel),
+            ]
+        )
         self.res_scale = float(res_scale)
         # The kit's CPU convolution runs the block as two ops (conv+ReLU, conv*res_scale+x) instead of five.
         self.fused = isinstance(self.body[0], FastConv2d) and isinstance(self.body[2], FastConv2d)
@@ -155,8 +165,9 @@ class EDSR(nn.Cell):
         self.head = nn.SequentialCell([make_conv(arch.n_colors, arch.n_feats, kernel=k)])
         blocks = [ResBlock(arch.n_feats, arch.res_scale, k) for _ in range(arch.n_resblocks)]
         self.body = nn.SequentialCell(blocks + [make_conv(arch.n_feats, arch.n_feats, kernel=k)])
-        self.tail = nn.SequentialCell([_upsampler(arch.scale, arch.n_feats, k),
-                                       make_conv(arch.n_feats, arch.n_colors, kernel=k)])
+        self.tail = nn.SequentialCell(
+            [_upsampler(arch.scale, arch.n_feats, k), make_conv(arch.n_feats, arch.n_colors, kernel=k)]
+        )
         self.add_mean = MeanShift(arch.rgb_range, +1, arch.n_colors)
         self._graph = None
 

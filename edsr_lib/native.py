@@ -14,6 +14,7 @@ on the CPU builds it (`build`); a failed build is remembered with its reason in 
 neither wait nor retry, until `build --force`. Nothing here imports MindSpore: `runtime` needs the answer before
 MindSpore loads.
 """
+
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -67,8 +68,19 @@ def fetch_headers():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-d", scratch, HEADERS_REQUIREMENT]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            scratch,
+            HEADERS_REQUIREMENT,
+        ]
         try:
             subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
             wheel = next(Path(scratch).glob("*.whl"))
@@ -122,8 +134,13 @@ def build_key():
     """Hash of what the library depends on; cheap (no compiler run), since every import computes it."""
     compiler = Path(_compiler() or "none")
     stamp = f"{compiler.resolve()}:{compiler.stat().st_size}:{compiler.stat().st_mtime_ns}" if compiler.exists() else ""
-    parts = [SOURCE.read_bytes(), importlib.metadata.version("mindspore").encode(), stamp.encode(),
-             _cpu_description().encode(), HEADERS_REQUIREMENT.encode()]
+    parts = [
+        SOURCE.read_bytes(),
+        importlib.metadata.version("mindspore").encode(),
+        stamp.encode(),
+        _cpu_description().encode(),
+        HEADERS_REQUIREMENT.encode(),
+    ]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
@@ -164,8 +181,21 @@ def build(force=False):
     lib = _mindspore_lib()
     fd, tmp = tempfile.mkstemp(prefix=".build.", suffix=".so", dir=folder)
     os.close(fd)
-    command = [_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{include}", str(SOURCE),
-               "-o", tmp, f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]
+    command = [
+        _compiler(),
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        f"-I{include}",
+        str(SOURCE),
+        "-o",
+        tmp,
+        f"-L{lib}",
+        "-l:libdnnl.so.3",
+        f"-Wl,-rpath,{lib}",
+    ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
@@ -190,8 +220,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     library, reason = build(force=args.force)
     if library is None:
-        print(f"the kit's CPU convolution was not built: {reason}; MindSpore's Conv2d is used instead "
-              "(slower on CPU)", file=sys.stderr)
+        print(
+            f"the kit's CPU convolution was not built: {reason}; MindSpore's Conv2d is used instead (slower on CPU)",
+            file=sys.stderr,
+        )
         return 1
     print(f"the kit's CPU convolution: {library}")
     return 0

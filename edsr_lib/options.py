@@ -1,4 +1,6 @@
-"""The one options object: the MindSpore ModelZoo EDSR's names, shared by notebook parameters, CLI flags and every component."""
+"""The one options object: the MindSpore ModelZoo EDSR's names, shared by notebook parameters, CLI flags and every
+component."""
+
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
@@ -9,8 +11,16 @@ from .model import PRESETS, Architecture, check_size
 
 OPTIMIZERS = ("ADAM", "SGD")
 # CANN's operator precision modes (mindspore.device_context.ascend.op_precision.precision_mode).
-PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype", "force_fp32",
-                   "allow_fp32_to_bf16", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
+PRECISION_MODES = (
+    "force_fp16",
+    "allow_fp32_to_fp16",
+    "allow_mix_precision",
+    "must_keep_origin_dtype",
+    "force_fp32",
+    "allow_fp32_to_bf16",
+    "allow_mix_precision_fp16",
+    "allow_mix_precision_bf16",
+)
 
 
 @dataclass
@@ -87,21 +97,41 @@ class Options:
     def _check_numbers(self):
         """Every numeric option, before any work starts: a NaN lr or a negative seed would otherwise train garbage
         or fail deep inside MindSpore."""
+
         def number(name, kind=(int, float)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
                 raise KitError(f"{name} must be a finite number, got {value!r}")
             return value
 
-        rules = {"lr": lambda v: v > 0, "gamma": lambda v: v > 0, "res_scale": lambda v: v > 0,
-                 "rgb_range": lambda v: v > 0, "momentum": lambda v: 0 <= v < 1, "weight_decay": lambda v: v >= 0,
-                 "loss_scale": lambda v: v >= 0, "gclip": lambda v: v >= 0}
+        rules = {
+            "lr": lambda v: v > 0,
+            "gamma": lambda v: v > 0,
+            "res_scale": lambda v: v > 0,
+            "rgb_range": lambda v: v > 0,
+            "momentum": lambda v: 0 <= v < 1,
+            "weight_decay": lambda v: v >= 0,
+            "loss_scale": lambda v: v >= 0,
+            "gclip": lambda v: v >= 0,
+        }
         for name, ok in rules.items():
             if not ok(number(name)):
                 raise KitError(f"{name} {getattr(self, name)!r} is out of range")
-        integers = {"scale": 1, "patch_size": 1, "num_workers": 1, "seed": 0, "n_resblocks": 0, "n_feats": 1,
-                    "test_every": 1, "epochs": 1, "batch_size": 1, "ckpt_save_interval": 1, "ckpt_save_max": 1,
-                    "print_every": 1, "task_id": 0}
+        integers = {
+            "scale": 1,
+            "patch_size": 1,
+            "num_workers": 1,
+            "seed": 0,
+            "n_resblocks": 0,
+            "n_feats": 1,
+            "test_every": 1,
+            "epochs": 1,
+            "batch_size": 1,
+            "ckpt_save_interval": 1,
+            "ckpt_save_max": 1,
+            "print_every": 1,
+            "task_id": 0,
+        }
         for name, low in integers.items():
             value = number(name, int)
             if value < low:

@@ -3,6 +3,7 @@
 Every sample is a pure function of (seed, sample index), so a run resumed at iteration k draws exactly the patches
 the uninterrupted run would have, and data-parallel shards split one index sequence between them.
 """
+
 import numpy as np
 
 from .errors import KitError
@@ -60,8 +61,10 @@ class PatchSource:
     def __getitem__(self, index):
         lr, hr = self.sample(index)
         k = np.float32(self.rgb_range / 255.0)
-        return (np.ascontiguousarray(lr.transpose(2, 0, 1), np.float32) * k,
-                np.ascontiguousarray(hr.transpose(2, 0, 1), np.float32) * k)
+        return (
+            np.ascontiguousarray(lr.transpose(2, 0, 1), np.float32) * k,
+            np.ascontiguousarray(hr.transpose(2, 0, 1), np.float32) * k,
+        )
 
 
 def train_dataset(source, batch_size, start_index=0, num_shards=None, shard_id=None, num_workers=1):
@@ -85,6 +88,12 @@ def train_dataset(source, batch_size, start_index=0, num_shards=None, shard_id=N
     remaining = len(source) - start_index
     view = _Shifted(remaining - remaining % (batch_size * shards), start_index)
     sampler = ds.DistributedSampler(shards, shard_id or 0, shuffle=False) if shards > 1 else None
-    data = ds.GeneratorDataset(view, ["lr", "hr"], shuffle=False if sampler is None else None, sampler=sampler,
-                               num_parallel_workers=num_workers, python_multiprocessing=num_workers > 1)
+    data = ds.GeneratorDataset(
+        view,
+        ["lr", "hr"],
+        shuffle=False if sampler is None else None,
+        sampler=sampler,
+        num_parallel_workers=num_workers,
+        python_multiprocessing=num_workers > 1,
+    )
     return data.batch(batch_size, drop_remainder=True)

@@ -4,6 +4,7 @@ In a notebook the bar is an ordinary text output replaced in place (IPython's `d
 bar: widget bars vanish from a saved notebook once its kernel stops (JupyterLab shows "model not found", an HTML
 export shows `0%|` forever), while a text output keeps the final state wherever the notebook is opened.
 """
+
 import sys
 import time
 
@@ -29,20 +30,39 @@ def progress_bar(total=None, desc="", mode="auto", **kwargs):
         raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
     iterable, total = (None, total) if total is None or isinstance(total, int) else (total, None)
     if mode == "auto" and in_notebook():
-        return NotebookBar(iterable, total, desc, unit=kwargs.get("unit", "it"), initial=kwargs.get("initial", 0),
-                           unit_scale=kwargs.get("unit_scale", False))
+        return NotebookBar(
+            iterable,
+            total,
+            desc,
+            unit=kwargs.get("unit", "it"),
+            initial=kwargs.get("initial", 0),
+            unit_scale=kwargs.get("unit_scale", False),
+        )
     from tqdm import tqdm
 
     if mode == "text":
-        return tqdm(iterable, total=total, desc=desc, file=sys.stdout, mininterval=TEXT_INTERVAL_SECONDS,
-                    maxinterval=TEXT_INTERVAL_SECONDS, ascii=True, dynamic_ncols=False, ncols=100, **kwargs)
+        return tqdm(
+            iterable,
+            total=total,
+            desc=desc,
+            file=sys.stdout,
+            mininterval=TEXT_INTERVAL_SECONDS,
+            maxinterval=TEXT_INTERVAL_SECONDS,
+            ascii=True,
+            dynamic_ncols=False,
+            ncols=100,
+            **kwargs,
+        )
     return tqdm(iterable, total=total, desc=desc, disable=mode == "none", mininterval=1.0, **kwargs)
 
 
 def _clock(seconds):
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60:02d}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60:02d}:{seconds % 60:02d}"
+    )
 
 
 class NotebookBar:
@@ -76,8 +96,11 @@ class NotebookBar:
             text = f"{self.desc}: {bar} {amount}/{self._amount(self.total)} {unit} [{_clock(elapsed)}{left}, "
         else:
             text = f"{self.desc}: {amount} {unit} [{_clock(elapsed)}, "
-        return text + f"{self._amount(rate) if self.unit_scale else f'{rate:.2f}'} {unit}/s]" + \
-            (f" {self.postfix}" if self.postfix else "")
+        return (
+            text
+            + f"{self._amount(rate) if self.unit_scale else f'{rate:.2f}'} {unit}/s]"
+            + (f" {self.postfix}" if self.postfix else "")
+        )
 
     def _draw(self, force=False):
         now = time.perf_counter()

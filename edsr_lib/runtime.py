@@ -2,6 +2,7 @@
 
 Import this module before MindSpore (``edsr_lib/__init__.py`` does), so the settings apply to the first op.
 """
+
 import contextlib
 import functools
 import logging
@@ -14,6 +15,7 @@ from . import native  # imports no MindSpore
 # The kit's own CPU convolution (conv.py) as the cache holds it: built, known not to build (why), or not tried yet.
 # Import builds nothing: `python -m edsr_lib.native build`, or the first CPU convolution (fast_conv_library).
 _CACHED_LIBRARY, _CACHED_REASON = native.find_library()
+
 
 def _expects_cpu():
     """The device decision before MindSpore loads: $DEVICE_TARGET, else whether CANN is installed."""
@@ -47,8 +49,11 @@ def fast_conv_library():
     this machine (once; later processes find it in the cache)."""
     if _CACHED_LIBRARY is not None or _CACHED_REASON is not None:
         return _CACHED_LIBRARY, _CACHED_REASON
-    print("building the kit's CPU convolution once for this machine (about a minute; "
-          "`python -m edsr_lib.native build` does it ahead)", file=sys.stderr)
+    print(
+        "building the kit's CPU convolution once for this machine (about a minute; "
+        "`python -m edsr_lib.native build` does it ahead)",
+        file=sys.stderr,
+    )
     return native.build()
 
 
@@ -144,7 +149,9 @@ def configure_precision(device, precision_mode="", deterministic=False):
             if precision_mode in FLOAT32_PRECISION_MODES:
                 op_precision.conv_allow_hf32(False)
                 op_precision.matmul_allow_hf32(False)
-        record["precision_mode"] = precision_mode or "chip default (910A: allow_fp32_to_fp16; A2: must_keep_origin_dtype)"
+        record["precision_mode"] = (
+            precision_mode or "chip default (910A: allow_fp32_to_fp16; A2: must_keep_origin_dtype)"
+        )
         record["float32_convolutions"] = precision_mode in FLOAT32_PRECISION_MODES
     elif precision_mode:
         raise KitError(f"precision_mode {precision_mode!r} is a CANN setting: it applies on Ascend only, not {device}")
@@ -187,8 +194,14 @@ def versions():
 
     from . import __version__
 
-    return {"edsr_lib": __version__, "mindspore": ms.__version__, "numpy": np.__version__,
-            "pillow": PIL.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "edsr_lib": __version__,
+        "mindspore": ms.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def setup_summary():
@@ -222,7 +235,8 @@ def init_distributed(device_target=None):
         from mindspore.communication import get_group_size, get_rank, init
 
         init()
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                     device_num=get_group_size())
+        ms.set_auto_parallel_context(
+            parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=get_group_size()
+        )
         _configured["world"] = (get_rank(), get_group_size())
     return _configured["world"]

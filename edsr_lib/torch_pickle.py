@@ -12,6 +12,7 @@ A hostile file must not exhaust memory or crash the process either, so before an
 - zip members are read only up to the size their storage declares, and at a bounded compression ratio.
 Any failure becomes one `KitError` naming the file.
 """
+
 import io
 import pickle
 import pickletools
@@ -110,8 +111,12 @@ class _LazyTensor(_Inert):
             raise KitError("tensor data missing from checkpoint")
         if not self.numel:
             return np.zeros(self.size, flat.dtype)
-        view = np.lib.stride_tricks.as_strided(flat[self.offset :], shape=self.size,
-                                               strides=[s * flat.dtype.itemsize for s in self.stride], writeable=False)
+        view = np.lib.stride_tricks.as_strided(
+            flat[self.offset :],
+            shape=self.size,
+            strides=[s * flat.dtype.itemsize for s in self.stride],
+            writeable=False,
+        )
         return np.array(view)
 
 
@@ -157,11 +162,13 @@ class _SafeUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.storages, self.source = storages, source
         # Fresh per load: nothing a file does can reach the next load.
-        self.allowed = {("collections", "OrderedDict"): OrderedDict,
-                        ("torch._utils", "_rebuild_tensor"): self.rebuild_tensor,
-                        ("torch._utils", "_rebuild_tensor_v2"): self.rebuild_tensor,
-                        ("torch._utils", "_rebuild_parameter"): self.rebuild_parameter,
-                        **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES}}
+        self.allowed = {
+            ("collections", "OrderedDict"): OrderedDict,
+            ("torch._utils", "_rebuild_tensor"): self.rebuild_tensor,
+            ("torch._utils", "_rebuild_tensor_v2"): self.rebuild_tensor,
+            ("torch._utils", "_rebuild_parameter"): self.rebuild_parameter,
+            **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
+        }
 
     def find_class(self, module, name):
         try:
@@ -212,8 +219,10 @@ def _materialise(obj, storages, source):
     stored = sum(s.numel for s in storages.values())
     expanded = sum(t.numel for _, t in tensors)
     if expanded > stored + EXPANSION_SLACK:
-        raise UnsafeCheckpointError(f"{source}: its tensors would expand to {expanded} elements from {stored} stored "
-                                    "(stride-0 or repeated tensors)")
+        raise UnsafeCheckpointError(
+            f"{source}: its tensors would expand to {expanded} elements from {stored} stored "
+            "(stride-0 or repeated tensors)"
+        )
     return OrderedDict((name.removeprefix("module.").removeprefix("model."), t.to_numpy()) for name, t in tensors)
 
 
@@ -221,8 +230,9 @@ def _read_member(archive, info, limit, source):
     if info.file_size > limit:
         raise UnsafeCheckpointError(f"{source}: {info.filename} declares {info.file_size} bytes (at most {limit})")
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size + 4096:
-        raise UnsafeCheckpointError(f"{source}: {info.filename} inflates {info.file_size // max(info.compress_size, 1)}"
-                                    "-fold (a zip bomb?)")
+        raise UnsafeCheckpointError(
+            f"{source}: {info.filename} inflates {info.file_size // max(info.compress_size, 1)}-fold (a zip bomb?)"
+        )
     with archive.open(info) as member:
         data = member.read(limit + 1)
     if len(data) > limit:

@@ -5,6 +5,7 @@ loss scaling, and data parallelism over the ranks `msrun` or a rank table starte
 The run folder is `ckpt_save_path`: checkpoints, `history.csv`, `curves.png` and `run.json` (options, versions,
 device). Only rank 0 writes there.
 """
+
 import contextlib
 import csv
 import hashlib
@@ -44,8 +45,21 @@ DYNAMIC_SCALE_START, DYNAMIC_SCALE_WINDOW = 2.0**16, 1000
 # MindSpore ModelZoo EDSR trains with a fixed scale of about 1000 for that reason. A power of two is exact in float32.
 ASCEND_O0_LOSS_SCALE = 1024.0
 # Options that may change between a run and its resumption without breaking it.
-RESUMABLE_CHANGES = {"epochs", "resume", "overwrite", "test_every", "ckpt_save_interval", "ckpt_save_max", "num_workers",
-                     "device_target", "data_test", "ckpt_path", "dir_data", "print_every", "dataset_sink"}
+RESUMABLE_CHANGES = {
+    "epochs",
+    "resume",
+    "overwrite",
+    "test_every",
+    "ckpt_save_interval",
+    "ckpt_save_max",
+    "num_workers",
+    "device_target",
+    "data_test",
+    "ckpt_path",
+    "dir_data",
+    "print_every",
+    "dataset_sink",
+}
 
 
 class TrainingStopped(KitError):
@@ -139,8 +153,17 @@ class TrainStep(nn.Cell):
             loss = ops.depend(loss, self.optimizer(grads))
         applied = finite.astype(ms.float32)
         t = self.totals
-        ops.assign(self.totals, ops.stack([t[0] + ops.select(finite, loss, ops.zeros_like(loss)), t[1] + applied,
-                                           t[2] + 1.0 - applied, (t[3] + 1.0) * (1.0 - applied)]))
+        ops.assign(
+            self.totals,
+            ops.stack(
+                [
+                    t[0] + ops.select(finite, loss, ops.zeros_like(loss)),
+                    t[1] + applied,
+                    t[2] + 1.0 - applied,
+                    (t[3] + 1.0) * (1.0 - applied),
+                ]
+            ),
+        )
         return loss, finite
 
 
@@ -174,8 +197,10 @@ def run_lock(folder):
             if attempt == 0 and host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            raise KitError(f"{folder}: another training run is using this folder (process {pid} on {host}); "
-                           f"wait for it, or remove {lock} if it is no longer running") from None
+            raise KitError(
+                f"{folder}: another training run is using this folder (process {pid} on {host}); "
+                f"wait for it, or remove {lock} if it is no longer running"
+            ) from None
         with os.fdopen(fd, "w") as f:
             f.write(me)
         break
@@ -225,26 +250,51 @@ class Trainer:
         self.sink = opts.sink_mode(self.device)
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
-        self.model = build_model(opts.architecture(), conv_kernel="auto" if opts.amp_level == "O0" else "stock",
-                                 allow_large_model=opts.allow_large_model)
+        self.model = build_model(
+            opts.architecture(),
+            conv_kernel="auto" if opts.amp_level == "O0" else "stock",
+            allow_large_model=opts.allow_large_model,
+        )
         if self.device == "CPU" and opts.amp_level != "O0":
-            self._log(f"warning: amp_level {opts.amp_level} on CPU uses MindSpore's Conv2d instead of the kit's faster "
-                      "float32 CPU convolution (amp_level O0); mixed precision is meant for Ascend and GPU")
+            self._log(
+                f"warning: amp_level {opts.amp_level} on CPU uses MindSpore's Conv2d instead of the kit's faster "
+                "float32 CPU convolution (amp_level O0); mixed precision is meant for Ascend and GPU"
+            )
         if opts.ckpt_path:
             skipped = init_from_checkpoint(self.model, opts.ckpt_path)
-            self._log(f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else ""))
+            self._log(
+                f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else "")
+            )
         apply_mixed_precision(self.model, opts.amp_level)
-        self.train_set = open_dataset(opts.data_train, opts.scale, opts.dir_data, split="train",
-                                      data_range=opts.data_range, min_lr_size=opts.patch_size // opts.scale)
+        self.train_set = open_dataset(
+            opts.data_train,
+            opts.scale,
+            opts.dir_data,
+            split="train",
+            data_range=opts.data_range,
+            min_lr_size=opts.patch_size // opts.scale,
+        )
         self.val_set = None
         if str(opts.data_test).lower() != "none" and self.rank == 0:
             # Checked now, not after the first epoch: SSIM needs 11x11 pixels left after the border crop.
             border = protocol_for(opts.data_test, opts.scale).border
-            self.val_set = open_dataset(opts.data_test, opts.scale, opts.dir_data, split="test",
-                                        data_range=opts.data_range, min_lr_size=-(-(11 + 2 * border) // opts.scale))
+            self.val_set = open_dataset(
+                opts.data_test,
+                opts.scale,
+                opts.dir_data,
+                split="test",
+                data_range=opts.data_range,
+                min_lr_size=-(-(11 + 2 * border) // opts.scale),
+            )
         self.samples_per_epoch = opts.test_every * opts.batch_size * self.world
-        self.source = PatchSource(self.train_set, opts.patch_size, opts.epochs * self.samples_per_epoch,
-                                  seed=opts.seed, no_augment=opts.no_augment, rgb_range=opts.rgb_range)
+        self.source = PatchSource(
+            self.train_set,
+            opts.patch_size,
+            opts.epochs * self.samples_per_epoch,
+            seed=opts.seed,
+            no_augment=opts.no_augment,
+            rgb_range=opts.rgb_range,
+        )
         self.optimizer = make_optimizer(opts, self.model.trainable_params())
         self.loss_fn = nn.L1Loss()
         self.scaler = make_loss_scaler(opts, self.device)
@@ -263,9 +313,11 @@ class Trainer:
         elif self.rank == 0 and not opts.overwrite:
             earlier = sorted(p.name for p in self.ckpt_dir.glob("*.ckpt")) if self.ckpt_dir.is_dir() else []
             if earlier:
-                raise KitError(f"{self.ckpt_dir}: holds an earlier run ({', '.join(earlier[:3])}"
-                               f"{', ...' if len(earlier) > 3 else ''}); resume it with resume=True (--resume), "
-                               "start over with overwrite=True (--overwrite), or choose another ckpt_save_path")
+                raise KitError(
+                    f"{self.ckpt_dir}: holds an earlier run ({', '.join(earlier[:3])}"
+                    f"{', ...' if len(earlier) > 3 else ''}); resume it with resume=True (--resume), "
+                    "start over with overwrite=True (--overwrite), or choose another ckpt_save_path"
+                )
 
     def _log(self, message):
         if self.rank == 0:
@@ -276,13 +328,22 @@ class Trainer:
 
     def summary(self):
         o = self.opts
-        return {"parameters": count_parameters(self.model), "architecture": o.architecture().to_dict(),
-                "train images": len(self.train_set), "validation images": len(self.val_set or []),
-                "device": self.device, "world size": self.world, "amp_level": o.amp_level,
-                "loss scaling": self.loss_scaling(), "batch per device": o.batch_size,
-                "global batch": o.batch_size * self.world, "LR patch": o.patch_size // o.scale,
-                "iterations": o.epochs * o.test_every, "optimizer": o.optimizer,
-                "dataset sink": f"{self.opts.sync_every()} steps per call" if self.sink else "off"}
+        return {
+            "parameters": count_parameters(self.model),
+            "architecture": o.architecture().to_dict(),
+            "train images": len(self.train_set),
+            "validation images": len(self.val_set or []),
+            "device": self.device,
+            "world size": self.world,
+            "amp_level": o.amp_level,
+            "loss scaling": self.loss_scaling(),
+            "batch per device": o.batch_size,
+            "global batch": o.batch_size * self.world,
+            "LR patch": o.patch_size // o.scale,
+            "iterations": o.epochs * o.test_every,
+            "optimizer": o.optimizer,
+            "dataset sink": f"{self.opts.sync_every()} steps per call" if self.sink else "off",
+        }
 
     def loss_scaling(self):
         if isinstance(self.scaler, ms.amp.DynamicLossScaler):
@@ -293,16 +354,23 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _state(self):
         weights = {p.name: p.asnumpy() for p in self.model.get_parameters()}
-        extra = {OPTIMIZER_PREFIX + p.name: p.asnumpy() for p in self.optimizer.get_parameters()
-                 if p.name not in weights}
+        extra = {
+            OPTIMIZER_PREFIX + p.name: p.asnumpy() for p in self.optimizer.get_parameters() if p.name not in weights
+        }
         if isinstance(self.scaler, ms.amp.DynamicLossScaler):
             extra[LOSS_SCALER_PREFIX + "scale_value"] = self.scaler.scale_value.asnumpy()
             extra[LOSS_SCALER_PREFIX + "counter"] = self.scaler.counter.asnumpy()
-        info = {"epoch": int(self.epoch), "iteration": int(self.epoch * self.opts.test_every),
-                # Patches are a pure function of (seed, sample index): this is the whole RNG and data-order state.
-                "next_sample": int(self.epoch * self.samples_per_epoch), "seed": int(self.opts.seed),
-                "world_size": int(self.world), "options": json.dumps(self.opts.to_dict()),
-                "history": json.dumps(self.history), "best_psnr": float(self.best_psnr)}
+        info = {
+            "epoch": int(self.epoch),
+            "iteration": int(self.epoch * self.opts.test_every),
+            # Patches are a pure function of (seed, sample index): this is the whole RNG and data-order state.
+            "next_sample": int(self.epoch * self.samples_per_epoch),
+            "seed": int(self.opts.seed),
+            "world_size": int(self.world),
+            "options": json.dumps(self.opts.to_dict()),
+            "history": json.dumps(self.history),
+            "best_psnr": float(self.best_psnr),
+        }
         return weights, extra, info
 
     def save(self, is_best):
@@ -314,8 +382,9 @@ class Trainer:
         if is_best or not (self.ckpt_dir / "best.ckpt").exists():
             save_checkpoint(self.ckpt_dir / "best.ckpt", arch, weights, extra, info)
         if self.epoch % self.opts.ckpt_save_interval == 0 or self.epoch == self.opts.epochs:
-            save_checkpoint(self.ckpt_dir / f"edsr_x{self.opts.scale}_epoch{self.epoch:04d}.ckpt", arch, weights,
-                            extra, info)
+            save_checkpoint(
+                self.ckpt_dir / f"edsr_x{self.opts.scale}_epoch{self.epoch:04d}.ckpt", arch, weights, extra, info
+            )
             kept = sorted(self.ckpt_dir.glob(f"edsr_x{self.opts.scale}_epoch*.ckpt"))
             for old in kept[: -self.opts.ckpt_save_max]:
                 old.unlink()
@@ -328,27 +397,34 @@ class Trainer:
         arch, weights, rest = read_checkpoint(path, allow_large_model=self.opts.allow_large_model)
         missing = [k for k in ("epoch", "history", "best_psnr") if k not in rest]
         if missing:
-            raise KitError(f"{path}: holds weights but no training state ({', '.join(missing)} missing; converted "
-                           "and published checkpoints have none): start from it with ckpt_path instead of resume")
+            raise KitError(
+                f"{path}: holds weights but no training state ({', '.join(missing)} missing; converted "
+                "and published checkpoints have none): start from it with ckpt_path instead of resume"
+            )
         if arch != self.opts.architecture():
-            raise KitError(f"{path}: cannot resume: checkpoint architecture {arch.to_dict()} differs from the "
-                           f"options {self.opts.architecture().to_dict()}")
+            raise KitError(
+                f"{path}: cannot resume: checkpoint architecture {arch.to_dict()} differs from the "
+                f"options {self.opts.architecture().to_dict()}"
+            )
         saved = json.loads(rest.get("options", "{}"))
-        changed = sorted(k for k, v in self.opts.to_dict().items()
-                         if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES)
+        changed = sorted(
+            k for k, v in self.opts.to_dict().items() if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES
+        )
         if changed or int(np.asarray(rest.get("world_size", self.world))) != self.world:
-            self._log(f"warning: resuming with changed {', '.join(changed) or 'world size'}: "
-                      "training continues but will not repeat the original run exactly")
+            self._log(
+                f"warning: resuming with changed {', '.join(changed) or 'world size'}: "
+                "training continues but will not repeat the original run exactly"
+            )
         load_state(self.model, weights)
         params = {p.name: p for p in self.optimizer.get_parameters()}
         scaler_params = {}
         if isinstance(self.scaler, ms.amp.DynamicLossScaler):
             scaler_params = {"scale_value": self.scaler.scale_value, "counter": self.scaler.counter}
         for name, value in rest.items():
-            if name.startswith(OPTIMIZER_PREFIX) and name[len(OPTIMIZER_PREFIX):] in params:
-                ms.ops.assign(params[name[len(OPTIMIZER_PREFIX):]], ms.Tensor(value))
-            elif name.startswith(LOSS_SCALER_PREFIX) and name[len(LOSS_SCALER_PREFIX):] in scaler_params:
-                ms.ops.assign(scaler_params[name[len(LOSS_SCALER_PREFIX):]], ms.Tensor(value))
+            if name.startswith(OPTIMIZER_PREFIX) and name[len(OPTIMIZER_PREFIX) :] in params:
+                ms.ops.assign(params[name[len(OPTIMIZER_PREFIX) :]], ms.Tensor(value))
+            elif name.startswith(LOSS_SCALER_PREFIX) and name[len(LOSS_SCALER_PREFIX) :] in scaler_params:
+                ms.ops.assign(scaler_params[name[len(LOSS_SCALER_PREFIX) :]], ms.Tensor(value))
         self.epoch = int(np.asarray(rest["epoch"]))
         self.history = json.loads(rest["history"])
         self.best_psnr = float(np.asarray(rest["best_psnr"]))
@@ -365,9 +441,14 @@ class Trainer:
         """The batches from this epoch to the end of the run: one dataset (and, with dataset sink, one device loop
         of `sync_every` steps) for the whole run rather than one per epoch, so nothing recompiles between epochs."""
         o = self.opts
-        data = train_dataset(self.source, o.batch_size, start_index=self.epoch * self.samples_per_epoch,
-                             num_shards=self.world if self.world > 1 else None, shard_id=self.rank,
-                             num_workers=o.num_workers)
+        data = train_dataset(
+            self.source,
+            o.batch_size,
+            start_index=self.epoch * self.samples_per_epoch,
+            num_shards=self.world if self.world > 1 else None,
+            shard_id=self.rank,
+            num_workers=o.num_workers,
+        )
         if self.sink:
             sink = ms.data_sink(self.step, data, sink_size=o.sync_every())
 
@@ -410,17 +491,24 @@ class Trainer:
             skipped, streak = int(totals[TrainStep.SKIPPED]), int(totals[TrainStep.STREAK])
             if skipped:
                 self.skipped_steps += skipped
-                self._log(f"epoch {self.epoch + 1}, iterations {done - every + 1}-{done}: {skipped} step(s) skipped "
-                          f"for a non-finite loss or gradients; loss scale now {self.loss_scale_value():g}")
+                self._log(
+                    f"epoch {self.epoch + 1}, iterations {done - every + 1}-{done}: {skipped} step(s) skipped "
+                    f"for a non-finite loss or gradients; loss scale now {self.loss_scale_value():g}"
+                )
             if streak >= MAX_CONSECUTIVE_NONFINITE:
                 bar.close()
                 raise TrainingStopped(
                     f"training stopped in epoch {self.epoch + 1}: {streak} non-finite steps in a row "
                     f"(try a lower lr, amp_level O0 or a smaller loss_scale); the last good checkpoint is "
-                    f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})")
+                    f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})"
+                )
             mean = totals[TrainStep.LOSS_SUM] / max(totals[TrainStep.APPLIED], 1)
-            bar.set_postfix(epoch=f"{self.epoch + 1}/{o.epochs}", loss=f"{mean:.3f}",
-                            lr=f"{o.learning_rate(self.epoch):.2e}", refresh=False)
+            bar.set_postfix(
+                epoch=f"{self.epoch + 1}/{o.epochs}",
+                loss=f"{mean:.3f}",
+                lr=f"{o.learning_rate(self.epoch):.2e}",
+                refresh=False,
+            )
             bar.update(every)
         if bar is not self._run_bar:
             bar.close()
@@ -464,23 +552,38 @@ class Trainer:
             is_best = val is not None and val > self.best_psnr
             if is_best:
                 self.best_psnr = val
-            self.history.append({"epoch": self.epoch, "loss": loss, "lr": lr, "psnr": val,
-                                 "psnr_bicubic": self.bicubic_psnr, "it_per_s": its})
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "psnr": val,
+                    "psnr_bicubic": self.bicubic_psnr,
+                    "it_per_s": its,
+                }
+            )
             self.save(is_best)
             if self.rank == 0:
                 self.write_curves()
-            self._log(f"epoch {self.epoch}: loss {loss:.4f}, lr {lr:.2e}, {its:.2f} it/s"
-                      + (f", PSNR {val:.3f} dB (bicubic {self.bicubic_psnr:.3f})" if val is not None else ""))
+            self._log(
+                f"epoch {self.epoch}: loss {loss:.4f}, lr {lr:.2e}, {its:.2f} it/s"
+                + (f", PSNR {val:.3f} dB (bicubic {self.bicubic_psnr:.3f})" if val is not None else "")
+            )
         return self.history
 
     # ---- run records ---------------------------------------------------------------------------------------
     def write_run_record(self):
-        record = {"options": self.opts.to_dict(), "versions": versions(), "device": self.device,
-                  "world_size": self.world, "batch_size_per_device": self.opts.batch_size,
-                  "global_batch": self.opts.batch_size * self.world, "precision": {
-                      **self.precision, "amp_level": self.opts.amp_level, "loss_scaling": self.loss_scaling()},
-                  "summary": self.summary(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record = {
+            "options": self.opts.to_dict(),
+            "versions": versions(),
+            "device": self.device,
+            "world_size": self.world,
+            "batch_size_per_device": self.opts.batch_size,
+            "global_batch": self.opts.batch_size * self.world,
+            "precision": {**self.precision, "amp_level": self.opts.amp_level, "loss_scaling": self.loss_scaling()},
+            "summary": self.summary(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         return write_json(self.ckpt_dir / "run.json", record)
 
     def write_curves(self):
@@ -502,13 +605,20 @@ class Trainer:
         closing barrier: every rank leaves it together, so the kernels that papermill shuts down next finish
         MindSpore's cluster teardown at the same time."""
         last = self.history[-1] if self.history else {}
-        metrics = {"rank": self.rank, "world_size": self.world, "epochs": self.epoch,
-                   "final_loss": self.last_loss if self.last_loss is not None else last.get("loss"),
-                   "param_checksum": param_checksum(self.model), "param_digest": param_digest(self.model),
-                   "psnr": last.get("psnr"), "psnr_bicubic": last.get("psnr_bicubic"),
-                   "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,
-                   "skipped_steps": self.skipped_steps, "loss_scale": self.loss_scale_value(),
-                   "global_batch": self.opts.batch_size * self.world}
+        metrics = {
+            "rank": self.rank,
+            "world_size": self.world,
+            "epochs": self.epoch,
+            "final_loss": self.last_loss if self.last_loss is not None else last.get("loss"),
+            "param_checksum": param_checksum(self.model),
+            "param_digest": param_digest(self.model),
+            "psnr": last.get("psnr"),
+            "psnr_bicubic": last.get("psnr_bicubic"),
+            "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,
+            "skipped_steps": self.skipped_steps,
+            "loss_scale": self.loss_scale_value(),
+            "global_batch": self.opts.batch_size * self.world,
+        }
         if self.world > 1:
             sums = np.array([p.asnumpy().sum(dtype=np.float32) for p in self.model.get_parameters()], np.float32)
             everyone = ops.AllGather()(ms.Tensor(sums)).asnumpy().reshape(self.world, -1)  # (MAX/MIN: not on CPU)

@@ -4,6 +4,7 @@ A kit checkpoint is a MindSpore checkpoint whose parameters carry the published 
 string recording the architecture, so loading needs no flags. Training checkpoints add optimizer and loop state
 under other names (see trainer.py); `read_checkpoint` returns the model part and the rest separately.
 """
+
 import json
 import os
 import uuid
@@ -110,8 +111,12 @@ def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         # crc_check: a checkpoint damaged later (flipped bytes, a bad copy) is refused on load instead of read silently
         with mindspore_log_silenced():  # its own "Failed to save" log line would repeat the error below
-            ms.save_checkpoint(records, str(tmp), crc_check=True,
-                               append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})})
+            ms.save_checkpoint(
+                records,
+                str(tmp),
+                crc_check=True,
+                append_dict={ARCH_KEY: json.dumps(arch.to_dict()), **(extra_info or {})},
+            )
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(path, exc) from exc
@@ -233,8 +238,14 @@ def init_from_checkpoint(model, path):
 
 
 __all__ = [
-    "convert", "load_model", "read_checkpoint", "save_checkpoint", "init_from_checkpoint", "infer_architecture",
-    "modelzoo_to_published", "upsampling_factors",
+    "convert",
+    "load_model",
+    "read_checkpoint",
+    "save_checkpoint",
+    "init_from_checkpoint",
+    "infer_architecture",
+    "modelzoo_to_published",
+    "upsampling_factors",
 ]
 
 
@@ -249,8 +260,10 @@ def default_checkpoint(checkpoint="", trained=NOTEBOOK_02_CHECKPOINT):
         return str(checkpoint), f"checkpoint: {checkpoint}"
     if Path(trained).is_file():
         return str(trained), f"checkpoint: {trained} (trained by 02_train.ipynb; set `checkpoint` to use another)"
-    return None, (f"no checkpoint yet: {trained} is made by 02_train.ipynb (a few minutes on a CPU); run it first, "
-                  "or set `checkpoint` to a kit .ckpt, a published EDSR-PyTorch .pt or a ModelZoo .ckpt")
+    return None, (
+        f"no checkpoint yet: {trained} is made by 02_train.ipynb (a few minutes on a CPU); run it first, "
+        "or set `checkpoint` to a kit .ckpt, a published EDSR-PyTorch .pt or a ModelZoo .ckpt"
+    )
 
 
 def find_checkpoints(root="outputs", exclude=()):

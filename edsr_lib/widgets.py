@@ -5,6 +5,7 @@ The controls are widgets; the pictures they drive are ordinary image outputs rep
 `display_id`). A saved notebook therefore keeps the last picture a user looked at, and its HTML export shows it,
 while the controls themselves need a running kernel.
 """
+
 import io
 import time
 from functools import lru_cache
@@ -62,8 +63,9 @@ class Comparison:
         if isinstance(self.methods[name], (str, Path)):
             self.methods[name] = load_model(self.methods[name])
             if self.methods[name].arch.scale != self.dataset.scale:
-                raise KitError(f"{name}: an x{self.methods[name].arch.scale} model, the comparison is x"
-                               f"{self.dataset.scale}")
+                raise KitError(
+                    f"{name}: an x{self.methods[name].arch.scale} model, the comparison is x{self.dataset.scale}"
+                )
         return self.methods[name]
 
     def add_photo(self, name, image, as_lr=False):
@@ -86,18 +88,24 @@ class Comparison:
 
     def _compute(self, index, methods):
         lr, hr = self.pair(index)
-        images = {m: bicubic_upscale(lr, self.dataset.scale) if m == "bicubic" else upscale(self.model(m), lr)
-                  for m in methods}
-        scores = {} if hr is None else {m: (psnr(img, hr, self.protocol), ssim(img, hr, self.protocol))
-                                        for m, img in images.items()}
+        images = {
+            m: bicubic_upscale(lr, self.dataset.scale) if m == "bicubic" else upscale(self.model(m), lr)
+            for m in methods
+        }
+        scores = (
+            {}
+            if hr is None
+            else {m: (psnr(img, hr, self.protocol), ssim(img, hr, self.protocol)) for m, img in images.items()}
+        )
         return hr, images, scores
 
     def figure(self, index, center=None, size=64, methods=None):
         hr, images, scores = self.outputs(index, methods)
         shape = next(iter(images.values())).shape
         center = center or (shape[0] // 2, shape[1] // 2)
-        return plot_comparison(hr, images, crop_box(shape, center, size), scores,
-                               title=f"{self.names[index]} x{self.dataset.scale}")
+        return plot_comparison(
+            hr, images, crop_box(shape, center, size), scores, title=f"{self.names[index]} x{self.dataset.scale}"
+        )
 
 
 class ComparisonExplorer:
@@ -111,8 +119,12 @@ class ComparisonExplorer:
         methods = list(comparison.methods)
         main = main if main in methods else methods[-1]
         self.image = w.Dropdown(options=self._image_options(), description="image")
-        self.methods = w.SelectMultiple(options=methods, value=tuple(dict.fromkeys(["bicubic", main])),
-                                        rows=min(4, len(methods)), description="methods")
+        self.methods = w.SelectMultiple(
+            options=methods,
+            value=tuple(dict.fromkeys(["bicubic", main])),
+            rows=min(4, len(methods)),
+            description="methods",
+        )
         self.y = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="crop y")
         self.x = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="crop x")
         self.crop = w.IntSlider(size, min=16, max=256, step=8, description="crop px")
@@ -120,8 +132,9 @@ class ComparisonExplorer:
         self.right = w.Dropdown(options=methods, value=main, description="wipe right")
         self.split = w.FloatSlider(0.5, min=0, max=1, step=0.01, description="wipe")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="your photo")
-        self.photo_is = w.ToggleButtons(options=[("HR (LR by bicubic)", False), ("LR (as it is)", True)],
-                                        value=False, description="photo")
+        self.photo_is = w.ToggleButtons(
+            options=[("HR (LR by bicubic)", False), ("LR (as it is)", True)], value=False, description="photo"
+        )
         self.status = w.HTML()
         self._handles = None
         for control in (self.image, self.methods, self.y, self.x, self.crop):
@@ -129,9 +142,15 @@ class ComparisonExplorer:
         for control in (self.left, self.right, self.split):
             control.observe(self.redraw_wipe, names="value")
         self.upload.observe(self._on_upload, names="value")
-        self.controls = w.VBox([w.HBox([self.image, self.methods]), w.HBox([self.y, self.x, self.crop]),
-                                w.HBox([self.left, self.right, self.split]), w.HBox([self.upload, self.photo_is]),
-                                self.status])
+        self.controls = w.VBox(
+            [
+                w.HBox([self.image, self.methods]),
+                w.HBox([self.y, self.x, self.crop]),
+                w.HBox([self.left, self.right, self.split]),
+                w.HBox([self.upload, self.photo_is]),
+                self.status,
+            ]
+        )
 
     def _image_options(self):
         return list(zip(self.comparison.names, range(len(self.comparison.names))))
@@ -147,11 +166,18 @@ class ComparisonExplorer:
         methods = tuple(dict.fromkeys([*self.methods.value, self.left.value, self.right.value]))
         hr, images, _ = self.comparison.outputs(self.image.value, methods)
         shape = next(iter(images.values())).shape
-        fig = self.comparison.figure(self.image.value, self._center(shape), self.crop.value,
-                                     self.methods.value or ("bicubic",))
+        fig = self.comparison.figure(
+            self.image.value, self._center(shape), self.crop.value, self.methods.value or ("bicubic",)
+        )
         box = crop_box(shape, self._center(shape), self.crop.value)
-        wipe = labelled_wipe(images[self.left.value], images[self.right.value], self.split.value, box,
-                             wipe_zoom(self.crop.value), (self.left.value, self.right.value))
+        wipe = labelled_wipe(
+            images[self.left.value],
+            images[self.right.value],
+            self.split.value,
+            box,
+            wipe_zoom(self.crop.value),
+            (self.left.value, self.right.value),
+        )
         return figure_png(fig), _png_bytes(wipe)
 
     def _update(self, comparison_too=True):
@@ -203,8 +229,10 @@ class ComparisonExplorer:
 
         show_controls(self.controls)
         figure, wipe = self.pictures()
-        self._handles = (display(ShownImage(data=figure), display_id=True),
-                         display(ShownImage(data=wipe), display_id=True))
+        self._handles = (
+            display(ShownImage(data=figure), display_id=True),
+            display(ShownImage(data=wipe), display_id=True),
+        )
         self._set_status(f"{self.comparison.names[self.image.value]}: ready")
 
 

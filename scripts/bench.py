@@ -13,6 +13,7 @@ the same graphs with ONEDNN_MAX_CPU_ISA=AVX2 ("stock"), and PyTorch when torch i
 fresh process of its own, one after the other, so no engine's idle threads take cycles from another's.
 Times are the best of several runs after a warm-up (the first run compiles), over two rounds of all engines.
 """
+
 import argparse
 import importlib.util
 import json
@@ -85,11 +86,14 @@ def bench_pipeline(tmp):
         src[i]
     per_s = n / (time.perf_counter() - t)
     need = 16 / 0.05075
-    print(f"data pipeline (x2, 96px HR patches, augment): {per_s:.0f} patches/s per worker; an Ascend 910 step "
-          f"(50.75 ms, batch 16) needs {need:.0f}/s -> {per_s / need:.1f}x headroom per worker")
+    print(
+        f"data pipeline (x2, 96px HR patches, augment): {per_s:.0f} patches/s per worker; an Ascend 910 step "
+        f"(50.75 ms, batch 16) needs {need:.0f}/s -> {per_s / need:.1f}x headroom per worker"
+    )
 
 
 # ---- the engines ---------------------------------------------------------------------------------------------
+
 
 class MindSporeEngine:
     def __init__(self, kernel):
@@ -146,8 +150,9 @@ def torch_edsr(preset, scale):
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(feats, feats, 3, padding=1), nn.ReLU(True),
-                                      nn.Conv2d(feats, feats, 3, padding=1))
+            self.body = nn.Sequential(
+                nn.Conv2d(feats, feats, 3, padding=1), nn.ReLU(True), nn.Conv2d(feats, feats, 3, padding=1)
+            )
 
         def forward(self, x):
             return self.body(x) * res_scale + x
@@ -158,7 +163,7 @@ def torch_edsr(preset, scale):
             self.head = nn.Conv2d(3, feats, 3, padding=1)
             self.body = nn.Sequential(*[Block() for _ in range(n_blocks)], nn.Conv2d(feats, feats, 3, padding=1))
             ups = []
-            for factor in ([2] * {2: 1, 4: 2}.get(scale, 0) or [3]):
+            for factor in [2] * {2: 1, 4: 2}.get(scale, 0) or [3]:
                 ups += [nn.Conv2d(feats, factor * factor * feats, 3, padding=1), nn.PixelShuffle(factor)]
             self.tail = nn.Sequential(*ups, nn.Conv2d(feats, 3, 3, padding=1))
             self.register_buffer("mean", torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1) * 255)
@@ -304,13 +309,18 @@ def bench_training(rounds):
             results[name] = fastest(results[name], result) if name in results else result
     reference = "torch" if "torch" in results else "stock"
     kit, ref = results["kit"], results[reference]
-    print(f"{f'training (best of {3 * rounds})':<26}" + "".join(f"{name:>10}" for name in engines[:-1])
-          + f"{'spinning':>10}"
-          + f"{'kit/' + reference:>13}")
+    print(
+        f"{f'training (best of {3 * rounds})':<26}"
+        + "".join(f"{name:>10}" for name in engines[:-1])
+        + f"{'spinning':>10}"
+        + f"{'kit/' + reference:>13}"
+    )
     _train_row("one-graph step b16 LR48", "train_step_one_graph", results, engines, kit, ref)
     _train_row("multi-graph step (before)", "train_step", results, engines, kit, ref)
-    print(f"kit one-graph without MS_DEV_HOST_BLOCKING_RUN: "
-          f"{ratio(results['kit-spinning']['train_step_one_graph'], kit['train_step_one_graph'])} of the kit with it")
+    print(
+        f"kit one-graph without MS_DEV_HOST_BLOCKING_RUN: "
+        f"{ratio(results['kit-spinning']['train_step_one_graph'], kit['train_step_one_graph'])} of the kit with it"
+    )
 
 
 def bench_networks(quick, rounds, sizes):
@@ -322,8 +332,11 @@ def bench_networks(quick, rounds, sizes):
             results[name] = fastest(results[name], result) if name in results else result
     reference = "torch" if "torch" in results else "stock"
     kit, ref = results["kit"], results[reference]
-    print(f"{f'inference (best of {5 * rounds})':<26}" + "".join(f"{name:>10}" for name in engines)
-          + f"{'kit/' + reference:>13}")
+    print(
+        f"{f'inference (best of {5 * rounds})':<26}"
+        + "".join(f"{name:>10}" for name in engines)
+        + f"{'kit/' + reference:>13}"
+    )
     for case in kit["inference"]:
         cells = "".join(f"{results[name]['inference'][case] * 1000:>8.0f}ms" for name in engines)
         print(f"{case:<26}{cells}{ratio(kit['inference'][case], ref['inference'][case]):>13}")
@@ -331,24 +344,32 @@ def bench_networks(quick, rounds, sizes):
     print(f"{f'{sizes} new sizes 40-119 px':<26}{cells}{ratio(kit['new_sizes'], ref['new_sizes']):>13}")
     _train_row("one-graph step b16 LR48", "train_step_one_graph", results, engines, kit, ref)
     _train_row("multi-graph step (before)", "train_step", results, engines, kit, ref)
-    print("first call (graph compile), baseline x2: "
-          + ", ".join(f"{n} {results[n]['first_call']:.2f} s" for n in engines))
-    print("resident memory per new input size: "
-          + ", ".join(f"{n} {results[n]['new_size_rss_mb']:+.2f} MB" for n in engines))
+    print(
+        "first call (graph compile), baseline x2: "
+        + ", ".join(f"{n} {results[n]['first_call']:.2f} s" for n in engines)
+    )
+    print(
+        "resident memory per new input size: "
+        + ", ".join(f"{n} {results[n]['new_size_rss_mb']:+.2f} MB" for n in engines)
+    )
 
 
 def bench_memory():
     preset, scale, (h, w), tile = MEMORY_CASE
     results = {name: run_worker("--memory-worker", name) for name in available_engines()}
     for name, r in results.items():
-        print(f"tiled {preset} x{scale}, {w}x{h} -> {w * scale}x{h * scale}, tile {tile}, {name}: "
-              f"{r['seconds']:.0f} s, peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['start_mb']:+.0f} MB over "
-              f"the {r['start_mb']:.0f} MB after set-up)")
+        print(
+            f"tiled {preset} x{scale}, {w}x{h} -> {w * scale}x{h * scale}, tile {tile}, {name}: "
+            f"{r['seconds']:.0f} s, peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['start_mb']:+.0f} MB over "
+            f"the {r['start_mb']:.0f} MB after set-up)"
+        )
     reference = "torch" if "torch" in results else "stock"
     kit, ref = results["kit"], results[reference]
-    print(f"  kit/{reference}: time {ratio(kit['seconds'], ref['seconds'])}, peak RSS "
-          f"{ratio(kit['peak_mb'], ref['peak_mb'])}, growth "
-          f"{ratio(kit['peak_mb'] - kit['start_mb'], ref['peak_mb'] - ref['start_mb'])}")
+    print(
+        f"  kit/{reference}: time {ratio(kit['seconds'], ref['seconds'])}, peak RSS "
+        f"{ratio(kit['peak_mb'], ref['peak_mb'])}, growth "
+        f"{ratio(kit['peak_mb'] - kit['start_mb'], ref['peak_mb'] - ref['start_mb'])}"
+    )
 
 
 EXPORT_LR = (150, 225)  # LR height, width: notebook 05's sample image
@@ -368,9 +389,11 @@ def bench_export(rounds=3):
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_checkpoint(f"{tmp}/m.ckpt", arch, state_dict(build_model(arch)))
         mindir = export_model(ckpt, "MINDIR", f"{tmp}/m.mindir")[0]
-        runners = {"checkpoint (kit kernel)": load_model(ckpt).forward_array,
-                   "MINDIR, child process with the AVX2 cap": MindirProcess(mindir),
-                   "MINDIR, this process (no cap)": load_mindir(mindir)}
+        runners = {
+            "checkpoint (kit kernel)": load_model(ckpt).forward_array,
+            "MINDIR, child process with the AVX2 cap": MindirProcess(mindir),
+            "MINDIR, this process (no cap)": load_mindir(mindir),
+        }
         if importlib.util.find_spec("onnxruntime"):
             onnx = export_model(ckpt, "ONNX", f"{tmp}/m.onnx", input_size=(96, 96))[0]
             runners["ONNX (onnxruntime, 96x96 tiles)"] = load_exported(onnx).forward_array
@@ -403,8 +426,12 @@ if __name__ == "__main__":
     parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_worker:
-        engine_worker(args.engine_worker, QUICK_CASES if args.quick else FULL_CASES, new_sizes(args.new_sizes),
-                      train_only=args.train_only)
+        engine_worker(
+            args.engine_worker,
+            QUICK_CASES if args.quick else FULL_CASES,
+            new_sizes(args.new_sizes),
+            train_only=args.train_only,
+        )
     elif args.train:
         bench_training(args.rounds or 2)
     elif args.export:

@@ -1,13 +1,14 @@
 """Remove outputs and execution counts from the notebooks before committing (tests/test_notebooks.py checks it).
 
-usage: python scripts/strip_notebooks.py [NOTEBOOK ...]   (default: notebooks/*.ipynb)
+usage: python scripts/strip_notebooks.py [NOTEBOOK ...]   (default: every notebook under notebooks/)
 """
+
 import sys
 from pathlib import Path
 
 import nbformat
 
-paths = [Path(p) for p in sys.argv[1:]] or sorted(Path(__file__).resolve().parents[1].glob("notebooks/*.ipynb"))
+paths = [Path(p) for p in sys.argv[1:]] or sorted(Path(__file__).resolve().parents[1].glob("notebooks/**/*.ipynb"))
 for path in paths:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:

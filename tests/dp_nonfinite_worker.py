@@ -1,6 +1,7 @@
 """Run under msrun by tests/test_distributed.py: a non-finite gradient on rank 1 only must make every rank skip the
 same steps and keep identical weights and loss-scale state; rank 1 non-finite on every step must stop all ranks alike.
 Writes <out>/rank_<r>.json."""
+
 import json
 import os
 import sys
@@ -27,9 +28,21 @@ class NaNSource(PatchSource):
 
 
 out = Path(sys.argv[1])
-opts = Options(data_train="sample", data_test="none", n_resblocks=1, n_feats=4, patch_size=24, test_every=40,
-               epochs=1, batch_size=1, lr=1e-4, seed=2, amp_level="O2", print_every=40,
-               ckpt_save_path=str(out / "ckpt"))
+opts = Options(
+    data_train="sample",
+    data_test="none",
+    n_resblocks=1,
+    n_feats=4,
+    patch_size=24,
+    test_every=40,
+    epochs=1,
+    batch_size=1,
+    lr=1e-4,
+    seed=2,
+    amp_level="O2",
+    print_every=40,
+    ckpt_save_path=str(out / "ckpt"),
+)
 trainer = Trainer(opts, log=lambda m: None, progress=False)
 rng = np.random.default_rng(0)  # the same batch on both ranks
 lr, hr = rng.uniform(0, 255, (1, 3, 12, 12)).astype(np.float32), rng.uniform(0, 255, (1, 3, 24, 24)).astype(np.float32)
@@ -42,8 +55,14 @@ for step in range(3):
     if step == 1 and trainer.rank == 1:
         x[0, 0, 0, 0] = np.inf
     loss, applied = trainer.train_step(x, hr)
-    steps.append({"applied": applied, "scale": trainer.loss_scale_value(), "counter": int(trainer.scaler.counter.asnumpy()),
-                  "digest": param_digest(trainer.model)})
+    steps.append(
+        {
+            "applied": applied,
+            "scale": trainer.loss_scale_value(),
+            "counter": int(trainer.scaler.counter.asnumpy()),
+            "digest": param_digest(trainer.model),
+        }
+    )
 if trainer.rank == 1:
     trainer.source.__class__ = NaNSource
 try:
@@ -51,6 +70,11 @@ try:
     stopped = None
 except TrainingStopped as exc:
     stopped = str(exc)
-result = {"rank": trainer.rank, "steps": steps, "stopped": stopped, "digest_after_stop": param_digest(trainer.model),
-          "scale_after_stop": trainer.loss_scale_value()}
+result = {
+    "rank": trainer.rank,
+    "steps": steps,
+    "stopped": stopped,
+    "digest_after_stop": param_digest(trainer.model),
+    "scale_after_stop": trainer.loss_scale_value(),
+}
 (out / f"rank_{trainer.rank}.json").write_text(json.dumps(result))

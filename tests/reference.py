@@ -1,5 +1,6 @@
 """Independent references for the tests: a numpy EDSR forward (published and ModelZoo flavours) and writers for
 PyTorch's two `.pt` formats. Written from the published descriptions, sharing no code with edsr_lib."""
+
 import io
 import pickle
 import struct
@@ -111,6 +112,7 @@ def assert_same_pixels(actual_uint8, reference_float, tie=1e-2):
 
 # ---- .pt writers: a fake `torch` module in sys.modules so pickle can name torch's globals ----------------------
 
+
 @contextmanager
 def _fake_torch():
     saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
@@ -146,7 +148,9 @@ class _Tensor:
 def _pickle_state(state, persistent_id, layouts=None):
     """`layouts`: name -> (storage key, offset, size, stride) to write tensors with any layout (hostile files)."""
     with _fake_torch() as (torch, utils):
-        tensors = OrderedDict((k, _Tensor(str(i), np.ascontiguousarray(v, np.float32))) for i, (k, v) in enumerate(state.items()))
+        tensors = OrderedDict(
+            (k, _Tensor(str(i), np.ascontiguousarray(v, np.float32))) for i, (k, v) in enumerate(state.items())
+        )
         storages = {t.key: t for t in tensors.values()}
         for name, (key, offset, size, stride) in (layouts or {}).items():
             tensors[name] = _Tensor(key, storages[key].array, offset, size, stride)
@@ -170,8 +174,9 @@ def _pickle_state(state, persistent_id, layouts=None):
 
 
 def write_pt_zip(path, state, layouts=None, data_pkl=None):
-    data, storages = _pickle_state(state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size),
-                                   layouts)
+    data, storages = _pickle_state(
+        state, lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", t.array.size), layouts
+    )
     name = "archive"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr(f"{name}/data.pkl", data if data_pkl is None else data_pkl)
@@ -188,7 +193,9 @@ def write_pt_legacy(path, state, layouts=None):
     with open(path, "wb") as f:
         pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
         pickle.dump(1001, f, protocol=2)
-        pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4, "long": 8}}, f, protocol=2)
+        pickle.dump(
+            {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4, "long": 8}}, f, protocol=2
+        )
         f.write(data)
         pickle.dump([t.key for t in storages], f, protocol=2)
         for t in storages:

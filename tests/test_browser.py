@@ -5,6 +5,7 @@ picture change, saves, stops the kernels, reopens both notebooks without a kerne
 shows: the finished training bar, the explorer's last pictures, no "Error displaying widget".
 Screenshots go to outputs/browser-test/ at the repository root.
 """
+
 import json
 import shutil
 import socket
@@ -57,10 +58,25 @@ def lab(tmp_path_factory):
     params.source += "\n" + "\n".join(f"{k} = {v!r}" for k, v in TINY.items())
     nbformat.write(nb, work / "02_train.ipynb")
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
-                               "--port", str(port), "--ServerApp.token=", "--ServerApp.password=",
-                               f"--ServerApp.root_dir={work}"], cwd=work, stdout=subprocess.DEVNULL,
-                              stderr=open(work / "lab.log", "w"))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ServerApp.token=",
+            "--ServerApp.password=",
+            f"--ServerApp.root_dir={work}",
+        ],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "lab.log", "w"),
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -78,8 +94,11 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         yield chromium
         chromium.close()
 
@@ -102,8 +121,9 @@ def _run_all(page, base, name, timeout=600):
     time.sleep(2)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        busy = page.evaluate("() => [...document.querySelectorAll('.jp-InputPrompt')]"
-                             ".some(e => e.textContent.includes('*'))")
+        busy = page.evaluate(
+            "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => e.textContent.includes('*'))"
+        )
         if not busy:
             return
         time.sleep(1)
@@ -111,9 +131,11 @@ def _run_all(page, base, name, timeout=600):
 
 
 def _last_cell_pictures(page):
-    return page.evaluate("() => { const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];"
-                         " return [...cells[cells.length - 1].querySelectorAll('.jp-OutputArea-output img')]"
-                         ".map(i => i.src); }")
+    return page.evaluate(
+        "() => { const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];"
+        " return [...cells[cells.length - 1].querySelectorAll('.jp-OutputArea-output img')]"
+        ".map(i => i.src); }"
+    )
 
 
 def _texts(page):
@@ -121,9 +143,11 @@ def _texts(page):
     seen = []
     for step in range(200):
         seen += page.locator(".jp-OutputArea-output").all_inner_texts()
-        at_end = page.evaluate("() => { const p = document.querySelector('.jp-WindowedPanel-outer');"
-                               " const end = p.scrollTop + p.clientHeight >= p.scrollHeight - 2;"
-                               " p.scrollTop += p.clientHeight * 0.8; return end; }")
+        at_end = page.evaluate(
+            "() => { const p = document.querySelector('.jp-WindowedPanel-outer');"
+            " const end = p.scrollTop + p.clientHeight >= p.scrollHeight - 2;"
+            " p.scrollTop += p.clientHeight * 0.8; return end; }"
+        )
         if at_end:
             break
         time.sleep(0.3)

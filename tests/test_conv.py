@@ -1,5 +1,6 @@
 """The kit's CPU convolution (csrc/onednn_conv.cpp via conv.py): agreement with MindSpore's Conv2d forward and
 backward, identical training losses, interchangeable parameters, the build cache and the fallback."""
+
 import json
 import os
 import shutil
@@ -46,8 +47,10 @@ def test_forward_and_backward_match_nn_conv2d_on_random_shapes(seed):
         return fast.conv2d(x, weight, bias)
 
     assert _rel(stock(x, fast.weight, fast.bias).asnumpy(), fast(x).asnumpy()) <= 1e-5
-    grads = [ms.grad(lambda *a, f=f: (f(*a) * dy).sum(), grad_position=(0, 1, 2))(x, fast.weight, fast.bias)
-             for f in (stock, fast_fn)]
+    grads = [
+        ms.grad(lambda *a, f=f: (f(*a) * dy).sum(), grad_position=(0, 1, 2))(x, fast.weight, fast.bias)
+        for f in (stock, fast_fn)
+    ]
     for name, ref, got in zip(("dx", "dw", "db"), *grads):
         assert _rel(ref.asnumpy(), got.asnumpy()) <= 1e-5, name
 
@@ -71,14 +74,17 @@ def test_fused_block_forms_match_stock_ops(seed):
 
     cases = {
         "relu": (lambda x, wt, b, s: ops.relu(conv(x, wt, b)), lambda x, wt, b, s: fast.conv2d_relu(x, wt, b)),
-        "residual": (lambda x, wt, b, s: conv(x, wt, b) * scale + s,
-                     lambda x, wt, b, s: fast.conv2d_residual(x, wt, b, s, scale)),
+        "residual": (
+            lambda x, wt, b, s: conv(x, wt, b) * scale + s,
+            lambda x, wt, b, s: fast.conv2d_residual(x, wt, b, s, scale),
+        ),
     }
     for form, (reference, fused) in cases.items():
         args = (x, fast.weight, fast.bias, skip)
         assert _rel(reference(*args).asnumpy(), fused(*args).asnumpy()) <= 1e-5, form
-        grads = [ms.grad(lambda *a, f=f: (f(*a) * dy).sum(), grad_position=(0, 1, 2, 3))(*args)
-                 for f in (reference, fused)]
+        grads = [
+            ms.grad(lambda *a, f=f: (f(*a) * dy).sum(), grad_position=(0, 1, 2, 3))(*args) for f in (reference, fused)
+        ]
         for name, ref, got in zip(("dx", "dw", "db", "dskip"), *grads):
             if form == "relu" and name == "dskip":
                 continue  # not an input of conv+ReLU
@@ -99,8 +105,13 @@ def test_same_parameters_and_same_losses_over_adam_steps():
     ms.set_seed(7)
     fast_graph = build_model(arch, "fast")
     # Two patch sizes, alternating: the trainer's dynamic-shape graph must serve both.
-    batches = [(ms.Tensor(rng.uniform(0, 255, (4, 3, s, t)).astype(np.float32)),
-                ms.Tensor(rng.uniform(0, 255, (4, 3, 2 * s, 2 * t)).astype(np.float32))) for s, t in ((12, 12), (10, 14))]
+    batches = [
+        (
+            ms.Tensor(rng.uniform(0, 255, (4, 3, s, t)).astype(np.float32)),
+            ms.Tensor(rng.uniform(0, 255, (4, 3, 2 * s, 2 * t)).astype(np.float32)),
+        )
+        for s, t in ((12, 12), (10, 14))
+    ]
     losses = {}
     for name, model in (("stock", stock), ("fast", fast), ("fast, graph", fast_graph)):
         opt = nn.Adam(model.trainable_params(), learning_rate=1e-3)
@@ -142,8 +153,13 @@ def test_import_builds_nothing_and_a_failed_build_is_remembered(tmp_path):
     calls = tmp_path / "calls"
     fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 'fatal: no compiler here' >&2\nexit 1\n")
     fake.chmod(0o755)
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "CXX": str(fake),
-           "PIP_INDEX_URL": "http://127.0.0.1:9/", "PIP_NO_INDEX": "1"}
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "CXX": str(fake),
+        "PIP_INDEX_URL": "http://127.0.0.1:9/",
+        "PIP_NO_INDEX": "1",
+    }
     env.pop("ONEDNN_MAX_CPU_ISA", None)
     probe = "import edsr_lib.runtime as r; print(r._CACHED_LIBRARY, '|', r._CACHED_REASON)"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
@@ -151,8 +167,10 @@ def test_import_builds_nothing_and_a_failed_build_is_remembered(tmp_path):
     assert not (tmp_path / "cache" / "edsr_lib" / "onednn-headers").exists()  # no download attempted
     headers = native._onednn_include()
     if headers is not None:  # let the build reach the compiler without a network
-        shutil.copytree(headers.parent, tmp_path / "cache" / "edsr_lib" / "onednn-headers" /
-                        native.HEADERS_REQUIREMENT.split("==")[1])
+        shutil.copytree(
+            headers.parent,
+            tmp_path / "cache" / "edsr_lib" / "onednn-headers" / native.HEADERS_REQUIREMENT.split("==")[1],
+        )
     build = [sys.executable, "-m", "edsr_lib.native", "build"]
     first = subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 1 and "was not built" in first.stderr and "Traceback" not in first.stderr
@@ -181,13 +199,16 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("default")
     model = build_model(Architecture(scale=2, n_resblocks=2, n_feats=8))
 x = np.random.default_rng(0).uniform(0, 255, (1, 3, 10, 12)).astype(np.float32)
-print(json.dumps({"library": str(FAST_CONV_LIBRARY), "reason": FAST_CONV_UNAVAILABLE, "isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-                  "warnings": [str(w.message) for w in caught], "kinds": sorted({type(c).__name__ for _, c in model.cells_and_names()}),
+kinds = sorted({type(c).__name__ for _, c in model.cells_and_names()})
+print(json.dumps({"library": str(FAST_CONV_LIBRARY), "reason": FAST_CONV_UNAVAILABLE,
+                  "isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "warnings": [str(w.message) for w in caught],
+                  "kinds": kinds,
                   "out": model(ms.Tensor(x)).asnumpy().ravel()[:50].tolist()}))
 """
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**env, "CXX": "/nonexistent/c++"})
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "CXX": "/nonexistent/c++"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["library"] == "None" and "no C++ compiler" in info["reason"] and info["isa"] == "AVX2"

@@ -1,4 +1,5 @@
 """Datasets on generated and real layouts, the bicubic baseline protocol and edsr eval."""
+
 import json
 import os
 import time
@@ -7,8 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_lib.data import (ArrayCache, BenchmarkDataset, DIV2K, HRFolder, SampleImages, bicubic_lr,
-                           open_dataset, parse_data_range)
+from edsr_lib.data import (
+    ArrayCache,
+    BenchmarkDataset,
+    DIV2K,
+    HRFolder,
+    SampleImages,
+    bicubic_lr,
+    open_dataset,
+    parse_data_range,
+)
 from edsr_lib.errors import KitError
 from edsr_lib.imresize import imresize
 from edsr_lib.metrics import Protocol, psnr
@@ -69,10 +78,12 @@ def test_div2k_layout_and_ranges(tmp_path, rng):
         _save(root / f"DIV2K_{split}_HR" / f"{i:04d}.png", hr)
         _save(root / f"DIV2K_{split}_LR_bicubic" / "X2" / f"{i:04d}x2.png", bicubic_lr(hr, 2))
     assert parse_data_range("1-800/801-810") == ((1, 800), (801, 810))
-    train = open_dataset("DIV2K", 2, dir_data=tmp_path, split="train", data_range="1-2/801-801",
-                         cache=ArrayCache(tmp_path / "c"))
-    test = open_dataset("DIV2K", 2, dir_data=tmp_path, split="test", data_range="1-2/801-801",
-                        cache=ArrayCache(tmp_path / "c"))
+    train = open_dataset(
+        "DIV2K", 2, dir_data=tmp_path, split="train", data_range="1-2/801-801", cache=ArrayCache(tmp_path / "c")
+    )
+    test = open_dataset(
+        "DIV2K", 2, dir_data=tmp_path, split="test", data_range="1-2/801-801", cache=ArrayCache(tmp_path / "c")
+    )
     assert isinstance(train, DIV2K) and train.names == ["0001", "0002"] and test.names == ["0801"]
     assert test.pair(0)[0].shape == (8, 6, 3)
     _save(root / "DIV2K_train_HR" / "0003.png", rng.integers(0, 256, (16, 12, 3), dtype=np.uint8))  # no LR

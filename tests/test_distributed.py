@@ -1,5 +1,6 @@
 """Data-parallel training: the 2-worker CPU job through scripts/run_distribute.sh (msrun + papermill per rank),
 and the Ascend rank-table launch as far as it can be checked without hardware."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,20 @@ pytestmark = pytest.mark.slow  # msrun jobs: several processes each
 
 # SGD without momentum: an update is lr times the gradient, so a sum over ranks instead of a mean doubles it
 # (Adam would hide the factor).
-TINY = {"n_resblocks": 2, "n_feats": 8, "patch_size": 24, "test_every": 3, "epochs": 2, "batch_size": 2,
-        "lr": 1e-5, "optimizer": "SGD", "momentum": 0.0, "data_test": "none", "seed": 3, "print_every": 3}
+TINY = {
+    "n_resblocks": 2,
+    "n_feats": 8,
+    "patch_size": 24,
+    "test_every": 3,
+    "epochs": 2,
+    "batch_size": 2,
+    "lr": 1e-5,
+    "optimizer": "SGD",
+    "momentum": 0.0,
+    "data_test": "none",
+    "seed": 3,
+    "print_every": 3,
+}
 LAUNCHER = str(ROOT / "scripts" / "run_distribute.sh")
 
 
@@ -44,8 +57,13 @@ def _metrics(out, rank):
 @pytest.fixture(scope="module")
 def two_worker_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("distribute")
-    proc = subprocess.run(["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()), *_p(TINY)],
-                          env=_env(out), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()), *_p(TINY)],
+        env=_env(out),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return out, proc
 
 
@@ -55,10 +73,20 @@ def two_server_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_servers")
     port = str(_free_port())
     common = ["sample", "1", "--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", port]
-    first = subprocess.Popen(["bash", LAUNCHER, *common, "--node-rank", "0", *_p(TINY)], env=_env(out),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    second = subprocess.run(["bash", LAUNCHER, *common, "--node-rank=1", *_p(TINY)], env=_env(out),
-                            capture_output=True, text=True, timeout=900)
+    first = subprocess.Popen(
+        ["bash", LAUNCHER, *common, "--node-rank", "0", *_p(TINY)],
+        env=_env(out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    second = subprocess.run(
+        ["bash", LAUNCHER, *common, "--node-rank=1", *_p(TINY)],
+        env=_env(out),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     first_out, _ = first.communicate(timeout=900)
     return out, (first.returncode, first_out), (second.returncode, second.stdout + second.stderr)
 
@@ -105,8 +133,9 @@ def test_data_parallel_averages_gradients_like_one_big_batch(two_worker_run, tmp
 
     out, proc = two_worker_run
     assert proc.returncode == 0
-    single = Trainer(Options(**{**TINY, "batch_size": 4, "ckpt_save_path": str(tmp_path)}), log=lambda m: None,
-                     progress=False)
+    single = Trainer(
+        Options(**{**TINY, "batch_size": 4, "ckpt_save_path": str(tmp_path)}), log=lambda m: None, progress=False
+    )
     start = {p.name: p.asnumpy().copy() for p in single.model.trainable_params()}
     single.fit()
     parallel = read_checkpoint(out / "ckpt" / "latest.ckpt")[1]
@@ -120,9 +149,22 @@ def test_two_workers_resume_bit_exactly(two_worker_run, tmp_path):
     from edsr_lib.weights import read_checkpoint
 
     for epochs, extra in ((1, []), (2, ["-p", "resume", "True"])):
-        proc = subprocess.run(["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()),
-                               *_p({**TINY, "epochs": epochs}), *extra], env=_env(tmp_path), capture_output=True,
-                              text=True, timeout=900)
+        proc = subprocess.run(
+            [
+                "bash",
+                LAUNCHER,
+                "sample",
+                "2",
+                "--master-port",
+                str(_free_port()),
+                *_p({**TINY, "epochs": epochs}),
+                *extra,
+            ],
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     straight = read_checkpoint(two_worker_run[0] / "ckpt" / "latest.ckpt")[1]
     resumed = read_checkpoint(tmp_path / "ckpt" / "latest.ckpt")[1]
@@ -131,9 +173,17 @@ def test_two_workers_resume_bit_exactly(two_worker_run, tmp_path):
 
 def test_nonfinite_gradient_on_one_rank_is_skipped_by_every_rank(tmp_path):
     port = _free_port()
-    command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
-               f"--log_dir={tmp_path / 'logs'}", "--join=True", "python", str(ROOT / "tests" / "dp_nonfinite_worker.py"),
-               str(tmp_path)]
+    command = [
+        "msrun",
+        "--worker_num=2",
+        "--local_worker_num=2",
+        f"--master_port={port}",
+        f"--log_dir={tmp_path / 'logs'}",
+        "--join=True",
+        "python",
+        str(ROOT / "tests" / "dp_nonfinite_worker.py"),
+        str(tmp_path),
+    ]
     env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     logs = "".join(p.read_text()[-2000:] for p in (tmp_path / "logs").glob("worker_*.log"))
@@ -164,8 +214,9 @@ def _kill_a_rank_and_watch(command, env, out, victim_rank=1):
 
     import psutil
 
-    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
     def ours():
         found = []
@@ -204,7 +255,8 @@ LONG = {**TINY, "epochs": 50, "test_every": 50}
 
 def test_a_killed_rank_ends_the_msrun_job(tmp_path):
     code, output, elapsed, left = _kill_a_rank_and_watch(
-        ["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()), *_p(LONG)], _env(tmp_path), tmp_path)
+        ["bash", LAUNCHER, "sample", "2", "--master-port", str(_free_port()), *_p(LONG)], _env(tmp_path), tmp_path
+    )
     assert code not in (0, None) and elapsed < 60, output[-3000:]
     assert "rank 1" in output.splitlines()[-1] and "worker_1.log" in output.splitlines()[-1]
     assert not left, [p.info["cmdline"] for p in left]
@@ -216,8 +268,9 @@ def test_a_killed_rank_ends_the_rank_table_job(tmp_path):
     table = tmp_path / "rank_table.json"
     table.write_text(json.dumps(_rank_table([["127.0.0.1", 2]])))
     env = _env(tmp_path, PYTHONPATH=str(tmp_path / "site"))
-    code, output, elapsed, left = _kill_a_rank_and_watch(["bash", LAUNCHER, "sample", "2", str(table), *_p(LONG)],
-                                                         env, tmp_path)
+    code, output, elapsed, left = _kill_a_rank_and_watch(
+        ["bash", LAUNCHER, "sample", "2", str(table), *_p(LONG)], env, tmp_path
+    )
     assert code not in (0, None) and elapsed < 60, output[-3000:]
     assert "rank 1" in output.splitlines()[-1] and "rank_1/train.log" in output.splitlines()[-1]
     assert not left, [p.info["cmdline"] for p in left]
@@ -256,26 +309,49 @@ def test_rank_table_with_two_servers_gives_each_server_its_own_devices(tmp_path)
 
 def test_msrun_and_per_rank_parameters():
     command = msrun_command(8, "/runs/x", {"epochs": 3})
-    assert command[:7] == ["msrun", "--worker_num=8", "--local_worker_num=8", "--node_rank=0",
-                           "--master_addr=127.0.0.1", "--master_port=8118", "--log_dir=/runs/x/msrun_logs"]
+    assert command[:7] == [
+        "msrun",
+        "--worker_num=8",
+        "--local_worker_num=8",
+        "--node_rank=0",
+        "--master_addr=127.0.0.1",
+        "--master_port=8118",
+        "--log_dir=/runs/x/msrun_logs",
+    ]
     assert command[8:12] == ["python", "-m", "edsr_lib.launch", "worker"] and json.loads(command[-1]) == {"epochs": 3}
     command = msrun_command(8, "/runs/x", {}, master_port=9000, nodes=4, node_rank=3, master_addr="10.0.0.1")
-    assert command[1:6] == ["--worker_num=32", "--local_worker_num=8", "--node_rank=3", "--master_addr=10.0.0.1",
-                            "--master_port=9000"]
+    assert command[1:6] == [
+        "--worker_num=32",
+        "--local_worker_num=8",
+        "--node_rank=3",
+        "--master_addr=10.0.0.1",
+        "--master_port=9000",
+    ]
     params = rank_parameters("/runs/x", 5, {"epochs": 3})
     assert params == {"progress": "text", "epochs": 3, "output_dir": "/runs/x/rank_5", "ckpt_save_path": "/runs/x/ckpt"}
 
 
 def test_rank_table_environments(tmp_path):
-    table = {"version": "1.0", "server_count": "1", "status": "completed", "server_list": [
-        {"server_id": "10.0.0.1", "device": [{"device_id": str(d), "device_ip": f"192.168.100.{d}",
-                                              "rank_id": str(7 - d)} for d in range(8)]}]}
+    table = {
+        "version": "1.0",
+        "server_count": "1",
+        "status": "completed",
+        "server_list": [
+            {
+                "server_id": "10.0.0.1",
+                "device": [
+                    {"device_id": str(d), "device_ip": f"192.168.100.{d}", "rank_id": str(7 - d)} for d in range(8)
+                ],
+            }
+        ],
+    }
     path = tmp_path / "rank_table_8pcs.json"
     path.write_text(json.dumps(table))
     envs = rank_table_environments(path, 8, base_env={"PATH": "/bin"})
     assert [(e["RANK_ID"], e["DEVICE_ID"]) for e in envs] == [(str(r), str(7 - r)) for r in range(8)]
-    assert all(e["RANK_SIZE"] == "8" and e["RANK_TABLE_FILE"] == str(path.resolve()) and e["PATH"] == "/bin"
-               for e in envs)
+    assert all(
+        e["RANK_SIZE"] == "8" and e["RANK_TABLE_FILE"] == str(path.resolve()) and e["PATH"] == "/bin" for e in envs
+    )
     with pytest.raises(KitError, match="lists 8 devices but DEVICE_NUM is 4"):
         rank_table_environments(path, 4)
     (tmp_path / "bad.json").write_text("{not json")
@@ -297,10 +373,29 @@ def test_launcher_flags_in_any_order():
     distribute = build_parser().command_parsers["distribute"]
     args = distribute.parse_intermixed_args(["sample", "2", "--master-port", "9000", "--output-dir", "o"])
     assert (args.device_num, args.rank_table_file, args.master_port) == (2, None, 9000)
-    args = distribute.parse_intermixed_args(["--nodes=2", "sample", "-p", "epochs", "1", "8", "t.json",
-                                             "--node-rank", "1", "--master-addr=10.0.0.1", "--output-dir", "o"])
+    args = distribute.parse_intermixed_args(
+        [
+            "--nodes=2",
+            "sample",
+            "-p",
+            "epochs",
+            "1",
+            "8",
+            "t.json",
+            "--node-rank",
+            "1",
+            "--master-addr=10.0.0.1",
+            "--output-dir",
+            "o",
+        ]
+    )
     assert (args.nodes, args.node_rank, args.master_addr, args.device_num, args.rank_table_file) == (
-        2, 1, "10.0.0.1", 8, "t.json")
+        2,
+        1,
+        "10.0.0.1",
+        8,
+        "t.json",
+    )
     assert args.parameter == [["epochs", "1"]]
 
 
@@ -310,11 +405,18 @@ def test_batch_runs_follow_the_published_recipe(tmp_path):
     (tmp_path / "DIV2K_train_HR").mkdir()
     params = batch_run_parameters(tmp_path, {}, world=8)
     assert {k: params[k] for k in ("epochs", "test_every", "lr", "decay", "patch_size", "batch_size")} == {
-        "epochs": 300, "test_every": 1000, "lr": 1e-4, "decay": "200", "patch_size": 96, "batch_size": 2}
+        "epochs": 300,
+        "test_every": 1000,
+        "lr": 1e-4,
+        "decay": "200",
+        "patch_size": 96,
+        "batch_size": 2,
+    }
     assert "global batch 16" in describe_schedule(params, 8)
     given = batch_run_parameters(tmp_path, {"epochs": 3, "scale": 4, "batch_size": 4}, world=8)
     assert given["epochs"] == 3 and given["patch_size"] == 192 and given["batch_size"] == 4
     assert "batch 16 per device x 1 rank(s) = global batch 16" in describe_schedule(
-        batch_run_parameters(tmp_path, {}, world=1), 1)
+        batch_run_parameters(tmp_path, {}, world=1), 1
+    )
     # the built-in sample photos keep the notebook's short demo schedule
     assert batch_run_parameters("sample", {"epochs": 1}) == {"data_train": "sample", "epochs": 1}

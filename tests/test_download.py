@@ -1,4 +1,5 @@
 """Downloads against a local HTTP server (no real network): resume, checksum, safe extraction."""
+
 import hashlib
 import http.server
 import io

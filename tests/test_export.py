@@ -1,5 +1,6 @@
 """edsr export: MINDIR (dynamic and fixed) and ONNX exports of baseline x2/x3/x4 checked against an independent
 numpy forward of the published network, run through MindSpore and onnxruntime; AIR refused off Ascend."""
+
 import json
 
 import numpy as np
@@ -26,8 +27,19 @@ def exported(request, tmp_path_factory):
     save_checkpoint(ckpt, Architecture.from_preset("baseline", scale), weights)
     runs = {
         "mindir": run_cli("export", "--ckpt", ckpt, "--format", "MINDIR", "--output", folder / "m.mindir", "--verify"),
-        "onnx": run_cli("export", "--ckpt", ckpt, "--format", "onnx", "--output", folder / "m.onnx",
-                        "--input-size", 20, 26, "--verify"),
+        "onnx": run_cli(
+            "export",
+            "--ckpt",
+            ckpt,
+            "--format",
+            "onnx",
+            "--output",
+            folder / "m.onnx",
+            "--input-size",
+            20,
+            26,
+            "--verify",
+        ),
     }
     return scale, weights, folder, ckpt, runs
 
@@ -67,8 +79,9 @@ def test_upscale_with_fixed_size_onnx_tiles_exactly(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiles")
     weights = random_published_weights(rng, 2, 16, 64)
     save_checkpoint(folder / "m.ckpt", Architecture.from_preset("baseline", 2), weights)
-    made = run_cli("export", "--ckpt", folder / "m.ckpt", "--format", "ONNX", "--output", folder / "m.onnx",
-                   "--input-size", 80, 80)
+    made = run_cli(
+        "export", "--ckpt", folder / "m.ckpt", "--format", "ONNX", "--output", folder / "m.onnx", "--input-size", 80, 80
+    )
     assert made.returncode == 0, made.stderr
     Image.fromarray(rng.integers(0, 256, (100, 130, 3), dtype=np.uint8)).save(folder / "in.png")
     a = run_cli("upscale", "--model", folder / "m.onnx", folder / "in.png", folder / "onnx.png")
@@ -108,8 +121,9 @@ def test_mindir_child_process_gives_the_in_process_result_and_fails_in_one_line(
     there); both ways must give the same numbers, and a failing child must be one clear error."""
     from edsr_lib.export import MindirProcess, export_model, load_mindir
 
-    ckpt = save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8),
-                           random_published_weights(rng, 2, 1, 8))
+    ckpt = save_checkpoint(
+        tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8), random_published_weights(rng, 2, 1, 8)
+    )
     mindir = export_model(ckpt, "MINDIR", tmp_path / "m.mindir")[0]
     x = rng.uniform(0, 255, (1, 3, 12, 17)).astype(np.float32)
     child = MindirProcess(mindir)

@@ -1,5 +1,6 @@
 """Hostile and malformed `.pt` files: each is refused with one line naming the file, without a crash, without
 touching memory outside its storages, within bounded memory, and without leaving anything written."""
+
 import subprocess
 import sys
 import zipfile
@@ -24,11 +25,13 @@ ADDRESS_SPACE_LIMIT = 3 << 30  # MindSpore itself needs ~2 GB of address space; 
 
 def _cli_in_child(*args):
     """`edsr ARGS` in a fresh process under an address-space limit: (exit code, stderr, its peak RSS in MB)."""
-    code = ("import resource, subprocess, sys; limit = lambda: resource.setrlimit(resource.RLIMIT_AS, "
-            f"({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT})); p = subprocess.run([sys.executable, '-m', "
-            f"'edsr_lib.cli', *{[str(a) for a in args]!r}], capture_output=True, text=True, preexec_fn=limit); "
-            "print(p.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
-            "sys.stderr.write(p.stderr)")
+    code = (
+        "import resource, subprocess, sys; limit = lambda: resource.setrlimit(resource.RLIMIT_AS, "
+        f"({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT})); p = subprocess.run([sys.executable, '-m', "
+        f"'edsr_lib.cli', *{[str(a) for a in args]!r}], capture_output=True, text=True, preexec_fn=limit); "
+        "print(p.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
+        "sys.stderr.write(p.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     lines = done.stdout.split()
     return int(lines[0]), done.stderr, float(lines[1])
@@ -45,14 +48,17 @@ def _assert_refused(src, tmp_path, match):
 
 
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
-@pytest.mark.parametrize("layout,match", [
-    ((0, (8, 3, 3, 3), (-27, 9, 3, 1)), "bad tensor stride"),   # negative stride: would read before the storage
-    ((-1, (8, 3, 3, 3), (27, 9, 3, 1)), "bad tensor storage offset"),
-    ((1, (8, 3, 3, 3), (27, 9, 3, 1)), "reaches element 216 of a storage of 216"),  # one past the end
-    ((0, (8, 3, 3, 3), (2000, 9, 3, 1)), "reaches element"),
-    ((0, ("8", 3, 3, 3), (27, 9, 3, 1)), "bad tensor size"),
-    ((0, (8, 3, 3), (27, 9, 3, 1)), "bad tensor layout"),
-])
+@pytest.mark.parametrize(
+    "layout,match",
+    [
+        ((0, (8, 3, 3, 3), (-27, 9, 3, 1)), "bad tensor stride"),  # negative stride: would read before the storage
+        ((-1, (8, 3, 3, 3), (27, 9, 3, 1)), "bad tensor storage offset"),
+        ((1, (8, 3, 3, 3), (27, 9, 3, 1)), "reaches element 216 of a storage of 216"),  # one past the end
+        ((0, (8, 3, 3, 3), (2000, 9, 3, 1)), "reaches element"),
+        ((0, ("8", 3, 3, 3), (27, 9, 3, 1)), "bad tensor size"),
+        ((0, (8, 3, 3), (27, 9, 3, 1)), "bad tensor layout"),
+    ],
+)
 def test_tensor_layout_outside_its_storage_is_refused(tmp_path, rng, fmt, layout, match):
     state = _state(rng)
     src = tmp_path / "evil.pt"
@@ -88,11 +94,16 @@ def _zip(path, members, compression=zipfile.ZIP_DEFLATED):
 @pytest.mark.slow
 def test_zip_bombs_are_refused_before_inflating(tmp_path):
     n = 100_000_000  # a storage declaring 400 MB that deflates from ~400 KB
-    data, _ = _pickle_state({"w": np.zeros(4, np.float32)},
-                            lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", n), {"w": ("0", 0, (n,), (1,))})
+    data, _ = _pickle_state(
+        {"w": np.zeros(4, np.float32)},
+        lambda torch, t: ("storage", torch.FloatStorage, t.key, "cpu", n),
+        {"w": ("0", 0, (n,), (1,))},
+    )
     zeros = bytes(16 * MB)
-    _zip(tmp_path / "storage_bomb.pt", {"archive/data.pkl": data,
-                                        "archive/data/0": lambda f: [f.write(zeros) for _ in range(n * 4 // len(zeros))]})
+    _zip(
+        tmp_path / "storage_bomb.pt",
+        {"archive/data.pkl": data, "archive/data/0": lambda f: [f.write(zeros) for _ in range(n * 4 // len(zeros))]},
+    )
     assert (tmp_path / "storage_bomb.pt").stat().st_size < 2 * MB
     _assert_refused(tmp_path / "storage_bomb.pt", tmp_path, "zip bomb")
     _zip(tmp_path / "pickle_bomb.pt", {"archive/data.pkl": lambda f: [f.write(zeros) for _ in range(8)]})
@@ -136,8 +147,10 @@ def test_corrupt_archives_give_one_line_errors(tmp_path, rng):
     damaged[start + 5 : start + 40] = b"\xff" * 35
     (tmp_path / "deflate.pt").write_bytes(bytes(damaged))
     # encrypted member flag, unknown compression method (both in the central directory and local header)
-    for name, patch in (("encrypted.pt", lambda b, off: b.__setitem__(slice(off + 8, off + 10), b"\x01\x00")),
-                        ("method.pt", lambda b, off: b.__setitem__(slice(off + 10, off + 12), b"\x63\x00"))):
+    for name, patch in (
+        ("encrypted.pt", lambda b, off: b.__setitem__(slice(off + 8, off + 10), b"\x01\x00")),
+        ("method.pt", lambda b, off: b.__setitem__(slice(off + 10, off + 12), b"\x63\x00")),
+    ):
         b = bytearray(raw)
         central = b.find(b"PK\x01\x02")
         while central != -1:
@@ -156,7 +169,7 @@ def _png_chunk(tag, data):
 
 def _png(width, height, bit_depth, idat):
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([bit_depth, 2, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 @pytest.mark.slow
@@ -177,8 +190,9 @@ def test_odd_and_hostile_images_give_one_line_errors(tmp_path):
             read_image(tmp_path / name)
     _kit_files(tmp_path, np.random.default_rng(0))
     for name in ("huge16.png", "huge8.png"):
-        code, stderr, peak_mb = _cli_in_child("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / name,
-                                              tmp_path / "sr.png")
+        code, stderr, peak_mb = _cli_in_child(
+            "upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / name, tmp_path / "sr.png"
+        )
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and name in stderr, stderr
         assert peak_mb < 1024 and not list(tmp_path.glob("*sr*")), peak_mb
 
@@ -223,8 +237,9 @@ def test_cli_turns_environment_and_internal_errors_into_one_line(tmp_path, rng):
     from edsr_lib import Architecture
     from edsr_lib.weights import save_checkpoint
 
-    save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8),
-                    random_published_weights(rng, 2, 1, 8))
+    save_checkpoint(
+        tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8), random_published_weights(rng, 2, 1, 8)
+    )
     from PIL import Image
 
     Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "in.png")
@@ -235,8 +250,11 @@ def test_cli_turns_environment_and_internal_errors_into_one_line(tmp_path, rng):
     bad_arch = tmp_path / "arch.ckpt"
     import mindspore as ms
 
-    ms.save_checkpoint([{"name": "head.0.weight", "data": ms.Tensor(np.zeros((8, 3, 3, 3), np.float32))}],
-                       str(bad_arch), append_dict={"edsr_arch": "{not json"})
+    ms.save_checkpoint(
+        [{"name": "head.0.weight", "data": ms.Tensor(np.zeros((8, 3, 3, 3), np.float32))}],
+        str(bad_arch),
+        append_dict={"edsr_arch": "{not json"},
+    )
     result = run_cli("upscale", "--ckpt", bad_arch, tmp_path / "in.png", tmp_path / "o.png")
     assert result.returncode == 2 and "unreadable architecture record" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -251,8 +269,9 @@ def test_export_refuses_sizes_no_deployment_uses_and_tampered_records(tmp_path, 
     from edsr_lib.export import ExportedModel
     from edsr_lib.weights import save_checkpoint
 
-    save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8),
-                    random_published_weights(rng, 2, 1, 8))
+    save_checkpoint(
+        tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8), random_published_weights(rng, 2, 1, 8)
+    )
     monkeypatch.chdir(tmp_path)  # MindSpore drops analyze_fail.ir into ./rank_0 when a compile fails
     for size in (("0", "0"), ("100000", "100000")):
         result = run_cli("export", "--ckpt", "m.ckpt", "--format", "ONNX", "--input-size", *size, "--output", "m.onnx")
@@ -263,10 +282,12 @@ def test_export_refuses_sizes_no_deployment_uses_and_tampered_records(tmp_path, 
     assert result.returncode == 0, result.stderr
     sidecar = tmp_path / "m.onnx.json"
     meta = json_module.loads(sidecar.read_text())
-    for tampered, match in (({"input_size": [32, 32]}, "does not belong to this model"),
-                            ({"input_size": [0, 16]}, "input size must be"),
-                            ({"batch_size": -3}, "batch_size must be"),
-                            ({"architecture": {**meta["architecture"], "n_feats": 100000}}, "beyond the limits")):
+    for tampered, match in (
+        ({"input_size": [32, 32]}, "does not belong to this model"),
+        ({"input_size": [0, 16]}, "input size must be"),
+        ({"batch_size": -3}, "batch_size must be"),
+        ({"architecture": {**meta["architecture"], "n_feats": 100000}}, "beyond the limits"),
+    ):
         sidecar.write_text(json_module.dumps({**meta, **tampered}))
         with pytest.raises(KitError, match=match):
             ExportedModel(tmp_path / "m.onnx")
@@ -279,8 +300,9 @@ def test_a_folder_keeps_going_past_a_bad_file_and_checks_output_names_first(tmp_
     from edsr_lib import Architecture
     from edsr_lib.weights import save_checkpoint
 
-    save_checkpoint(tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8),
-                    random_published_weights(rng, 2, 1, 8))
+    save_checkpoint(
+        tmp_path / "m.ckpt", Architecture(scale=2, n_resblocks=1, n_feats=8), random_published_weights(rng, 2, 1, 8)
+    )
     src = tmp_path / "in"
     src.mkdir()
     for name in ("a.png", "c.png"):
@@ -351,17 +373,41 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, rn
 
     _kit_files(tmp_path, rng)
     disk = small_disk(16)
-    _one_line_error(run_cli("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / "hr" / "a.png", disk / "sr.png"),
-                    disk / "sr.png", "No space left on device")
+    _one_line_error(
+        run_cli("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / "hr" / "a.png", disk / "sr.png"),
+        disk / "sr.png",
+        "No space left on device",
+    )
     _one_line_error(run_cli("convert", tmp_path / "m.pt", disk / "m.ckpt"), disk / "m.ckpt", "No space left")
-    _one_line_error(run_cli("eval", "--ckpt", tmp_path / "m.ckpt", "--hr-dir", tmp_path / "hr",
-                            "--save-images", disk / "sr"), disk / "sr" / "a_x2_SR.png", "No space left")
+    _one_line_error(
+        run_cli("eval", "--ckpt", tmp_path / "m.ckpt", "--hr-dir", tmp_path / "hr", "--save-images", disk / "sr"),
+        disk / "sr" / "a_x2_SR.png",
+        "No space left",
+    )
     assert not [p for p in disk.rglob("*") if p.is_file()]
     # training: the first checkpoint fits, the next one does not; the one written stays whole and resumable
     disk = small_disk(1600)
-    train = ("train", "--data_train", "sample", "--data_test", "sample", "--n_resblocks", "2", "--n_feats", "32",
-             "--patch_size", "24", "--epochs", "3", "--test_every", "4", "--batch_size", "2",
-             "--ckpt_save_path", disk / "run")
+    train = (
+        "train",
+        "--data_train",
+        "sample",
+        "--data_test",
+        "sample",
+        "--n_resblocks",
+        "2",
+        "--n_feats",
+        "32",
+        "--patch_size",
+        "24",
+        "--epochs",
+        "3",
+        "--test_every",
+        "4",
+        "--batch_size",
+        "2",
+        "--ckpt_save_path",
+        disk / "run",
+    )
     result = run_cli(*train)
     _one_line_error(result, disk / "run", "No space left on device")
     left = sorted(p.name for p in (disk / "run").iterdir())
@@ -379,9 +425,15 @@ def test_file_size_limit_gives_one_line_and_leaves_nothing_half_written(tmp_path
     _kit_files(tmp_path, rng)
     (tmp_path / "out").mkdir()
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # noqa: E731  (Python ignores SIGXFSZ)
-    for args, target in ((("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / "hr" / "a.png"), "sr.png"),
-                         (("convert", tmp_path / "m.pt"), "m.ckpt")):
-        result = subprocess.run([sys.executable, "-m", "edsr_lib.cli", *map(str, args), str(tmp_path / "out" / target)],
-                                capture_output=True, text=True, preexec_fn=limit)
+    for args, target in (
+        (("upscale", "--ckpt", tmp_path / "m.ckpt", tmp_path / "hr" / "a.png"), "sr.png"),
+        (("convert", tmp_path / "m.pt"), "m.ckpt"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "edsr_lib.cli", *map(str, args), str(tmp_path / "out" / target)],
+            capture_output=True,
+            text=True,
+            preexec_fn=limit,
+        )
         _one_line_error(result, tmp_path / "out" / target, "File too large")
     assert not list((tmp_path / "out").iterdir())

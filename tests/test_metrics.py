@@ -12,8 +12,9 @@ def test_rgb_to_y_hand_values():
 
 
 def test_quantize_rounds_and_clamps():
-    np.testing.assert_array_equal(quantize(np.array([-3.0, 0.49, 0.5, 1.5, 254.6, 300.0])),
-                                  [0, 0, 0, 2, 255, 255])  # numpy rounds half to even, as torch.round does
+    np.testing.assert_array_equal(
+        quantize(np.array([-3.0, 0.49, 0.5, 1.5, 254.6, 300.0])), [0, 0, 0, 2, 255, 255]
+    )  # numpy rounds half to even, as torch.round does
 
 
 def test_psnr_hand_computed(rng):
@@ -45,8 +46,15 @@ def test_ssim_matches_scikit_image(rng, channel):
     protocol = Protocol(channel, 3)
     a, b = (rgb_to_y(sr), rgb_to_y(hr)) if channel == "y" else (sr.astype(float), hr.astype(float))
     a, b = a[3:-3, 3:-3], b[3:-3, 3:-3]
-    reference = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                      data_range=255, channel_axis=None if channel == "y" else 2)
+    reference = structural_similarity(
+        a,
+        b,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
+        channel_axis=None if channel == "y" else 2,
+    )
     # scikit-image averages over the valid region too (it crops (win_size-1)//2 pixels), so the values agree.
     assert ssim(sr, hr, protocol) == pytest.approx(reference, abs=1e-6)
     assert ssim(hr, hr, protocol) == pytest.approx(1.0)

@@ -7,8 +7,14 @@ from edsr_lib.model import load_state, upsampling_factors
 from reference import assert_same_pixels, published_forward, random_published_weights
 
 # Published parameter counts (EDSR paper / EDSR-PyTorch), in millions.
-PUBLISHED_MILLIONS = {("baseline", 2): 1.37, ("baseline", 3): 1.55, ("baseline", 4): 1.52,
-                      ("paper", 2): 40.73, ("paper", 3): 43.68, ("paper", 4): 43.09}
+PUBLISHED_MILLIONS = {
+    ("baseline", 2): 1.37,
+    ("baseline", 3): 1.55,
+    ("baseline", 4): 1.52,
+    ("paper", 2): 40.73,
+    ("paper", 3): 43.68,
+    ("paper", 4): 43.09,
+}
 
 
 @pytest.mark.parametrize("preset,scale", sorted(PUBLISHED_MILLIONS))
@@ -23,8 +29,18 @@ def test_parameter_names_mirror_published_keys():
     expected = ["sub_mean.weight", "sub_mean.bias", "head.0.weight", "head.0.bias"]
     for i in range(16):
         expected += [f"body.{i}.body.{j}.{t}" for j in (0, 2) for t in ("weight", "bias")]
-    expected += ["body.16.weight", "body.16.bias", "tail.0.0.weight", "tail.0.0.bias", "tail.0.2.weight",
-                 "tail.0.2.bias", "tail.1.weight", "tail.1.bias", "add_mean.weight", "add_mean.bias"]
+    expected += [
+        "body.16.weight",
+        "body.16.bias",
+        "tail.0.0.weight",
+        "tail.0.0.bias",
+        "tail.0.2.weight",
+        "tail.0.2.bias",
+        "tail.1.weight",
+        "tail.1.bias",
+        "add_mean.weight",
+        "add_mean.bias",
+    ]
     assert names == expected
 
 
@@ -36,8 +52,9 @@ def test_scales_products_of_two_and_three():
             upsampling_factors(bad)
 
 
-@pytest.mark.parametrize("scale,blocks,feats,res_scale", [(2, 16, 64, 1.0), (3, 3, 32, 1.0), (4, 2, 24, 1.0),
-                                                          (2, 2, 256, 0.1)])
+@pytest.mark.parametrize(
+    "scale,blocks,feats,res_scale", [(2, 16, 64, 1.0), (3, 3, 32, 1.0), (4, 2, 24, 1.0), (2, 2, 256, 0.1)]
+)
 def test_forward_matches_numpy_reference(rng, scale, blocks, feats, res_scale):
     weights = random_published_weights(rng, scale, blocks, feats)
     model = build_model(Architecture(scale=scale, n_resblocks=blocks, n_feats=feats, res_scale=res_scale))

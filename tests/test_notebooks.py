@@ -1,4 +1,5 @@
 """The notebooks: committed clean and thin, and executed with papermill end to end on tiny parameters."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,15 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # papermill runs: tens of seconds each
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-TINY_TRAIN = {"n_resblocks": 2, "n_feats": 8, "patch_size": 24, "test_every": 3, "epochs": 2, "batch_size": 2,
-              "lr": 1e-3}
+TINY_TRAIN = {
+    "n_resblocks": 2,
+    "n_feats": 8,
+    "patch_size": 24,
+    "test_every": 3,
+    "epochs": 2,
+    "batch_size": 2,
+    "lr": 1e-3,
+}
 MAX_CELL_LINES = 25
 
 
@@ -21,8 +29,13 @@ def _p(params):
 
 
 def _launch(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "edsr_lib.launch", *map(str, args)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "edsr_lib.launch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _errors(path):
@@ -31,8 +44,13 @@ def _errors(path):
 
 
 def test_there_are_the_five_notebooks_and_the_exercises():
-    assert [p.name for p in NOTEBOOKS] == ["01_data_exploration.ipynb", "02_train.ipynb", "03_evaluate.ipynb",
-                                           "04_visual_comparison.ipynb", "05_export_inference.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_data_exploration.ipynb",
+        "02_train.ipynb",
+        "03_evaluate.ipynb",
+        "04_visual_comparison.ipynb",
+        "05_export_inference.ipynb",
+    ]
     assert (ROOT / "notebooks" / "exercises" / "exercises.ipynb").is_file()
     assert (ROOT / "notebooks" / "exercises" / "solutions.py").is_file()
 
@@ -43,7 +61,9 @@ def test_notebook_is_committed_clean_and_thin(path):
     nbformat.validate(nb)
     assert nb.cells[0].cell_type == "markdown" and "papermill" in nb.cells[0].source
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs: python scripts/strip_notebooks.py"
+    assert all(not c.outputs and c.execution_count is None for c in code), (
+        "strip outputs: python scripts/strip_notebooks.py"
+    )
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     for line in tagged[0].source.splitlines():  # typed defaults: `name: type = value  # comment`
@@ -72,8 +92,14 @@ def test_standalone_run_executes_train_evaluate_compare(standalone):
     assert f"EDSR {metrics['psnr']:.3f} dB, bicubic {metrics['psnr_bicubic']:.3f} dB" in proc.stdout
     for name in ("02_train.ipynb", "03_evaluate.ipynb", "04_visual_comparison.ipynb"):
         assert (out / name).is_file() and not _errors(out / name)
-    for figure in ("train/curves.png", "evaluate/gains_sample-test.png", "compare/comparison.png",
-                   "compare/error_maps.png", "compare/before_after.png", "ckpt/curves.png"):
+    for figure in (
+        "train/curves.png",
+        "evaluate/gains_sample-test.png",
+        "compare/comparison.png",
+        "compare/error_maps.png",
+        "compare/before_after.png",
+        "ckpt/curves.png",
+    ):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG", figure
     # every figure is also in the executed notebook (headless runs still show them)
     nb = nbformat.read(out / "04_visual_comparison.ipynb", as_version=4)
@@ -84,15 +110,36 @@ def test_standalone_run_executes_train_evaluate_compare(standalone):
 def test_data_exploration_notebook(tmp_path):
     out = tmp_path / "explore"
     nb_out = tmp_path / "01.ipynb"
-    proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "01_data_exploration.ipynb"),
-                           str(nb_out), "-p", "output_dir", str(out), "-p", "scale", "3"], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(ROOT / "notebooks" / "01_data_exploration.ipynb"),
+            str(nb_out),
+            "-p",
+            "output_dir",
+            str(out),
+            "-p",
+            "scale",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not _errors(nb_out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 5 and metrics["scale"] == 3 and len(metrics["rgb_mean"]) == 3
-    for figure in ("pairs_x2.png", "pairs_x3.png", "pairs_x4.png", "augmentations.png", "bicubic_error.png",
-                   "pixel_stats.png"):
+    for figure in (
+        "pairs_x2.png",
+        "pairs_x3.png",
+        "pairs_x4.png",
+        "augmentations.png",
+        "bicubic_error.png",
+        "pixel_stats.png",
+    ):
         assert (out / figure).is_file()
 
 
@@ -106,8 +153,13 @@ def test_run_eval_script_on_a_folder(standalone, tmp_path):
     for name in SAMPLE_TEST[:2]:
         (folder / name).write_bytes((sample_folder() / name).read_bytes())
     env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "eval"), "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "run_eval.sh"), str(tmp_path), str(out / "ckpt" / "best.ckpt"),
-                             str(folder)], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_eval.sh"), str(tmp_path), str(out / "ckpt" / "best.ckpt"), str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["dataset"] == "mine" and len(metrics["per_image"]) == 2
@@ -125,10 +177,27 @@ def test_export_notebook_verifies_both_formats(standalone, tmp_path):
     out, proc = standalone
     assert proc.returncode == 0
     nb_out = tmp_path / "05.ipynb"
-    result = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "05_export_inference.ipynb"),
-                             str(nb_out), "-p", "checkpoint", str(out / "ckpt" / "best.ckpt"), "-p", "onnx_input_size",
-                             "40,40", "-p", "output_dir", str(tmp_path / "export")], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(ROOT / "notebooks" / "05_export_inference.ipynb"),
+            str(nb_out),
+            "-p",
+            "checkpoint",
+            str(out / "ckpt" / "best.ckpt"),
+            "-p",
+            "onnx_input_size",
+            "40,40",
+            "-p",
+            "output_dir",
+            str(tmp_path / "export"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
     assert [c["format"] for c in metrics["checks"]] == ["MINDIR", "ONNX"]
@@ -138,8 +207,12 @@ def test_export_notebook_verifies_both_formats(standalone, tmp_path):
 
 
 def _papermill(notebook, out, cwd, params=None):
-    return subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(cwd),
-                           *_p(params or {})], capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(cwd), *_p(params or {})],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _text_outputs(path):
@@ -169,11 +242,15 @@ def test_notebooks_chain_with_their_defaults(chain):
         assert run.returncode == 0, (name, run.stderr[-3000:])
         assert "nan" not in _text_outputs(work / f"{name}.ipynb").lower(), name
         nb = nbformat.read(work / f"{name}.ipynb", as_version=4)
-        stderr = [o.text for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                  if o.output_type == "stream" and o.name == "stderr"]
+        stderr = [
+            o.text
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.outputs
+            if o.output_type == "stream" and o.name == "stderr"
+        ]
         assert not [t for t in stderr if "deprecated" in t or "WARNING" in t], (name, stderr)  # no red noise
-        echoes = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                  if o.output_type == "execute_result"]
+        echoes = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "execute_result"]
         assert not echoes, (name, echoes)  # no `Out[..]: PosixPath(...)`
     trained = work / "outputs" / "02_train" / "ckpt" / "best.ckpt"
     evaluation = json.loads((work / "outputs" / "03_evaluate" / "metrics.json").read_text())
@@ -200,8 +277,22 @@ def test_saved_notebooks_keep_their_final_state_in_html(chain):
     work, runs = chain
     for name in ("02", "04"):
         assert runs[name].returncode == 0, runs[name].stderr[-3000:]
-        done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(work / f"{name}.ipynb"),
-                               "--output-dir", str(work / "html")], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "nbconvert",
+                "--to",
+                "html",
+                str(work / f"{name}.ipynb"),
+                "--output-dir",
+                str(work / "html"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         html = (work / "html" / f"{name}.html").read_text()
         assert "0%|" not in html and "VBox(children=" not in html and "Error displaying widget" not in html
@@ -216,8 +307,9 @@ def test_saved_notebooks_keep_their_final_state_in_html(chain):
 
 def test_exercises_report_pass_with_the_solutions_and_todo_or_fail_otherwise(tmp_path):
     folder = ROOT / "notebooks" / "exercises"
-    run = _papermill(folder / "exercises.ipynb", tmp_path / "solved.ipynb", folder,
-                     {"solutions": folder / "solutions.py"})
+    run = _papermill(
+        folder / "exercises.ipynb", tmp_path / "solved.ipynb", folder, {"solutions": folder / "solutions.py"}
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "all 4 exercises passed" in _text_outputs(tmp_path / "solved.ipynb")
     run = _papermill(folder / "exercises.ipynb", tmp_path / "stubs.ipynb", folder)

@@ -21,17 +21,36 @@ def test_presets_and_validation():
 
 
 def test_patch_size_defaults_to_the_recipe_and_namespace_picks_options():
-    assert Options(scale=2).patch_size == 96 and Options(scale=3).patch_size == 144 and Options(scale=4).patch_size == 192
+    assert (
+        Options(scale=2).patch_size == 96 and Options(scale=3).patch_size == 144 and Options(scale=4).patch_size == 192
+    )
     opts = Options.from_namespace({"scale": 4, "epochs": 3, "output_dir": "x", "device_target": "", "np": object()})
     assert (opts.scale, opts.epochs, opts.patch_size, opts.device_target) == (4, 3, 192, None)
 
 
-@pytest.mark.parametrize("name,value", [
-    ("scale", 0), ("scale", 5), ("patch_size", 0), ("num_workers", -1), ("seed", -1), ("n_colors", 1),
-    ("lr", float("nan")), ("lr", -1.0), ("lr", 0.0), ("gamma", float("inf")), ("res_scale", float("nan")),
-    ("batch_size", 0), ("momentum", 1.0), ("loss_scale", -2.0), ("n_feats", 65536), ("n_resblocks", 10**7),
-    ("epochs", 1.5), ("lr", "fast"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("scale", 0),
+        ("scale", 5),
+        ("patch_size", 0),
+        ("num_workers", -1),
+        ("seed", -1),
+        ("n_colors", 1),
+        ("lr", float("nan")),
+        ("lr", -1.0),
+        ("lr", 0.0),
+        ("gamma", float("inf")),
+        ("res_scale", float("nan")),
+        ("batch_size", 0),
+        ("momentum", 1.0),
+        ("loss_scale", -2.0),
+        ("n_feats", 65536),
+        ("n_resblocks", 10**7),
+        ("epochs", 1.5),
+        ("lr", "fast"),
+    ],
+)
 def test_every_numeric_option_is_checked_before_work_starts(name, value):
     with pytest.raises(KitError, match=name if name not in ("n_feats", "n_resblocks") else "beyond the limits"):
         Options(**{name: value})

@@ -21,9 +21,14 @@ def test_patches_are_aligned(folder_dataset, rng):
         assert lp.shape == (12, 12, 3) and hp.shape == (24, 24, 3)
         # find the patch in the LR image and check the HR patch is the matching region
         ys, xs = np.where((np.asarray(lr)[:, :, 0] == lp[0, 0, 0]))
-        assert any((np.asarray(hr)[2 * y : 2 * y + 24, 2 * x : 2 * x + 24].shape == hp.shape
-                    and np.array_equal(np.asarray(hr)[2 * y : 2 * y + 24, 2 * x : 2 * x + 24], hp)
-                    and np.array_equal(np.asarray(lr)[y : y + 12, x : x + 12], lp)) for y, x in zip(ys, xs))
+        assert any(
+            (
+                np.asarray(hr)[2 * y : 2 * y + 24, 2 * x : 2 * x + 24].shape == hp.shape
+                and np.array_equal(np.asarray(hr)[2 * y : 2 * y + 24, 2 * x : 2 * x + 24], hp)
+                and np.array_equal(np.asarray(lr)[y : y + 12, x : x + 12], lp)
+            )
+            for y, x in zip(ys, xs)
+        )
 
 
 def test_eight_augmentations_are_the_dihedral_group(rng):

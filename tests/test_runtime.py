@@ -25,9 +25,11 @@ def test_environment_set_before_mindspore_and_warning_when_too_late():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     # the ISA cap is the fallback's (tests/test_conv.py checks it there); the kit's own kernel runs uncapped
     assert out.stdout.split() == ["1", "AVX2" if fast_conv_library()[0] is None else "None"]
-    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**env, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    kept = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    )
     assert kept.stdout.split() == ["1", "AVX512_CORE"]  # a value the user exported wins
-    late = subprocess.run([sys.executable, "-W", "always", "-c", "import mindspore, edsr_lib"], capture_output=True,
-                          text=True, env=env)
+    late = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import mindspore, edsr_lib"], capture_output=True, text=True, env=env
+    )
     assert "imported before edsr_lib" in late.stderr

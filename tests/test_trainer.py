@@ -1,4 +1,5 @@
 """Core training loop: learning, the checkpoint set, exact resume, refusal of incompatible resumes."""
+
 import os
 import socket
 
@@ -12,9 +13,23 @@ from edsr_lib.weights import read_checkpoint
 
 
 def _opts(tmp_path, **kw):
-    base = dict(data_train="sample", data_test="none", scale=2, patch_size=24, n_resblocks=2, n_feats=8,
-                test_every=3, epochs=2, batch_size=2, lr=1e-3, decay="1", seed=5,
-                ckpt_save_path=str(tmp_path / "ckpt"), ckpt_save_interval=1, ckpt_save_max=1)
+    base = dict(
+        data_train="sample",
+        data_test="none",
+        scale=2,
+        patch_size=24,
+        n_resblocks=2,
+        n_feats=8,
+        test_every=3,
+        epochs=2,
+        batch_size=2,
+        lr=1e-3,
+        decay="1",
+        seed=5,
+        ckpt_save_path=str(tmp_path / "ckpt"),
+        ckpt_save_interval=1,
+        ckpt_save_max=1,
+    )
     return Options(**{**base, **kw})
 
 
@@ -53,7 +68,8 @@ def _quiet(opts, **kw):
 
 def test_loss_scaling_is_applied_and_undone_exactly(tmp_path):
     # Scaling the loss by a power of two and unscaling the gradients is exact in float32: the weights must equal an
-    # unscaled run's bit for bit. The MindSpore ModelZoo EDSR's bug (gradients divided by the scale, loss never scaled) would not.
+    # unscaled run's bit for bit. The MindSpore ModelZoo EDSR's bug (gradients divided by the scale, loss never
+    # scaled) would not.
     plain = _quiet(_opts(tmp_path / "plain", epochs=1))
     plain.fit()
     scaled = _quiet(_opts(tmp_path / "scaled", epochs=1, loss_scale=1024.0))
@@ -112,8 +128,11 @@ def test_repeated_nonfinite_losses_stop_and_keep_last_good_checkpoint(tmp_path):
 def test_finetune_x3_from_x2_checkpoint(tmp_path):
     _quiet(_opts(tmp_path / "x2", epochs=1)).fit()
     x2 = read_checkpoint(tmp_path / "x2" / "ckpt" / "latest.ckpt")[1]
-    x3 = _quiet(_opts(tmp_path / "x3", scale=3, patch_size=36, epochs=1,
-                      ckpt_path=str(tmp_path / "x2" / "ckpt" / "latest.ckpt")))
+    x3 = _quiet(
+        _opts(
+            tmp_path / "x3", scale=3, patch_size=36, epochs=1, ckpt_path=str(tmp_path / "x2" / "ckpt" / "latest.ckpt")
+        )
+    )
     w3 = _weights(x3)
     assert all(np.array_equal(x2[k], w3[k]) for k in x2 if k.startswith(("head.", "body.")))
     x3.fit()
@@ -190,14 +209,34 @@ def test_kill_mid_checkpoint_then_resume_matches_straight_run(tmp_path):
 def test_cli_train_resume_and_errors(tmp_path):
     from conftest import run_cli
 
-    args = ["train", "--n_resblocks", 2, "--n_feats", 8, "--patch_size", 24, "--test_every", 2, "--batch_size", 2,
-            "--data_test", "none", "--ckpt_save_path", tmp_path / "run", "--progress", "none"]
+    args = [
+        "train",
+        "--n_resblocks",
+        2,
+        "--n_feats",
+        8,
+        "--patch_size",
+        24,
+        "--test_every",
+        2,
+        "--batch_size",
+        2,
+        "--data_test",
+        "none",
+        "--ckpt_save_path",
+        tmp_path / "run",
+        "--progress",
+        "none",
+    ]
     first = run_cli(*args, "--epochs", 1)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "done: 1 epochs" in first.stdout and "parameters: 5699" in first.stdout
     again = run_cli(*args, "--epochs", 2, "--resume")
     assert again.returncode == 0 and "resumed from" in again.stdout and "done: 2 epochs" in again.stdout
-    for bad, message in ((["--amp_level", "O9"], "amp_level must be O0"), (["--scale", 3, "--patch_size", 20], "multiple")):
+    for bad, message in (
+        (["--amp_level", "O9"], "amp_level must be O0"),
+        (["--scale", 3, "--patch_size", 20], "multiple"),
+    ):
         result = run_cli("train", *bad)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -207,8 +246,19 @@ def test_cli_train_resume_and_errors(tmp_path):
 def test_baseline_learns_on_the_sample_photos_and_beats_bicubic(tmp_path):
     """The issue's acceptance run, shortened: EDSR-baseline x2 with the training notebook's defaults (batch 16, HR
     patch 64, lr 5e-4) for 5 epochs of 25 iterations, validated on the 3 held-out photos (about 5 CPU minutes)."""
-    opts = Options(data_train="sample", data_test="sample", scale=2, patch_size=64, batch_size=16, lr=5e-4,
-                   test_every=25, epochs=5, decay="6", seed=1, ckpt_save_path=str(tmp_path / "ckpt"))
+    opts = Options(
+        data_train="sample",
+        data_test="sample",
+        scale=2,
+        patch_size=64,
+        batch_size=16,
+        lr=5e-4,
+        test_every=25,
+        epochs=5,
+        decay="6",
+        seed=1,
+        ckpt_save_path=str(tmp_path / "ckpt"),
+    )
     trainer = _quiet(opts)
     history = trainer.fit()
     assert history[-1]["loss"] < history[0]["loss"] / 2
@@ -286,10 +336,35 @@ def test_ctrl_c_ends_training_cleanly(tmp_path):
     import time
 
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "edsr_lib.cli", "train", "--n_resblocks", "1", "--n_feats", "4",
-                             "--patch_size", "24", "--test_every", "50", "--epochs", "1000", "--batch_size", "1",
-                             "--data_test", "none", "--ckpt_save_path", str(run), "--progress", "none"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edsr_lib.cli",
+            "train",
+            "--n_resblocks",
+            "1",
+            "--n_feats",
+            "4",
+            "--patch_size",
+            "24",
+            "--test_every",
+            "50",
+            "--epochs",
+            "1000",
+            "--batch_size",
+            "1",
+            "--data_test",
+            "none",
+            "--ckpt_save_path",
+            str(run),
+            "--progress",
+            "none",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "latest.ckpt").exists() and time.time() < deadline:
         time.sleep(0.5)

@@ -1,4 +1,5 @@
 """Published .pt (both formats) and ModelZoo .ckpt conversion against independent numpy references."""
+
 import numpy as np
 import pytest
 import mindspore as ms
@@ -7,8 +8,15 @@ from edsr_lib import load_model, read_checkpoint, upscale
 from edsr_lib.errors import KitError
 from edsr_lib.torch_pickle import load_torch_state_dict
 from conftest import run_cli
-from reference import (assert_same_pixels, modelzoo_forward, published_forward, random_published_weights,
-                       write_malicious_pt, write_pt_legacy, write_pt_zip)
+from reference import (
+    assert_same_pixels,
+    modelzoo_forward,
+    published_forward,
+    random_published_weights,
+    write_malicious_pt,
+    write_pt_legacy,
+    write_pt_zip,
+)
 
 WRITERS = {"legacy": write_pt_legacy, "zip": write_pt_zip}
 
@@ -35,6 +43,7 @@ def test_converted_pt_reproduces_reference(tmp_path, rng, fmt, scale, blocks, fe
         assert result.returncode == 0, result.stderr
     else:
         from edsr_lib import convert
+
         convert(src, dst)
     arch, _, _ = read_checkpoint(dst)
     assert (arch.scale, arch.n_resblocks, arch.n_feats) == (scale, blocks, feats)
@@ -50,9 +59,14 @@ def test_self_ensemble_matches_reference(tmp_path, rng):
     model = load_model(tmp_path / "m.pt")
     image = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
     # The 8 dihedral transforms and their inverses, written independently of the kit.
-    transforms = [(lambda a, k=k, t=t: np.rot90(a.transpose(1, 0, 2) if t else a, k),
-                   lambda a, k=k, t=t: (lambda b: b.transpose(1, 0, 2) if t else b)(np.rot90(a, -k)))
-                  for t in (False, True) for k in range(4)]
+    transforms = [
+        (
+            lambda a, k=k, t=t: np.rot90(a.transpose(1, 0, 2) if t else a, k),
+            lambda a, k=k, t=t: (lambda b: b.transpose(1, 0, 2) if t else b)(np.rot90(a, -k)),
+        )
+        for t in (False, True)
+        for k in range(4)
+    ]
     outputs = [inv(published_forward(weights, fwd(image), 1.0)) for fwd, inv in transforms]
     reference = np.mean(outputs, axis=0)
     assert_same_pixels(upscale(model, image, self_ensemble=True), reference)
@@ -100,10 +114,15 @@ def _random_modelzoo(rng, scale, blocks, feats):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_modelzoo_checkpoint_converts_exactly(tmp_path, rng, scale):
     zoo = _random_modelzoo(rng, scale, 3, 16)
-    extras = {"norm.weight": np.ones((1, 3, 1, 1), np.float32), "de_norm.weight": np.ones((1, 3, 1, 1), np.float32),
-              "moment1.head.0.weight": np.zeros_like(zoo["head.0.weight"]), "global_step": np.array([5], np.int32)}
-    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in {**zoo, **extras}.items()],
-                       str(tmp_path / "zoo.ckpt"))
+    extras = {
+        "norm.weight": np.ones((1, 3, 1, 1), np.float32),
+        "de_norm.weight": np.ones((1, 3, 1, 1), np.float32),
+        "moment1.head.0.weight": np.zeros_like(zoo["head.0.weight"]),
+        "global_step": np.array([5], np.int32),
+    }
+    ms.save_checkpoint(
+        [{"name": k, "data": ms.Tensor(v)} for k, v in {**zoo, **extras}.items()], str(tmp_path / "zoo.ckpt")
+    )
     result = run_cli("convert", tmp_path / "zoo.ckpt", tmp_path / "kit.ckpt", "--res-scale", "0.1")
     assert result.returncode == 0, result.stderr
     model = load_model(tmp_path / "kit.ckpt")

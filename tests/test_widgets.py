@@ -1,4 +1,5 @@
 """Interactive views: controls drive the pictures (checked without a browser by setting widget values)."""
+
 import io
 
 import numpy as np
@@ -56,7 +57,9 @@ def _explorer(size=32):
 def test_explorer_defaults_to_the_main_model_against_bicubic_and_follows_its_controls():
     comparison, explorer, dataset = _explorer()
     assert explorer.methods.value == ("bicubic", "EDSR") and (explorer.left.value, explorer.right.value) == (
-        "bicubic", "EDSR")
+        "bicubic",
+        "EDSR",
+    )
     hr, images, scores = comparison.outputs(0)
     assert set(images) == {"bicubic", "EDSR"} and set(scores) == {"bicubic", "EDSR"}
     figure_handle, wipe_handle = explorer._handles
@@ -101,8 +104,11 @@ def test_checkpoints_found_under_outputs_are_offered_and_loaded_only_when_chosen
 
     arch = Architecture(scale=2, n_resblocks=1, n_feats=4)
     for name in ("run/ckpt/best.ckpt", "run/ckpt/latest.ckpt", "x3/best.ckpt"):
-        save_checkpoint(tmp_path / name, Architecture(scale=3 if "x3" in name else 2, n_resblocks=1, n_feats=4),
-                        random_published_weights(rng, 3 if "x3" in name else 2, 1, 4))
+        save_checkpoint(
+            tmp_path / name,
+            Architecture(scale=3 if "x3" in name else 2, n_resblocks=1, n_feats=4),
+            random_published_weights(rng, 3 if "x3" in name else 2, 1, 4),
+        )
     (tmp_path / "run" / "ckpt" / ".best.ckpt.123.tmp.ckpt").write_bytes(b"partial")
     found = find_checkpoints(tmp_path, exclude=[tmp_path / "run" / "ckpt" / "latest.ckpt"])
     assert list(found) == ["run/ckpt/best", "x3/best"]
