@@ -10,6 +10,7 @@ from .model import PRESETS, Architecture, check_size
 
 
 OPTIMIZERS = ("ADAM", "SGD")
+LOSSES = ("L1", "MSE")
 # CANN's operator precision modes (mindspore.device_context.ascend.op_precision.precision_mode).
 PRECISION_MODES = (
     "force_fp16",
@@ -48,6 +49,7 @@ class Options:
     lr: float = 1e-4
     decay: str = "200"
     gamma: float = 0.5
+    loss: str = "1*L1"  # EDSR-PyTorch's syntax: weighted terms, e.g. 1*L1+0.1*MSE
     optimizer: str = "ADAM"  # ADAM (the recipe) or SGD, as in EDSR-PyTorch
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
@@ -93,6 +95,24 @@ class Options:
         if self.gclip < 0:
             raise KitError(f"gclip must be 0 (off) or positive, got {self.gclip}")
         self.decay_epochs()  # validates
+        self.loss_terms()  # validates
+
+    def loss_terms(self):
+        """`loss` as [(weight, name)]: "1*L1+0.1*MSE" -> [(1.0, "L1"), (0.1, "MSE")], as EDSR-PyTorch writes it."""
+        terms = []
+        for part in str(self.loss).replace(" ", "").split("+"):
+            weight, _, name = part.rpartition("*")
+            try:
+                value = float(weight) if weight else 1.0
+            except ValueError:
+                value = float("nan")
+            if name.upper() not in LOSSES or not math.isfinite(value) or value <= 0:
+                raise KitError(
+                    f"loss {self.loss!r}: each term is WEIGHT*NAME with a positive weight and NAME one of "
+                    f"{', '.join(LOSSES)}, e.g. 1*L1+0.1*MSE"
+                )
+            terms.append((value, name.upper()))
+        return terms
 
     def _check_numbers(self):
         """Every numeric option, before any work starts: a NaN lr or a negative seed would otherwise train garbage
@@ -218,6 +238,7 @@ OPTION_HELP = {
     "lr": "Adam learning rate",
     "decay": "epochs after which lr is multiplied by gamma, e.g. 200 or 200-400",
     "gamma": "lr decay factor",
+    "loss": "weighted loss terms in EDSR-PyTorch's syntax: 1*L1 (the recipe), 1*MSE, 1*L1+0.1*MSE",
     "optimizer": "ADAM (the recipe) or SGD",
     "momentum": "SGD momentum",
     "weight_decay": "L2 weight decay",

@@ -1,6 +1,7 @@
-"""Training EDSR as the published recipe does: L1 on 0-255 outputs, Adam (0.9, 0.999, 1e-8), multistep lr decay,
-epoch = `test_every` iterations, validation and checkpoints after each epoch, exact resume, mixed precision with
-loss scaling, and data parallelism over the ranks `msrun` or a rank table started.
+"""Training EDSR as the published recipe does: L1 on 0-255 outputs (or the `loss` option's terms), Adam (0.9, 0.999,
+1e-8), multistep lr decay, epoch = `test_every` iterations, validation and checkpoints after each epoch, exact
+resume, mixed precision with loss scaling, and data parallelism over the ranks `msrun` or a rank table started. The
+Trainer builds its model, loss, datasets and optimizer from the options unless it is given them.
 
 The run folder is `ckpt_save_path`: checkpoints, `history.csv`, `curves.png` and `run.json` (options, versions,
 device). Only rank 0 writes there.
@@ -106,12 +107,37 @@ _clip = ops.MultitypeFuncGraph("clip")
 
 
 @_clip.register("Number", "Tensor")
+class WeightedLoss(nn.Cell):
+    """sum(weight * term(sr, hr)) over the terms of the `loss` option (EDSR-PyTorch's `1*L1+0.1*MSE`)."""
+
+    TERMS = {"L1": nn.L1Loss, "MSE": nn.MSELoss}
+
+    def __init__(self, terms):
+        super().__init__()
+        self.weights = tuple(float(w) for w, _ in terms)
+        self.terms = nn.CellList([self.TERMS[name]() for _, name in terms])
+
+    def construct(self, sr, hr):
+        total = self.weights[0] * self.terms[0](sr, hr)
+        for i in range(1, len(self.weights)):
+            total = total + self.weights[i] * self.terms[i](sr, hr)
+        return total
+
+
+def make_loss(opts):
+    """The loss Cell for `opts.loss`; the recipe's plain `1*L1` is MindSpore's L1Loss itself."""
+    terms = opts.loss_terms()
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return WeightedLoss.TERMS[terms[0][1]]()
+    return WeightedLoss(terms)
+
+
 def _clip_tensor(limit, grad):
     return ops.clamp(grad, -limit, limit)
 
 
 class TrainStep(nn.Cell):
-    """One training step as one graph, after MindSpore's TrainOneStepWithLossScaleCell: forward, scaled L1 loss,
+    """One training step as one graph, after MindSpore's TrainOneStepWithLossScaleCell: forward, scaled loss,
     gradients, their mean over ranks, an overflow flag summed over ranks (so every rank skips the same steps),
     unscaling, optional clipping, the update, and the loss-scale adjustment. Nothing leaves the device: the step
     adds its loss and outcome to `totals`, which the host reads every `print_every` steps."""
@@ -241,7 +267,24 @@ def _pid_alive(pid):
 
 
 class Trainer:
-    def __init__(self, opts: Options, log=print, progress="auto"):
+    """Train as `opts` says. The parts are built from the options unless given: `model` (a network with the
+    options' architecture, so its checkpoints load), `loss` (a Cell of (sr, hr) -> scalar), `train_set` and
+    `val_set` (datasets as `data.open_dataset` returns them; `val_set=None` with data_test "none" validates
+    nothing), `optimizer` (a MindSpore optimizer over the model's trainable parameters with a Parameter
+    learning rate, which the lr schedule sets every epoch)."""
+
+    def __init__(
+        self,
+        opts: Options,
+        log=print,
+        progress="auto",
+        *,
+        model=None,
+        loss=None,
+        train_set=None,
+        val_set=None,
+        optimizer=None,
+    ):
         self.opts, self.log, self.progress = opts, log, progress
         self._run_bar = None  # the whole run's bar while fit() runs
         self.device = setup_device(opts.device_target)
@@ -250,11 +293,16 @@ class Trainer:
         self.sink = opts.sink_mode(self.device)
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
-        self.model = build_model(
+        self.model = model or build_model(
             opts.architecture(),
             conv_kernel="auto" if opts.amp_level == "O0" else "stock",
             allow_large_model=opts.allow_large_model,
         )
+        if getattr(self.model, "arch", opts.architecture()) != opts.architecture():
+            raise KitError(
+                f"the model's architecture {self.model.arch.to_dict()} differs from the options' "
+                f"{opts.architecture().to_dict()}; checkpoints would not load"
+            )
         if self.device == "CPU" and opts.amp_level != "O0":
             self._log(
                 f"warning: amp_level {opts.amp_level} on CPU uses MindSpore's Conv2d instead of the kit's faster "
@@ -266,7 +314,7 @@ class Trainer:
                 f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else "")
             )
         apply_mixed_precision(self.model, opts.amp_level)
-        self.train_set = open_dataset(
+        self.train_set = train_set or open_dataset(
             opts.data_train,
             opts.scale,
             opts.dir_data,
@@ -274,8 +322,8 @@ class Trainer:
             data_range=opts.data_range,
             min_lr_size=opts.patch_size // opts.scale,
         )
-        self.val_set = None
-        if str(opts.data_test).lower() != "none" and self.rank == 0:
+        self.val_set = val_set if self.rank == 0 else None
+        if val_set is None and str(opts.data_test).lower() != "none" and self.rank == 0:
             # Checked now, not after the first epoch: SSIM needs 11x11 pixels left after the border crop.
             border = protocol_for(opts.data_test, opts.scale).border
             self.val_set = open_dataset(
@@ -295,8 +343,8 @@ class Trainer:
             no_augment=opts.no_augment,
             rgb_range=opts.rgb_range,
         )
-        self.optimizer = make_optimizer(opts, self.model.trainable_params())
-        self.loss_fn = nn.L1Loss()
+        self.optimizer = optimizer or make_optimizer(opts, self.model.trainable_params())
+        self.loss_fn = loss or make_loss(opts)
         self.scaler = make_loss_scaler(opts, self.device)
         self.step = TrainStep(self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip)
         # One static graph: the patch size is fixed, so it compiles once, at the first step.

@@ -384,3 +384,50 @@ def test_a_validation_image_too_small_for_the_metrics_is_refused_before_training
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(folder / "tiny.png")  # x2: 12 - 2*2 < 11 for SSIM
     with pytest.raises(KitError, match="tiny.png: too small"):
         _quiet(_opts(tmp_path, data_test=str(folder)))
+
+
+def test_loss_option_in_edsr_pytorch_syntax_matches_its_formula(rng):
+    import mindspore as ms
+
+    from edsr_lib.trainer import make_loss
+
+    sr = rng.uniform(0, 255, (2, 3, 6, 5)).astype(np.float32)
+    hr = rng.uniform(0, 255, (2, 3, 6, 5)).astype(np.float32)
+    l1, mse = np.abs(sr - hr).mean(), ((sr - hr) ** 2).mean()
+    for spec, expected in (("1*L1", l1), ("1*MSE", mse), ("1*L1+0.1*MSE", l1 + 0.1 * mse), ("0.5*L1", 0.5 * l1)):
+        loss = make_loss(Options(loss=spec))
+        got = float(loss(ms.Tensor(sr), ms.Tensor(hr)).asnumpy())
+        assert got == pytest.approx(float(expected), rel=1e-5), spec
+    for bad in ("1*VGG54", "x*L1", "-1*L1", "1*L1+", "nan*MSE"):
+        with pytest.raises(KitError, match="each term is WEIGHT\\*NAME"):
+            Options(loss=bad)
+
+
+def test_trainer_takes_its_parts_and_a_weighted_loss_trains(tmp_path):
+    """An injected loss is what trains: a hand-written MSE Cell gives the `1*MSE` option's run, step for step."""
+    from mindspore import nn, ops
+
+    class HandMSE(nn.Cell):
+        def construct(self, sr, hr):
+            return ops.mean((sr - hr) ** 2)
+
+    by_option = Trainer(_opts(tmp_path / "a", loss="1*MSE"), log=lambda m: None, progress=False)
+    injected = Trainer(_opts(tmp_path / "b"), log=lambda m: None, progress=False, loss=HandMSE())
+    l1 = Trainer(_opts(tmp_path / "c"), log=lambda m: None, progress=False)
+    losses = [t.fit()[-1]["loss"] for t in (by_option, injected, l1)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and abs(losses[0] - losses[2]) > 1.0
+    weighted = Trainer(_opts(tmp_path / "d", loss="1*L1+0.1*MSE"), log=lambda m: None, progress=False).fit()
+    assert np.isfinite(weighted[-1]["loss"])
+    from edsr_lib.data import open_dataset
+    from edsr_lib.model import Architecture, build_model
+
+    train_set = open_dataset("sample", 2, split="train")
+    given = Trainer(_opts(tmp_path / "e"), log=lambda m: None, progress=False, train_set=train_set)
+    assert given.train_set is train_set
+    with pytest.raises(KitError, match="differs from the options"):
+        Trainer(
+            _opts(tmp_path / "f"),
+            log=lambda m: None,
+            progress=False,
+            model=build_model(Architecture(scale=2, n_resblocks=3, n_feats=8)),
+        )
