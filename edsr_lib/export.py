@@ -18,7 +18,7 @@ from mindspore import nn
 
 from .errors import KitError
 from .files import write_json
-from .inference import forward_tiled
+from .inference import forward_tiled, forward_windows
 from .model import Architecture, check_size
 from .runtime import STOCK_CONV_ENVIRONMENT, current_device, mindspore_log_silenced, stock_conv_needs_own_process
 from .weights import load_model
@@ -117,16 +117,6 @@ def export_model(checkpoint, file_format, output, input_size=None, batch_size=1,
     return output, meta
 
 
-def _exact_windows(length, window, margin):
-    """Window starts covering [0, length) so every position lies in some window's valid centre (its edges less
-    `margin`, except at the image border). Requires window > 2 * margin or a single window."""
-    if window >= length:
-        return [0]
-    step = window - 2 * margin
-    starts = list(range(0, length - window, step)) + [length - window]
-    return starts
-
-
 class ExportedModel:
     """An exported MINDIR (MindSpore) or ONNX (onnxruntime) model with the inference interface of a checkpoint:
     `arch`, and `forward_array(x)` on float32 NCHW 0-255 arrays, tiled to a fixed input size when it has one."""
@@ -203,20 +193,7 @@ class ExportedModel:
                 f"than {2 * self.arch.receptive_radius} px); tiles will show faint seams",
                 stacklevel=2,
             )
-        s = self.arch.scale
-        out = np.empty((x.shape[0], self.arch.n_colors, height * s, width * s), np.float32)
-        rows, cols = _exact_windows(height, fixed_h, margin), _exact_windows(width, fixed_w, margin)
-        for top in rows:
-            for left in cols:
-                sr = self._batched(x[:, :, top : top + fixed_h, left : left + fixed_w])
-                y0 = 0 if top == 0 else margin
-                x0 = 0 if left == 0 else margin
-                y1 = fixed_h if top + fixed_h == height else fixed_h - margin
-                x1 = fixed_w if left + fixed_w == width else fixed_w - margin
-                out[:, :, (top + y0) * s : (top + y1) * s, (left + x0) * s : (left + x1) * s] = sr[
-                    :, :, y0 * s : y1 * s, x0 * s : x1 * s
-                ]
-        return out
+        return forward_windows(self._batched, x, self.arch.scale, self.arch.n_colors, self.input_size, margin)
 
 
 def load_mindir(path):

@@ -14,8 +14,35 @@ from .images import IMAGE_EXTENSIONS, list_images, read_image, write_image
 from .progress import progress_bar
 
 
+def exact_windows(length, window, margin):
+    """Window starts covering [0, length) so every position lies in some window's valid centre (its edges less
+    `margin`, except at the image border). Requires window > 2 * margin or a single window."""
+    if window >= length:
+        return [0]
+    return list(range(0, length - window, window - 2 * margin)) + [length - window]
+
+
+def forward_windows(forward, x, scale, n_colors, window, margin):
+    """`forward` (float32 NCHW -> NCHW `scale` times larger) run on windows of `window` (h, w) LR pixels that cover x,
+    keeping from each only the pixels at least `margin` from its inner edges: with `margin` at least the network's
+    receptive radius the result equals one whole-image run. The one tiling of the kit (checkpoints and exports)."""
+    (win_h, win_w), (_, _, height, width) = window, x.shape
+    out = np.empty((x.shape[0], n_colors, height * scale, width * scale), np.float32)
+    for top in exact_windows(height, win_h, margin):
+        for left in exact_windows(width, win_w, margin):
+            sr = forward(x[:, :, top : top + win_h, left : left + win_w])
+            y0, x0 = (0 if top == 0 else margin), (0 if left == 0 else margin)
+            y1 = win_h if top + win_h >= height else win_h - margin
+            x1 = win_w if left + win_w >= width else win_w - margin
+            out[:, :, (top + y0) * scale : (top + y1) * scale, (left + x0) * scale : (left + x1) * scale] = sr[
+                :, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale
+            ]
+    return out
+
+
 def forward_tiled(model, x, tile=None):
-    """Network output for a float32 1xCxHxW array on the [0, rgb_range] scale, computed tile by tile.
+    """Network output for a float32 NxCxHxW array on the [0, rgb_range] scale, computed `tile` LR pixels at a time
+    (each tile read with the network's receptive radius around it, so the result is exact).
 
     `model` is a network (`model.EDSR`) or an exported one (`export.ExportedModel`): both have `forward_array`."""
     _, _, height, width = x.shape
@@ -23,19 +50,9 @@ def forward_tiled(model, x, tile=None):
         return model.forward_array(x)
     if tile < 1:
         raise KitError(f"tile must be a positive number of LR pixels, got {tile}")
-    scale, margin = model.arch.scale, model.arch.receptive_radius
-    out = np.empty((x.shape[0], model.arch.n_colors, height * scale, width * scale), np.float32)
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            in_top, in_left = max(0, top - margin), max(0, left - margin)
-            patch = x[:, :, in_top : min(height, bottom + margin), in_left : min(width, right + margin)]
-            sr = model.forward_array(patch)
-            oy, ox = (top - in_top) * scale, (left - in_left) * scale
-            out[:, :, top * scale : bottom * scale, left * scale : right * scale] = sr[
-                :, :, oy : oy + (bottom - top) * scale, ox : ox + (right - left) * scale
-            ]
-    return out
+    margin = model.arch.receptive_radius
+    window = (min(height, tile + 2 * margin), min(width, tile + 2 * margin))
+    return forward_windows(model.forward_array, x, model.arch.scale, model.arch.n_colors, window, margin)
 
 
 # The published self-ensemble order: x, v, h, hv, t, tv, th, thv (v flips width, h flips height, t transposes),

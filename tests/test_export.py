@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import run_cli
 from edsr_lib import Architecture, save_checkpoint
 from edsr_lib.errors import KitError
-from edsr_lib.export import ExportedModel, _exact_windows
+from edsr_lib.export import ExportedModel
+from edsr_lib.inference import exact_windows
 from reference import published_forward, random_published_weights
 
 pytest.importorskip("onnxruntime")
@@ -93,7 +94,7 @@ def test_upscale_with_fixed_size_onnx_tiles_exactly(tmp_path_factory):
 
 def test_window_starts_cover_every_pixel_in_a_valid_centre():
     for length, window, margin in ((100, 80, 36), (257, 64, 10), (64, 64, 30), (65, 64, 30)):
-        starts = _exact_windows(length, window, margin)
+        starts = exact_windows(length, window, margin)
         covered = np.zeros(length, bool)
         for s in starts:
             lo = s if s == 0 else s + margin
