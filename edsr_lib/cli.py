@@ -139,20 +139,17 @@ def _add_option_flags(parser):
     """One `--name value` flag per Options field, with the MindSpore ModelZoo EDSR's names; unset flags keep the
     preset's recipe."""
     from dataclasses import fields
-    from typing import get_type_hints
+    from typing import get_args, get_type_hints
 
-    from .options import OPTION_HELP, Options
+    from .options import Options
 
     hints = get_type_hints(Options)
     for f in fields(Options):
         kind = hints[f.name]
-        kind = int if kind not in (bool, int, float, str) and "int" in str(kind) else kind
-        kind = str if kind not in (bool, int, float) else kind
+        kind = next((k for k in get_args(kind) if k is not type(None)), kind)  # Optional[int] -> int
         extra = dict(nargs="?", const=True, type=_parse_bool) if kind is bool else dict(type=kind)
         default = f.default if f.name != "patch_size" else "48 * scale"
-        parser.add_argument(
-            f"--{f.name}", default=None, help=f"{OPTION_HELP.get(f.name, '')} (default: {default})", **extra
-        )
+        parser.add_argument(f"--{f.name}", default=None, help=f"{f.metadata['help']} (default: {default})", **extra)
 
 
 def _cmd_export(args):

@@ -2,7 +2,7 @@
 component."""
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 from .errors import KitError
@@ -24,54 +24,69 @@ PRECISION_MODES = (
 )
 
 
+def option(default, help_text):
+    """A field of Options with its help text (shown by `edsr train --help`): each option is declared once."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class Options:
     # data
-    dir_data: str = ""
-    data_train: str = "sample"
-    data_test: str = "sample"
-    data_range: str = "1-800/801-810"
-    scale: int = 2
-    patch_size: Optional[int] = None  # HR patch; None = 48 * scale (the recipe: LR patch 48)
-    rgb_range: int = 255
-    n_colors: int = 3
-    no_augment: bool = False
-    num_workers: int = 1
+    dir_data: str = option("", "root folder of the datasets (DIV2K/, benchmark/)")
+    data_train: str = option("sample", "training set: sample (built in), DIV2K, or a folder of HR images")
+    data_test: str = option("sample", "validation set: sample, DIV2K, Set5, Set14, B100, Urban100, a folder, or none")
+    data_range: str = option("1-800/801-810", "DIV2K index ranges train/test, e.g. 1-800/801-810")
+    scale: int = option(2, "upscaling factor (2, 3, 4, ...)")
+    patch_size: Optional[int] = option(None, "HR training patch size (default 48 * scale)")
+    rgb_range: int = option(255, "pixel range the network sees (255)")
+    n_colors: int = option(3, "image channels (3)")
+    no_augment: bool = option(False, "turn off the 8 flip/transpose augmentations")
+    num_workers: int = option(1, "data loading worker processes")
     # model
-    model: str = "EDSR"
-    n_resblocks: int = 16
-    n_feats: int = 64
-    res_scale: float = 1.0
+    model: str = option("EDSR", "network (EDSR)")
+    n_resblocks: int = option(16, "residual blocks (baseline 16, paper 32)")
+    n_feats: int = option(64, "feature channels (baseline 64, paper 256)")
+    res_scale: float = option(1.0, "residual scaling (baseline 1.0, paper 0.1)")
     # schedule (EDSR-PyTorch recipe)
-    test_every: int = 1000
-    epochs: int = 300
-    batch_size: int = 16
-    lr: float = 1e-4
-    decay: str = "200"
-    gamma: float = 0.5
-    loss: str = "1*L1"  # EDSR-PyTorch's syntax: weighted terms, e.g. 1*L1+0.1*MSE
-    optimizer: str = "ADAM"  # ADAM (the recipe) or SGD, as in EDSR-PyTorch
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    gclip: float = 0.0  # clip every gradient element to [-gclip, gclip]; 0 = off
-    seed: int = 1
-    print_every: int = 100  # steps between host reads of the loss (progress bar); also the dataset-sink size
+    test_every: int = option(1000, "iterations per epoch")
+    epochs: int = option(300, "number of epochs")
+    batch_size: int = option(16, "patches per step on each device (global batch = batch_size x ranks)")
+    lr: float = option(1e-4, "Adam learning rate")
+    decay: str = option("200", "epochs after which lr is multiplied by gamma, e.g. 200 or 200-400")
+    gamma: float = option(0.5, "lr decay factor")
+    loss: str = option("1*L1", "weighted loss terms in EDSR-PyTorch's syntax: 1*L1 (the recipe), 1*MSE, 1*L1+0.1*MSE")
+    optimizer: str = option("ADAM", "ADAM (the recipe) or SGD")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    gclip: float = option(0.0, "clip gradient elements to [-gclip, gclip] (0 = off)")
+    seed: int = option(1, "random seed (weights and patch sampling)")
+    print_every: int = option(100, "steps between loss reads for the progress bar (the only per-step host syncs)")
     # checkpoints
-    ckpt_save_path: str = "ckpt"
-    ckpt_save_interval: int = 10
-    ckpt_save_max: int = 5
-    ckpt_path: str = ""
-    resume: bool = False
-    overwrite: bool = False  # start a new run in a folder holding an earlier run's checkpoints
-    task_id: int = 0
+    ckpt_save_path: str = option("ckpt", "run folder: checkpoints, history.csv, curves.png, run.json")
+    ckpt_save_interval: int = option(10, "keep a numbered checkpoint every this many epochs")
+    ckpt_save_max: int = option(5, "numbered checkpoints kept at most")
+    ckpt_path: str = option("", "initialise the weights from this checkpoint (e.g. x2 -> x3/x4 fine-tuning)")
+    resume: bool = option(False, "continue from latest.ckpt in ckpt_save_path")
+    overwrite: bool = option(
+        False, "start a new run in a ckpt_save_path that holds an earlier run (its files are replaced)"
+    )
+    task_id: int = option(0, "task index (kept for the ModelZoo EDSR's scripts; not used in training)")
     # precision and device
-    amp_level: str = "O0"
-    loss_scale: float = 0.0
-    precision_mode: str = ""  # Ascend only: CANN precision mode; "" = the chip's default (see README)
-    deterministic: bool = False  # Ascend only (CPU always is): bit-exact reruns and resume, somewhat slower
-    dataset_sink: str = "auto"  # auto (on for Ascend/GPU), on, off: feed print_every steps per device call
-    allow_large_model: bool = False  # lift the size limits of model.check_size
-    device_target: Optional[str] = None
+    amp_level: str = option("O0", "mixed precision O0 (float32), O1, O2 or O3")
+    loss_scale: float = option(
+        0.0, "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend"
+    )
+    precision_mode: str = option(
+        "", "Ascend: CANN precision mode, e.g. must_keep_origin_dtype for float32 convolutions"
+    )
+    deterministic: bool = option(
+        False, "Ascend: deterministic kernels and HCCL (exact resume); CPU is always deterministic"
+    )
+    dataset_sink: str = option("auto", "auto, on or off: run print_every steps per device call (Ascend/GPU data sink)")
+    allow_large_model: bool = option(False, "allow more than 256 residual blocks or 1024 features")
+    device_target: Optional[str] = option(
+        None, "Ascend, GPU or CPU (default: $DEVICE_TARGET, else Ascend when present, else CPU)"
+    )
 
     def __post_init__(self):
         self.device_target = self.device_target or None  # notebooks pass "" for "choose for me"
@@ -215,48 +230,3 @@ class Options:
     def learning_rate(self, epoch):
         """lr during (0-based) `epoch`: halved (times gamma) once for every milestone already passed."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.decay_epochs())
-
-
-OPTION_HELP = {
-    "dir_data": "root folder of the datasets (DIV2K/, benchmark/)",
-    "data_train": "training set: sample (built in), DIV2K, or a folder of HR images",
-    "data_test": "validation set: sample, DIV2K, Set5, Set14, B100, Urban100, a folder, or none",
-    "data_range": "DIV2K index ranges train/test, e.g. 1-800/801-810",
-    "scale": "upscaling factor (2, 3, 4, ...)",
-    "patch_size": "HR training patch size (default 48 * scale)",
-    "rgb_range": "pixel range the network sees (255)",
-    "n_colors": "image channels (3)",
-    "no_augment": "turn off the 8 flip/transpose augmentations",
-    "num_workers": "data loading worker processes",
-    "model": "network (EDSR)",
-    "n_resblocks": "residual blocks (baseline 16, paper 32)",
-    "n_feats": "feature channels (baseline 64, paper 256)",
-    "res_scale": "residual scaling (baseline 1.0, paper 0.1)",
-    "test_every": "iterations per epoch",
-    "epochs": "number of epochs",
-    "batch_size": "patches per step on each device (global batch = batch_size x ranks)",
-    "lr": "Adam learning rate",
-    "decay": "epochs after which lr is multiplied by gamma, e.g. 200 or 200-400",
-    "gamma": "lr decay factor",
-    "loss": "weighted loss terms in EDSR-PyTorch's syntax: 1*L1 (the recipe), 1*MSE, 1*L1+0.1*MSE",
-    "optimizer": "ADAM (the recipe) or SGD",
-    "momentum": "SGD momentum",
-    "weight_decay": "L2 weight decay",
-    "gclip": "clip gradient elements to [-gclip, gclip] (0 = off)",
-    "seed": "random seed (weights and patch sampling)",
-    "print_every": "steps between loss reads for the progress bar (the only per-step host syncs)",
-    "ckpt_save_path": "run folder: checkpoints, history.csv, curves.png, run.json",
-    "ckpt_save_interval": "keep a numbered checkpoint every this many epochs",
-    "ckpt_save_max": "numbered checkpoints kept at most",
-    "ckpt_path": "initialise the weights from this checkpoint (e.g. x2 -> x3/x4 fine-tuning)",
-    "resume": "continue from latest.ckpt in ckpt_save_path",
-    "overwrite": "start a new run in a ckpt_save_path that holds an earlier run (its files are replaced)",
-    "task_id": "task index (kept for the ModelZoo EDSR's scripts; not used in training)",
-    "amp_level": "mixed precision O0 (float32), O1, O2 or O3",
-    "loss_scale": "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend",
-    "precision_mode": "Ascend: CANN precision mode, e.g. must_keep_origin_dtype for float32 convolutions",
-    "deterministic": "Ascend: deterministic kernels and HCCL (exact resume); CPU is always deterministic",
-    "dataset_sink": "auto, on or off: run print_every steps per device call (Ascend/GPU data sink)",
-    "allow_large_model": "allow more than 256 residual blocks or 1024 features",
-    "device_target": "Ascend, GPU or CPU (default: $DEVICE_TARGET, else Ascend when present, else CPU)",
-}
