@@ -108,7 +108,7 @@ def _cmd_train(args):
     if trainer.rank == 0:
         print("  ".join(f"{k}: {v}" for k, v in trainer.summary().items()))
     trainer.fit()
-    metrics = trainer.final_metrics()
+    metrics = trainer.gather_final_metrics()
     if trainer.rank == 0:
         print(
             f"done: {metrics['epochs']} epochs, final loss {metrics['final_loss']:.4f}"

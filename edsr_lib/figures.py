@@ -42,7 +42,7 @@ def plot_history(history, title="training"):
     return fig
 
 
-def show(fig, path):
+def save_and_show(fig, path):
     """Save `fig` as PNG and return it as an IPython image: the notebook shows exactly the file it saved, in
     JupyterLab and in headless papermill runs alike."""
     from IPython.display import Image

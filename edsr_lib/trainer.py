@@ -645,7 +645,7 @@ class Trainer:
         atomic_write(self.ckpt_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
         return save_figure(plot_history(self.history, f"EDSR x{self.opts.scale}"), self.ckpt_dir / "curves.png")
 
-    def final_metrics(self):
+    def gather_final_metrics(self):
         """What every rank reports: equal `param_checksum` and `param_digest` (and loss, averaged over ranks) on all.
 
         With several ranks, every parameter's sum is gathered from all ranks and compared here (`ranks_agree`), so

@@ -154,7 +154,7 @@ def test_run_folder_records_options_versions_and_curves(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "ckpt" / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["psnr_bicubic"]) > 20 for r in rows)
     assert (tmp_path / "ckpt" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    metrics = trainer.final_metrics()
+    metrics = trainer.gather_final_metrics()
     total = sum(v.astype(np.float64).sum() for v in read_checkpoint(tmp_path / "ckpt" / "latest.ckpt")[1].values())
     assert metrics["param_checksum"] == pytest.approx(total, rel=1e-12)
 
