@@ -1,7 +1,7 @@
 """The network's convolution layer, kept in one swappable place.
 
 Every 3x3 convolution in the model is made by `make_conv`. On CPU it is a oneDNN kernel of our own
-(`csrc/onednn_conv.cpp`, built by `native.py`) with its own backward pass, run inside MindSpore graphs with dynamic
+(`csrc/onednn_conv.cpp`, built by `native/`) with its own backward pass, run inside MindSpore graphs with dynamic
 shapes (`model.compile_dynamic`: inference and the training step): within about 1.1x of PyTorch on the same CPU,
 where MindSpore's stock CPU Conv2d in the same graphs is 1.2-1.5x slower (docs/benchmarks.md). On Ascend and GPU,
 in exports, and wherever that kernel cannot be built, it is the stock `nn.Conv2d`.

@@ -28,10 +28,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import KitError
-from .files import atomic_write, check_archive_member, user_cache_dir
+from ..errors import KitError
+from ..files import atomic_write, check_archive_member, user_cache_dir
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "onednn_conv.cpp"
+SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "onednn_conv.cpp"
 LIBRARY_NAME = "onednn_conv.so"
 # oneDNN 3.13 headers; only the stable public C API is used, which MindSpore 2.10's libdnnl.so.3 (3.10) provides.
 HEADERS_REQUIREMENT = "onednn-devel==2026.1.0"
@@ -211,7 +211,7 @@ def build(force=False):
 
 
 def main(argv=None):
-    from .errors import OneLineArgumentParser
+    from ..errors import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="python -m edsr_lib.native", description="build the kit's CPU convolution")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,7 +227,3 @@ def main(argv=None):
         return 1
     print(f"the kit's CPU convolution: {library}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
