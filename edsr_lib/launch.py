@@ -335,7 +335,7 @@ class RankWatch:
 
     def __init__(self, output_dir, log=print):
         self.output_dir, self.log = Path(output_dir), log
-        self.top, self.seen, self.workers = [], {}, {}
+        self.top, self.seen, self.workers, self.kernels = [], {}, {}, {}
         self.started = time.time()
 
     def start(self, command, env, log_path=None, rank=None):
@@ -364,6 +364,9 @@ class RankWatch:
                     rank = self._worker_rank(child)
                     if rank is not None:
                         self.workers[key] = (rank, child)
+                    rank = self._kernel_rank(child)
+                    if rank is not None:
+                        self.kernels[key] = (rank, child)
 
     @staticmethod
     def _worker_rank(process):
@@ -379,6 +382,19 @@ class RankWatch:
             return None
         return int(env["RANK_ID"]) if env.get("RANK_ID", "").isdigit() else None
 
+    @staticmethod
+    def _kernel_rank(process):
+        """The rank whose notebook kernel `process` is (papermill starts one per worker), else None."""
+        import psutil
+
+        try:
+            cmdline, env = " ".join(process.cmdline()), process.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        if "ipykernel_launcher" not in cmdline:
+            return None
+        return int(env["RANK_ID"]) if env.get("RANK_ID", "").isdigit() else None
+
     def _finished(self, rank):
         metrics = self.output_dir / f"rank_{rank}" / "metrics.json"
         return metrics.is_file() and metrics.stat().st_mtime >= self.started
@@ -386,6 +402,13 @@ class RankWatch:
     def _failure(self):
         """(rank or None, reason, seen here) for the first failure, else None; `seen here` is False when another
         server's launcher reported it through the shared folder."""
+        # A rank's kernel dying is the root cause when it happens: the other ranks then fail too, in their own
+        # time, and the launcher must name the rank that failed first, not the first one it notices.
+        for key, (rank, process) in list(self.kernels.items()):
+            if not _running(process):
+                del self.kernels[key]
+                if not self._finished(rank):
+                    return rank, f"rank {rank}'s notebook kernel died", True
         for proc, rank, log_path, _ in self.top:
             code = proc.poll()
             if code:
