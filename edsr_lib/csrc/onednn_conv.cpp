@@ -147,12 +147,34 @@ Runtime *GetRuntime() {
   return runtime;
 }
 
+// Runs `release` when leaving the scope, on every path (the CHECK macro returns early on failure).
+template <class F>
+struct Finally {
+  F release;
+  ~Finally() { release(); }
+};
+template <class F>
+Finally<F> OnExit(F release) {
+  return {release};
+}
+
 // A tensor as the user holds it (plain layout, caller's buffer) and as the primitive wants it (oneDNN's choice).
+// It owns its oneDNN objects: destroying it (an evicted plan, a half-built one) frees them.
 struct Operand {
   dnnl_memory_desc_t user_md = nullptr, prim_md = nullptr;
   dnnl_memory_t user = nullptr, prim = nullptr;
   dnnl_primitive_t reorder = nullptr;  // user -> prim for inputs, prim -> user for outputs; null if same layout
   size_t prim_bytes = 0;                // size of its buffer in the primitive's layout (see Workspace)
+  Operand() = default;
+  Operand(const Operand &) = delete;
+  Operand &operator=(const Operand &) = delete;
+  ~Operand() {
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (prim) dnnl_memory_destroy(prim);
+    if (user) dnnl_memory_destroy(user);
+    if (prim_md) dnnl_memory_desc_destroy(prim_md);
+    if (user_md) dnnl_memory_desc_destroy(user_md);
+  }
 };
 
 enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2, kForwardRelu = 3 };
@@ -162,6 +184,12 @@ struct Plan {
   std::vector<std::unique_ptr<Operand>> operands;  // in execution-argument order
   std::vector<int> arg_ids;
   std::vector<bool> is_output;
+  Plan() = default;
+  Plan(const Plan &) = delete;
+  Plan &operator=(const Plan &) = delete;
+  ~Plan() {
+    if (primitive) dnnl_primitive_destroy(primitive);
+  }
 };
 
 dnnl_memory_desc_t Plain(const std::vector<int64_t> &dims, dnnl_format_tag_t tag) {
@@ -170,23 +198,26 @@ dnnl_memory_desc_t Plain(const std::vector<int64_t> &dims, dnnl_format_tag_t tag
   return md;
 }
 
+// Takes ownership of user_md. Returns null (having freed everything) if oneDNN refuses a step.
 Operand *MakeOperand(Runtime *rt, dnnl_memory_desc_t user_md, const_dnnl_memory_desc_t chosen, bool output) {
-  auto *op = new Operand();
+  auto op = std::make_unique<Operand>();
   op->user_md = user_md;
   CHECK(dnnl_memory_desc_clone(&op->prim_md, chosen));
   CHECK(dnnl_memory_create(&op->user, op->user_md, rt->engine, DNNL_MEMORY_NONE));
-  if (dnnl_memory_desc_equal(op->user_md, op->prim_md)) return op;
+  if (dnnl_memory_desc_equal(op->user_md, op->prim_md)) return op.release();
   op->prim_bytes = dnnl_memory_desc_get_size(op->prim_md);
   CHECK(dnnl_memory_create(&op->prim, op->prim_md, rt->engine, DNNL_MEMORY_NONE));
   dnnl_primitive_desc_t rpd = nullptr;
+  auto free_rpd = OnExit([&] {
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+  });
   if (output) {
     CHECK(dnnl_reorder_primitive_desc_create(&rpd, op->prim_md, rt->engine, op->user_md, rt->engine, nullptr));
   } else {
     CHECK(dnnl_reorder_primitive_desc_create(&rpd, op->user_md, rt->engine, op->prim_md, rt->engine, nullptr));
   }
   CHECK(dnnl_primitive_create(&op->reorder, rpd));
-  dnnl_primitive_desc_destroy(rpd);
-  return op;
+  return op.release();
 }
 
 Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k) {
@@ -197,24 +228,27 @@ Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
   std::vector<int64_t> x_dims = {n, c, h, w}, y_dims = {n, o, h, w}, w_dims = {o, c, k, k}, b_dims = {o};
   dnnl_memory_desc_t x_any = Plain(x_dims, dnnl_format_tag_any), y_any = Plain(y_dims, dnnl_format_tag_any);
   dnnl_memory_desc_t w_any = Plain(w_dims, dnnl_format_tag_any), b_md = Plain(b_dims, dnnl_a);
-
   dnnl_primitive_attr_t attr = nullptr;  // null: no post-op
+  dnnl_post_ops_t relu = nullptr;
+  dnnl_primitive_desc_t fwd = nullptr, pd = nullptr;
+  auto free_descriptors = OnExit([&] {
+    for (auto md : {x_any, y_any, w_any, b_md}) dnnl_memory_desc_destroy(md);
+    if (relu) dnnl_post_ops_destroy(relu);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (pd && pd != fwd) dnnl_primitive_desc_destroy(pd);
+    if (fwd) dnnl_primitive_desc_destroy(fwd);
+  });
   if (kind == kForwardRelu) {
-    dnnl_post_ops_t relu = nullptr;
     CHECK(dnnl_post_ops_create(&relu));
     CHECK(dnnl_post_ops_append_eltwise(relu, dnnl_eltwise_relu, 0.f, 0.f));
     CHECK(dnnl_primitive_attr_create(&attr));
     CHECK(dnnl_primitive_attr_set_post_ops(attr, relu));
-    dnnl_post_ops_destroy(relu);
   }
-  dnnl_primitive_desc_t fwd = nullptr;
-  const dnnl_status_t created = dnnl_convolution_forward_primitive_desc_create(
-      &fwd, rt->engine, dnnl_forward_training, dnnl_convolution_direct, x_any, w_any, b_md, y_any, strides, dilates,
-      padding, padding, attr);
-  if (attr) dnnl_primitive_attr_destroy(attr);
-  CHECK(created);
-  auto *plan = new Plan();
-  dnnl_primitive_desc_t pd = fwd;
+  CHECK(dnnl_convolution_forward_primitive_desc_create(&fwd, rt->engine, dnnl_forward_training,
+                                                       dnnl_convolution_direct, x_any, w_any, b_md, y_any, strides,
+                                                       dilates, padding, padding, attr));
+  auto plan = std::make_unique<Plan>();
+  pd = fwd;
   // `index` 1 of the weights queries is the bias
   auto add = [&](int arg, dnnl_memory_desc_t user_md, dnnl_query_t what, int index, bool output) {
     plan->operands.emplace_back(MakeOperand(rt, user_md, dnnl_primitive_desc_query_md(pd, what, index), output));
@@ -242,13 +276,10 @@ Plan *BuildPlan(Kind kind, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
     add(DNNL_ARG_DIFF_WEIGHTS, Plain(w_dims, dnnl_oihw), dnnl_query_diff_weights_md, 0, true);
     add(DNNL_ARG_DIFF_BIAS, Plain(b_dims, dnnl_a), dnnl_query_diff_weights_md, 1, true);
   }
-  CHECK(dnnl_primitive_create(&plan->primitive, pd));
-  if (pd != fwd) dnnl_primitive_desc_destroy(pd);
-  dnnl_primitive_desc_destroy(fwd);
-  for (auto md : {x_any, y_any, w_any, b_md}) dnnl_memory_desc_destroy(md);
   for (auto &op : plan->operands)
     if (!op) return nullptr;
-  return plan;
+  CHECK(dnnl_primitive_create(&plan->primitive, pd));
+  return plan.release();
 }
 
 // Plans are kept per (kind, shape); a bounded cache, since every image size in inference is a new shape.
@@ -280,14 +311,26 @@ struct Slot {
 };
 std::array<Slot, 4> workspace;  // one per operand position (a plan has at most 4)
 
+// What the kernels return to MindSpore: 0 is success, anything else fails the op with this number in its message.
+enum Status : int {
+  kOk = 0,
+  kPlanFailed = 1,        // oneDNN could not build a primitive for this shape (its reason is on stderr)
+  kReorderInFailed = 2,   // converting an input to the primitive's layout failed
+  kExecuteFailed = 3,     // the convolution itself failed
+  kReorderOutFailed = 4,  // converting an output back to the plain layout failed
+  kWaitFailed = 5,        // the stream did not finish
+  kBadArguments = 10,     // wrong number, rank or dtype of the op's arguments
+  kShapeMismatch = 11,    // the residual input's shape differs from the output's
+};
+
 int Run(Kind kind, const std::array<int64_t, 6> &shape, const std::vector<void *> &buffers) {
   std::lock_guard<std::mutex> lock(pool_mutex);
   std::array<int64_t, 7> key = {kind, shape[0], shape[1], shape[2], shape[3], shape[4], shape[5]};
   auto found = plans.find(key);
   if (found == plans.end()) {
-    if (plans.size() >= kMaxPlans) plans.clear();
+    if (plans.size() >= kMaxPlans) plans.clear();  // the evicted plans free their oneDNN objects
     Plan *plan = BuildPlan(kind, shape[0], shape[1], shape[2], shape[3], shape[4], shape[5]);
-    if (!plan) return 1;
+    if (!plan) return kPlanFailed;
     found = plans.emplace(key, std::unique_ptr<Plan>(plan)).first;
   }
   Plan &plan = *found->second;
@@ -299,22 +342,22 @@ int Run(Kind kind, const std::array<int64_t, 6> &shape, const std::vector<void *
     if (op.reorder) dnnl_memory_set_data_handle(op.prim, workspace[i].Get(op.prim_bytes));
     if (op.reorder && !plan.is_output[i]) {
       dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, op.user}, {DNNL_ARG_TO, op.prim}};
-      if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return 2;
+      if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return kReorderInFailed;
     }
     args.push_back({plan.arg_ids[i], op.reorder ? op.prim : op.user});
   }
   if (dnnl_primitive_execute(plan.primitive, rt->stream, static_cast<int>(args.size()), args.data()) != dnnl_success)
-    return 3;
+    return kExecuteFailed;
   for (size_t i = 0; i < plan.operands.size(); ++i) {
     Operand &op = *plan.operands[i];
     if (op.reorder && plan.is_output[i]) {
       dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, op.prim}, {DNNL_ARG_TO, op.user}};
-      if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return 4;
+      if (dnnl_primitive_execute(op.reorder, rt->stream, 2, r) != dnnl_success) return kReorderOutFailed;
     }
   }
   const bool ok = dnnl_stream_wait(rt->stream) == dnnl_success;
   for (auto &slot : workspace) slot.Trim();
-  return ok ? 0 : 5;
+  return ok ? kOk : kWaitFailed;
 }
 
 bool IsFloat32(const char *dtype) { return std::string(dtype) == "float32" || std::string(dtype) == "float"; }
@@ -336,7 +379,7 @@ void ScaleAndAdd(float *y, const float *skip, float scale, int64_t count) {
 
 // Inputs x, w, b and output y, as ConvForward and ConvReluForward receive them.
 int Forward(Kind kind, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
   const int64_t *x = shapes[0], *w = shapes[1];
   return Run(kind, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
 }
@@ -356,18 +399,18 @@ int ConvReluForward(int nparam, void **params, int *ndims, int64_t **shapes, con
 int ConvResidualForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                         void *) {
   // inputs x, w, b, skip (shaped as the output) and scale (one float), output y
-  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || !IsFloat32(dtypes[0])) return 10;
+  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
   const int64_t *x = shapes[0], *w = shapes[1], *skip = shapes[3];
-  if (skip[0] != x[0] || skip[1] != w[0] || skip[2] != x[2] || skip[3] != x[3]) return 11;
+  if (skip[0] != x[0] || skip[1] != w[0] || skip[2] != x[2] || skip[3] != x[3]) return kShapeMismatch;
   const int status = Run(kForward, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[5]});
-  if (status != 0) return status;
+  if (status != kOk) return status;
   ScaleAndAdd(static_cast<float *>(params[5]), static_cast<const float *>(params[3]),
               *static_cast<const float *>(params[4]), skip[0] * skip[1] * skip[2] * skip[3]);
-  return 0;
+  return kOk;
 }
 
 int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return 10;
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
   const int64_t *dy = shapes[0], *w = shapes[1];
   return Run(kBackwardData, {dy[0], w[1], dy[2], dy[3], w[0], w[2]}, {params[0], params[1], params[2]});
 }
@@ -375,7 +418,7 @@ int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, co
 int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                         void *) {
   // inputs x, dy and w (w only for its shape), outputs dw and db
-  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsFloat32(dtypes[0])) return 10;
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
   const int64_t *x = shapes[0], *dy = shapes[1], *w = shapes[2];
   return Run(kBackwardWeights, {x[0], x[1], x[2], x[3], dy[1], w[2]}, {params[0], params[1], params[3], params[4]});
 }
