@@ -219,7 +219,14 @@ class SampleImages(PairDataset):
         super().__init__(f"sample-{split}", scale, items, **kwargs)
 
 
-def open_dataset(spec, scale, dir_data="", split="test", data_range="1-800/801-810", **kwargs):
+def open_dataset(
+    spec: str | os.PathLike,
+    scale: int,
+    dir_data: str = "",
+    split: str = "test",
+    data_range: str = "1-800/801-810",
+    **kwargs,
+) -> PairDataset:
     """A dataset from a name (`sample`, `DIV2K`, `Set5`, ...) or a folder path, as the MindSpore ModelZoo EDSR's
     options name them.
 

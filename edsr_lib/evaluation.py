@@ -1,12 +1,13 @@
 """Evaluating a model (or plain bicubic) on a dataset with the papers' protocol; tables and JSON."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .imresize import imresize
 from .images import write_image
-from .metrics import protocol_for, psnr, quantize, ssim
+from .metrics import Protocol, protocol_for, psnr, quantize, ssim
 from .progress import progress_bar
 
 
@@ -47,7 +48,15 @@ def bicubic_upscale(lr, scale):
     return quantize(imresize(lr, scale))
 
 
-def evaluate(dataset, model=None, protocol=None, self_ensemble=False, tile=None, save_dir=None, progress=True):
+def evaluate(
+    dataset,
+    model=None,
+    protocol: Protocol | None = None,
+    self_ensemble: bool = False,
+    tile: int | None = None,
+    save_dir: str | os.PathLike | None = None,
+    progress: bool | str = True,
+) -> dict:
     """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset`.
 
     progress: True/False, or a mode of `progress.progress_bar` (auto, text, none).

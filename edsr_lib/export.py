@@ -63,7 +63,14 @@ def check_export_shape(input_size, batch_size, where="export"):
         )
 
 
-def export_model(checkpoint, file_format, output, input_size=None, batch_size=1, res_scale=None):
+def export_model(
+    checkpoint: str | os.PathLike,
+    file_format: str,
+    output: str | os.PathLike,
+    input_size: tuple[int, int] | None = None,
+    batch_size: int = 1,
+    res_scale: float | None = None,
+) -> tuple[Path, dict]:
     """Write `output` in `file_format`; returns (path, metadata). ONNX needs `input_size` (H, W) in LR pixels."""
     file_format = file_format.upper()
     if file_format not in FORMATS:

@@ -88,7 +88,7 @@ def forward_ensemble(model, x, tile=None):
     return np.mean(np.stack(outputs), axis=0)
 
 
-def upscale(model, image, tile=None, self_ensemble=False):
+def upscale(model, image: np.ndarray, tile: int | None = None, self_ensemble: bool = False) -> np.ndarray:
     """HxWx3 uint8 (or uint16) RGB -> super-resolved image of the same dtype, clamped and rounded."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != model.arch.n_colors or image.dtype not in (np.uint8, np.uint16):

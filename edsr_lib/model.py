@@ -204,7 +204,7 @@ class _DynamicShapeGraph(nn.Cell):
         return self.function(*images)
 
 
-def build_model(arch: Architecture, conv_kernel="auto", allow_large_model=False):
+def build_model(arch: Architecture, conv_kernel: str = "auto", allow_large_model: bool = False) -> "EDSR":
     """conv_kernel: auto (the kit's fast convolution on CPU, MindSpore's Conv2d elsewhere), fast or stock.
     Networks beyond `check_size`'s limits need allow_large_model."""
     return EDSR(check_size(arch, allow_large_model), conv_kernel)

@@ -186,24 +186,6 @@ def mindspore_log_silenced():
         logger.setLevel(level)
 
 
-def versions():
-    import platform
-
-    import numpy as np
-    import PIL
-
-    from . import __version__
-
-    return {
-        "edsr_lib": __version__,
-        "mindspore": ms.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def setup_summary():
     """What a notebook's first cell prints: versions, the device, and which convolution runs on the CPU."""
     device = current_device()
@@ -213,6 +195,8 @@ def setup_summary():
         conv = f"the kit's oneDNN kernel ({fast_conv_library()[0].name})"
     else:
         conv = f"MindSpore's Conv2d ({fast_conv_library()[1]})"
+    from .records import versions
+
     return {**versions(), "device": device, "CPU cores": os.cpu_count(), "convolution": conv}
 
 

@@ -8,9 +8,7 @@ device). Only rank 0 writes there.
 """
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import os
 import signal
@@ -18,26 +16,30 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .data import open_dataset
+from .data import PairDataset, open_dataset
 from .errors import KitError
 from .evaluation import evaluate
-from .figures import plot_history, save_figure
-from .files import atomic_write, write_json
 from .metrics import protocol_for
-from .model import build_model, count_parameters, load_state
+from .model import build_model, count_parameters
 from .options import Options
 from .pipeline import PatchSource, train_dataset
 from .progress import progress_bar
-from .runtime import configure_precision, init_distributed, mindspore_log_silenced, setup_device, versions
-from .weights import init_from_checkpoint, read_checkpoint, save_checkpoint
+from .records import write_curves, write_run_record
+from .runtime import configure_precision, init_distributed, mindspore_log_silenced, setup_device
+from .weights import (
+    init_from_checkpoint,
+    read_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 
-OPTIMIZER_PREFIX = "optimizer."
-LOSS_SCALER_PREFIX = "loss_scaler."
 # Dynamic loss scaling starts at 2**16 and halves on each overflow, so up to ~16 skipped steps in a row are normal
 # while it settles; twice that many means the loss itself is broken.
 MAX_CONSECUTIVE_NONFINITE = 32
@@ -276,14 +278,14 @@ class Trainer:
     def __init__(
         self,
         opts: Options,
-        log=print,
-        progress="auto",
+        log: Callable[[str], object] = print,
+        progress: str | bool = "auto",
         *,
-        model=None,
-        loss=None,
-        train_set=None,
-        val_set=None,
-        optimizer=None,
+        model: nn.Cell | None = None,
+        loss: nn.Cell | None = None,
+        train_set: PairDataset | None = None,
+        val_set: PairDataset | None = None,
+        optimizer: nn.Optimizer | None = None,
     ):
         self.opts, self.log, self.progress = opts, log, progress
         self._run_bar = None  # the whole run's bar while fit() runs
@@ -401,13 +403,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _state(self):
-        weights = {p.name: p.asnumpy() for p in self.model.get_parameters()}
-        extra = {
-            OPTIMIZER_PREFIX + p.name: p.asnumpy() for p in self.optimizer.get_parameters() if p.name not in weights
-        }
-        if isinstance(self.scaler, ms.amp.DynamicLossScaler):
-            extra[LOSS_SCALER_PREFIX + "scale_value"] = self.scaler.scale_value.asnumpy()
-            extra[LOSS_SCALER_PREFIX + "counter"] = self.scaler.counter.asnumpy()
+        weights, extra = training_state(self.model, self.optimizer, self.scaler)
         info = {
             "epoch": int(self.epoch),
             "iteration": int(self.epoch * self.opts.test_every),
@@ -463,16 +459,7 @@ class Trainer:
                 f"warning: resuming with changed {', '.join(changed) or 'world size'}: "
                 "training continues but will not repeat the original run exactly"
             )
-        load_state(self.model, weights)
-        params = {p.name: p for p in self.optimizer.get_parameters()}
-        scaler_params = {}
-        if isinstance(self.scaler, ms.amp.DynamicLossScaler):
-            scaler_params = {"scale_value": self.scaler.scale_value, "counter": self.scaler.counter}
-        for name, value in rest.items():
-            if name.startswith(OPTIMIZER_PREFIX) and name[len(OPTIMIZER_PREFIX) :] in params:
-                ms.ops.assign(params[name[len(OPTIMIZER_PREFIX) :]], ms.Tensor(value))
-            elif name.startswith(LOSS_SCALER_PREFIX) and name[len(LOSS_SCALER_PREFIX) :] in scaler_params:
-                ms.ops.assign(scaler_params[name[len(LOSS_SCALER_PREFIX) :]], ms.Tensor(value))
+        restore_training_state(self.model, self.optimizer, self.scaler, weights, rest)
         self.epoch = int(np.asarray(rest["epoch"]))
         self.history = json.loads(rest["history"])
         self.best_psnr = float(np.asarray(rest["best_psnr"]))
@@ -621,29 +608,19 @@ class Trainer:
 
     # ---- run records ---------------------------------------------------------------------------------------
     def write_run_record(self):
-        record = {
-            "options": self.opts.to_dict(),
-            "versions": versions(),
-            "device": self.device,
-            "world_size": self.world,
-            "batch_size_per_device": self.opts.batch_size,
-            "global_batch": self.opts.batch_size * self.world,
-            "precision": {**self.precision, "amp_level": self.opts.amp_level, "loss_scaling": self.loss_scaling()},
-            "summary": self.summary(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        return write_json(self.ckpt_dir / "run.json", record)
+        return write_run_record(
+            self.ckpt_dir,
+            options=self.opts.to_dict(),
+            device=self.device,
+            world_size=self.world,
+            batch_size_per_device=self.opts.batch_size,
+            global_batch=self.opts.batch_size * self.world,
+            precision={**self.precision, "amp_level": self.opts.amp_level, "loss_scaling": self.loss_scaling()},
+            summary=self.summary(),
+        )
 
     def write_curves(self):
-        """history.csv and curves.png in the run folder (rewritten every epoch, so a kill keeps them)."""
-        if not self.history:
-            return None
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.history[0]))
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write(self.ckpt_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
-        return save_figure(plot_history(self.history, f"EDSR x{self.opts.scale}"), self.ckpt_dir / "curves.png")
+        return write_curves(self.ckpt_dir, self.history, f"EDSR x{self.opts.scale}")
 
     def gather_final_metrics(self):
         """What every rank reports: equal `param_checksum` and `param_digest` (and loss, averaged over ranks) on all.

@@ -16,7 +16,7 @@ import mindspore as ms
 
 from .errors import KitError, write_error
 from .runtime import mindspore_log_silenced
-from .model import Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
+from .model import EDSR, Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
 from .torch_pickle import load_torch_state_dict
 
 ARCH_KEY = "edsr_arch"
@@ -102,7 +102,13 @@ def _atomic_path(path):
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.ckpt"
 
 
-def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
+def save_checkpoint(
+    path: str | os.PathLike,
+    arch: Architecture,
+    weights: dict,
+    extra: dict | None = None,
+    extra_info: dict | None = None,
+) -> Path:
     """Write a kit checkpoint atomically. `weights`/`extra`: name -> array; `extra_info`: name -> str/int/float."""
     path = Path(path)
     tmp = _atomic_path(path)
@@ -127,7 +133,39 @@ def save_checkpoint(path, arch, weights, extra=None, extra_info=None):
     return path
 
 
-def read_checkpoint(path, res_scale=None, allow_large_model=False):
+# Training state in a kit checkpoint, beside the model's weights: the optimizer's moments and the loss scaler.
+OPTIMIZER_PREFIX = "optimizer."
+LOSS_SCALER_PREFIX = "loss_scaler."
+
+
+def training_state(model, optimizer, scaler):
+    """(model weights, the other training entries) to save with `save_checkpoint(..., weights, extra)`."""
+    weights = {p.name: p.asnumpy() for p in model.get_parameters()}
+    extra = {OPTIMIZER_PREFIX + p.name: p.asnumpy() for p in optimizer.get_parameters() if p.name not in weights}
+    if isinstance(scaler, ms.amp.DynamicLossScaler):
+        extra[LOSS_SCALER_PREFIX + "scale_value"] = scaler.scale_value.asnumpy()
+        extra[LOSS_SCALER_PREFIX + "counter"] = scaler.counter.asnumpy()
+    return weights, extra
+
+
+def restore_training_state(model, optimizer, scaler, weights, entries):
+    """Put back what `training_state` saved (`weights` and `entries` as `read_checkpoint` returns them), in place,
+    so compiled graphs keep seeing the same parameters."""
+    load_state(model, weights)
+    params = {p.name: p for p in optimizer.get_parameters()}
+    scaler_params = {}
+    if isinstance(scaler, ms.amp.DynamicLossScaler):
+        scaler_params = {"scale_value": scaler.scale_value, "counter": scaler.counter}
+    for name, value in entries.items():
+        if name.startswith(OPTIMIZER_PREFIX) and name[len(OPTIMIZER_PREFIX) :] in params:
+            ms.ops.assign(params[name[len(OPTIMIZER_PREFIX) :]], ms.Tensor(value))
+        elif name.startswith(LOSS_SCALER_PREFIX) and name[len(LOSS_SCALER_PREFIX) :] in scaler_params:
+            ms.ops.assign(scaler_params[name[len(LOSS_SCALER_PREFIX) :]], ms.Tensor(value))
+
+
+def read_checkpoint(
+    path: str | os.PathLike, res_scale: float | None = None, allow_large_model: bool = False
+) -> tuple[Architecture, dict, dict]:
     """Any supported checkpoint -> (Architecture, model weights in published layout, other entries).
 
     Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats) and ModelZoo `.ckpt`.
@@ -189,7 +227,7 @@ def _read_any_checkpoint(path, res_scale):
         raise KitError(f"{path}: {exc}") from None
 
 
-def convert(src, dst, res_scale=None):
+def convert(src: str | os.PathLike, dst: str | os.PathLike, res_scale: float | None = None) -> Architecture:
     """Convert a published `.pt` or ModelZoo `.ckpt` (or a kit checkpoint) into a kit checkpoint."""
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".ckpt":
@@ -206,7 +244,9 @@ def convert(src, dst, res_scale=None):
     return arch
 
 
-def load_model(path, res_scale=None, conv_kernel="auto", into=None):
+def load_model(
+    path: str | os.PathLike, res_scale: float | None = None, conv_kernel: str = "auto", into: EDSR | None = None
+) -> EDSR:
     """The ready network (inference mode) from any supported checkpoint; run it with `model.forward_array` or
     `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock").
 
