@@ -9,14 +9,13 @@ training never decodes a PNG per step and an edited source file is noticed.
 import hashlib
 import os
 import re
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .errors import KitError
-from .files import user_cache_dir
+from .files import atomic_write, user_cache_dir
 from .images import image_size, list_images, read_image
 from .imresize import imresize
 from .metrics import BENCHMARKS, quantize
@@ -45,10 +44,7 @@ class ArrayCache:
             except (ValueError, OSError):
                 target.unlink(missing_ok=True)  # a damaged entry is rebuilt
         array = np.ascontiguousarray(make())
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.npy")
-        np.save(tmp, array)
-        os.replace(tmp, target)
+        atomic_write(target, lambda tmp: np.save(tmp, array))
         return np.load(target, mmap_mode="r")
 
 

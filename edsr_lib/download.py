@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 from .errors import KitError
-from .files import check_archive_member
+from .files import check_archive_member, write_json
 from .progress import progress_bar
 
 DIV2K_BASE = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
@@ -235,10 +235,7 @@ def download_dataset(which, directory, urls=None, progress=True, log=print):
         digest = fetch(url, archive, sha256=record.get(name), progress=progress)
         if name not in record:
             record[name] = digest
-            record_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(tmp, record_path)
+            write_json(record_path, record)
         log(f"{name}: sha256 {digest}")
         safe_extract(archive, subdir)
     return subdir

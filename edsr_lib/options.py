@@ -24,6 +24,11 @@ PRECISION_MODES = (
 )
 
 
+# The network's fields keep Architecture's defaults: options name them flat (the ModelZoo EDSR's names), and
+# `Options.architecture()` turns them back into an Architecture, which validates them.
+NETWORK_DEFAULTS = {f.name: f.default for f in fields(Architecture)}
+
+
 def option(default, help_text):
     """A field of Options with its help text (shown by `edsr train --help`): each option is declared once."""
     return field(default=default, metadata={"help": help_text})
@@ -36,17 +41,17 @@ class Options:
     data_train: str = option("sample", "training set: sample (built in), DIV2K, or a folder of HR images")
     data_test: str = option("sample", "validation set: sample, DIV2K, Set5, Set14, B100, Urban100, a folder, or none")
     data_range: str = option("1-800/801-810", "DIV2K index ranges train/test, e.g. 1-800/801-810")
-    scale: int = option(2, "upscaling factor (2, 3, 4, ...)")
+    scale: int = option(NETWORK_DEFAULTS["scale"], "upscaling factor (2, 3, 4, ...)")
     patch_size: Optional[int] = option(None, "HR training patch size (default 48 * scale)")
-    rgb_range: int = option(255, "pixel range the network sees (255)")
-    n_colors: int = option(3, "image channels (3)")
+    rgb_range: int = option(int(NETWORK_DEFAULTS["rgb_range"]), "pixel range the network sees (255)")
+    n_colors: int = option(NETWORK_DEFAULTS["n_colors"], "image channels (3)")
     no_augment: bool = option(False, "turn off the 8 flip/transpose augmentations")
     num_workers: int = option(1, "data loading worker processes")
     # model
     model: str = option("EDSR", "network (EDSR)")
-    n_resblocks: int = option(16, "residual blocks (baseline 16, paper 32)")
-    n_feats: int = option(64, "feature channels (baseline 64, paper 256)")
-    res_scale: float = option(1.0, "residual scaling (baseline 1.0, paper 0.1)")
+    n_resblocks: int = option(NETWORK_DEFAULTS["n_resblocks"], "residual blocks (baseline 16, paper 32)")
+    n_feats: int = option(NETWORK_DEFAULTS["n_feats"], "feature channels (baseline 64, paper 256)")
+    res_scale: float = option(NETWORK_DEFAULTS["res_scale"], "residual scaling (baseline 1.0, paper 0.1)")
     # schedule (EDSR-PyTorch recipe)
     test_every: int = option(1000, "iterations per epoch")
     epochs: int = option(300, "number of epochs")

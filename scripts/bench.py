@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench.py --memory        # + time and peak memory of tiled paper-x4 inference (slow)
     .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
     .venv/bin/python scripts/bench.py --export        # one image: checkpoint, MINDIR (in process, child), ONNX
+    .venv/bin/python scripts/bench.py --kernel-memory # the CPU kernel's resident memory over 232 input shapes
 
 Network timings compare three engines running the same network on the same CPU: the kit ("kit": MindSpore graphs
 with dynamic shapes and the kit's CPU convolution, what `load_model` and the Trainer use), MindSpore's stock Conv2d in
@@ -372,6 +373,23 @@ def bench_memory():
     )
 
 
+def bench_kernel_memory(shapes=232):
+    """Resident memory of the kit's kernel library alone (called directly, no MindSpore) over `shapes` new input
+    shapes, with oneDNN's own primitive cache on (default, bounded at 1024 entries) and off."""
+    for label, extra in (
+        ("oneDNN primitive cache on", {}),
+        ("oneDNN primitive cache off", {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}),
+    ):
+        done = subprocess.run([sys.executable, "-m", "edsr_lib.native", "probe", str(shapes)], capture_output=True,
+                              text=True, env={**os.environ, **extra})  # fmt: skip
+        if done.returncode:
+            print(f"kernel memory: {done.stderr.strip()}")
+            return
+        after_32, after_all = map(float, done.stdout.split())
+        print(f"kernel memory, {label}: {after_32:.1f} MB after 32 shapes, {after_all:.1f} MB after {shapes} "
+              f"({after_all - after_32:+.1f} MB)")  # fmt: skip
+
+
 EXPORT_LR = (150, 225)  # LR height, width: notebook 05's sample image
 
 
@@ -421,6 +439,7 @@ if __name__ == "__main__":
     parser.add_argument("--new-sizes", type=int, default=12, help="unseen input sizes to time (default 12)")
     parser.add_argument("--train", action="store_true", help="training steps only (incl. without host blocking)")
     parser.add_argument("--export", action="store_true", help="checkpoint vs MINDIR (in process, child) vs ONNX")
+    parser.add_argument("--kernel-memory", action="store_true", help="the kernel's resident memory over new shapes")
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine-worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
@@ -436,6 +455,8 @@ if __name__ == "__main__":
         bench_training(args.rounds or 2)
     elif args.export:
         bench_export(args.rounds or 3)
+    elif args.kernel_memory:
+        bench_kernel_memory()
     elif args.memory_worker:
         memory_worker(args.memory_worker)
     else:

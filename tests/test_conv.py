@@ -222,42 +222,14 @@ print(json.dumps({"library": str(FAST_CONV_LIBRARY), "reason": FAST_CONV_UNAVAIL
         assert _rel(np.array(info["out"]), ours) <= 1e-5
 
 
-LEAK_PROBE = """
-import ctypes, sys
-import numpy as np
-lib = ctypes.CDLL(sys.argv[1])
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-def forward(x, w, b, y):  # the MindSpore AOT calling convention, called directly
-    arrays = [x, w, b, y]
-    shapes = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
-    return lib.ConvForward(4, (ctypes.c_void_p * 4)(*[a.ctypes.data for a in arrays]),
-                           (ctypes.c_int * 4)(*[a.ndim for a in arrays]),
-                           (ctypes.POINTER(ctypes.c_int64) * 4)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64))
-                                                                  for s in shapes]),
-                           (ctypes.c_char_p * 4)(*[b"float32"] * 4), None, None)
-rng = np.random.default_rng(0)
-w, b = rng.standard_normal((16, 16, 3, 3)).astype(np.float32), np.zeros(16, np.float32)
-for i in range(232):
-    x = rng.standard_normal((1, 16, 8 + i % 20, 8 + i // 20)).astype(np.float32)
-    y = np.empty_like(x)
-    assert forward(x, w, b, y) == 0
-    if i == 31:
-        after_32 = rss_mb()
-print(after_32, rss_mb())
-"""
-
-
 @needs_fast
 def test_evicted_plans_free_their_memory():
     """200 shapes beyond the 32 plans the kernel keeps: resident memory stays flat. oneDNN's own primitive cache
     (bounded, 1024 entries) is switched off here so that only the kit's objects are counted; before plans owned their
     oneDNN objects, this grew by ~17 MB."""
     env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
-    done = subprocess.run(
-        [sys.executable, "-c", LEAK_PROBE, str(FAST_CONV_LIBRARY)], capture_output=True, text=True, env=env, timeout=300
-    )
+    probe = [sys.executable, "-m", "edsr_lib.native", "probe", "232"]  # calls the kernel directly, no MindSpore
+    done = subprocess.run(probe, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     after_32, after_232 = map(float, done.stdout.split())
     assert after_232 - after_32 < 5, (after_32, after_232)

@@ -179,35 +179,59 @@ def build(force=False):
     if include is None:
         return _remember_failure(folder, f"oneDNN headers unavailable (could not download {HEADERS_REQUIREMENT})")
     lib = _mindspore_lib()
-    fd, tmp = tempfile.mkstemp(prefix=".build.", suffix=".so", dir=folder)
-    os.close(fd)
-    command = [
-        _compiler(),
-        "-O2",
-        "-std=c++17",
-        "-shared",
-        "-fPIC",
-        "-pthread",
-        f"-I{include}",
-        str(SOURCE),
-        "-o",
-        tmp,
-        f"-L{lib}",
-        "-l:libdnnl.so.3",
-        f"-Wl,-rpath,{lib}",
-    ]
-    try:
+
+    def compile_into(tmp):
+        command = [_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{include}", str(SOURCE),
+                   "-o", tmp, f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["unknown error"])[0]
-            return _remember_failure(folder, f"compiling {SOURCE.name} failed: {first}")
-        os.replace(tmp, folder / LIBRARY_NAME)  # atomic: concurrent ranks building the same key are harmless
-    except (OSError, subprocess.SubprocessError) as exc:
+            raise subprocess.SubprocessError((result.stderr.strip().splitlines() or ["unknown error"])[0])
+
+    try:  # atomic: concurrent ranks building the same key are harmless
+        atomic_write(folder / LIBRARY_NAME, compile_into)
+    except (KitError, subprocess.SubprocessError) as exc:
         return _remember_failure(folder, f"compiling {SOURCE.name} failed: {exc}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return folder / LIBRARY_NAME, None
+
+
+def probe_memory(library, shapes=232, keep=32):
+    """Run the library's forward convolution on `shapes` distinct input shapes (16 -> 16 channels, 3x3), calling it
+    directly as MindSpore would; returns (resident MB after `keep` shapes, after all). The kernel keeps `keep`
+    plans, so past that every new shape evicts one: the two figures should be close."""
+    import ctypes
+
+    import numpy as np
+
+    lib = ctypes.CDLL(str(library))
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def forward(*arrays):  # MindSpore's AOT calling convention: count, buffers, ranks, shapes, dtypes
+        dims = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
+        return lib.ConvForward(
+            len(arrays),
+            (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays]),
+            (ctypes.c_int * len(arrays))(*[a.ndim for a in arrays]),
+            (ctypes.POINTER(ctypes.c_int64) * len(arrays))(
+                *[ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims]
+            ),
+            (ctypes.c_char_p * len(arrays))(*[b"float32"] * len(arrays)),
+            None,
+            None,
+        )
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((16, 16, 3, 3)).astype(np.float32), np.zeros(16, np.float32)
+    after_keep = None
+    for i in range(shapes):
+        x = rng.standard_normal((1, 16, 8 + i % 20, 8 + i // 20)).astype(np.float32)
+        if forward(x, w, b, np.empty_like(x)) != 0:
+            raise RuntimeError(f"{library}: the forward convolution failed on shape {x.shape}")
+        if i == keep - 1:
+            after_keep = rss_mb()
+    return after_keep, rss_mb()
 
 
 def main(argv=None):
@@ -217,7 +241,17 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="build it now (once per machine; kept in the user cache)")
     p.add_argument("--force", action="store_true", help="retry even if an earlier build failed")
+    p = sub.add_parser("probe", help="resident memory of the built kernel over many input shapes (MB)")
+    p.add_argument("shapes", type=int, nargs="?", default=232)
     args = parser.parse_args(argv)
+    if args.command == "probe":
+        library, reason = find_library()
+        if library is None:
+            print(f"nothing to probe: {reason or 'not built yet'}", file=sys.stderr)
+            return 1
+        after_keep, after_all = probe_memory(library, args.shapes)
+        print(f"{after_keep:.1f} {after_all:.1f}")
+        return 0
     library, reason = build(force=args.force)
     if library is None:
         print(
