@@ -265,10 +265,15 @@ class MindirProcess:
         return self._call({}, x)
 
     def __del__(self):
+        import subprocess
+
         child = getattr(self, "_child", None)
         if child is not None and child.poll() is None:
-            child.stdin.close()
-            child.wait(timeout=30)
+            child.stdin.close()  # the child ends at the end of its input
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def _serve_mindir(path):
