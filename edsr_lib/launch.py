@@ -335,7 +335,8 @@ class RankWatch:
 
     def __init__(self, output_dir, log=print):
         self.output_dir, self.log = Path(output_dir), log
-        self.top, self.seen, self.workers, self.kernels = [], {}, {}, {}
+        # ranked: (pid, start time) -> (role, rank, process) for each rank's worker and notebook kernel
+        self.top, self.seen, self.ranked = [], {}, {}
         self.started = time.time()
 
     def start(self, command, env, log_path=None, rank=None):
@@ -361,39 +362,37 @@ class RankWatch:
                     continue
                 if key not in self.seen:
                     self.seen[key] = child
-                    rank = self._worker_rank(child)
-                    if rank is not None:
-                        self.workers[key] = (rank, child)
-                    rank = self._kernel_rank(child)
-                    if rank is not None:
-                        self.kernels[key] = (rank, child)
+                    role = self._rank_role(child)
+                    if role is not None:
+                        self.ranked[key] = (*role, child)
 
     @staticmethod
-    def _worker_rank(process):
+    def _rank_role(process):
+        """("worker", rank) for `python -m edsr_lib.launch worker ...` itself (not msrun, whose arguments hold the same
+        words, nor msrun's child before it execs, nor the scheduler msrun starts with the same command), ("kernel",
+        rank) for the notebook kernel papermill starts for it, else None."""
         import psutil
 
         try:
             cmdline, env = process.cmdline(), process.environ()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return None
-        # `python -m edsr_lib.launch worker ...` itself, not msrun (whose arguments hold the same words) nor msrun's
-        # child before it execs, nor the scheduler msrun starts with the same command
-        if cmdline[1:4] != ["-m", "edsr_lib.launch", "worker"] or env.get("MS_ROLE") == "MS_SCHED":
+        if not env.get("RANK_ID", "").isdigit():
             return None
-        return int(env["RANK_ID"]) if env.get("RANK_ID", "").isdigit() else None
+        if cmdline[1:4] == ["-m", "edsr_lib.launch", "worker"] and env.get("MS_ROLE") != "MS_SCHED":
+            return "worker", int(env["RANK_ID"])
+        if any("ipykernel_launcher" in part for part in cmdline):
+            return "kernel", int(env["RANK_ID"])
+        return None
 
-    @staticmethod
-    def _kernel_rank(process):
-        """The rank whose notebook kernel `process` is (papermill starts one per worker), else None."""
-        import psutil
-
-        try:
-            cmdline, env = " ".join(process.cmdline()), process.environ()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return None
-        if "ipykernel_launcher" not in cmdline:
-            return None
-        return int(env["RANK_ID"]) if env.get("RANK_ID", "").isdigit() else None
+    def _ended_unfinished(self, role):
+        """The first rank whose `role` process ended without the rank's results, else None (forgetting ended ones)."""
+        for key, (kind, rank, process) in list(self.ranked.items()):
+            if kind == role and not _running(process):
+                del self.ranked[key]
+                if not self._finished(rank):
+                    return rank
+        return None
 
     def _finished(self, rank):
         metrics = self.output_dir / f"rank_{rank}" / "metrics.json"
@@ -404,22 +403,18 @@ class RankWatch:
         server's launcher reported it through the shared folder."""
         # A rank's kernel dying is the root cause when it happens: the other ranks then fail too, in their own
         # time, and the launcher must name the rank that failed first, not the first one it notices.
-        for key, (rank, process) in list(self.kernels.items()):
-            if not _running(process):
-                del self.kernels[key]
-                if not self._finished(rank):
-                    return rank, f"rank {rank}'s notebook kernel died", True
+        rank = self._ended_unfinished("kernel")
+        if rank is not None:
+            return rank, f"rank {rank}'s notebook kernel died", True
         for proc, rank, log_path, _ in self.top:
             code = proc.poll()
             if code:
                 where = f" (log: {log_path})" if log_path else ""
                 name = f"rank {rank}" if rank is not None else proc.args[0]
                 return rank, f"{name} exited with {code}{where}", True
-        for key, (rank, process) in list(self.workers.items()):
-            if not _running(process):
-                del self.workers[key]
-                if not self._finished(rank):
-                    return rank, f"rank {rank} ended before finishing", True
+        rank = self._ended_unfinished("worker")
+        if rank is not None:
+            return rank, f"rank {rank} ended before finishing", True
         marker = self.output_dir / FAILED_MARKER
         if marker.is_file() and marker.stat().st_mtime >= self.started:
             try:

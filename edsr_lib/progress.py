@@ -12,7 +12,8 @@ PROGRESS_MODES = ("auto", "text", "none")
 # Headless logs (papermill, batch jobs) get one line per this many seconds instead of a bar redrawn per step.
 TEXT_INTERVAL_SECONDS = 30.0
 NOTEBOOK_INTERVAL_SECONDS = 0.5
-BAR_WIDTH = 24
+BAR_FORMAT = "{desc}: {bar:24} {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+UNBOUNDED_FORMAT = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_noinv_fmt}{postfix}]"
 
 
 def in_notebook():
@@ -56,18 +57,9 @@ def progress_bar(total=None, desc="", mode="auto", **kwargs):
     return tqdm(iterable, total=total, desc=desc, disable=mode == "none", mininterval=1.0, **kwargs)
 
 
-def _clock(seconds):
-    seconds = int(round(seconds))
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else f"{seconds // 60:02d}:{seconds % 60:02d}"
-    )
-
-
 class NotebookBar:
-    """The subset of tqdm the kit uses (iteration, update, set_postfix, close), drawn as one text line that is
-    replaced in place and always reports a rate in units per second (tqdm flips to s/it below 1 it/s)."""
+    """The subset of tqdm the kit uses (iteration, update, set_postfix, close), drawn by tqdm's formatter as one text
+    line that is replaced in place and always reports a rate in units per second (tqdm flips to s/it below 1 it/s)."""
 
     def __init__(self, iterable=None, total=None, desc="", unit="it", initial=0, unit_scale=False):
         from IPython.display import display
@@ -77,30 +69,14 @@ class NotebookBar:
         self.n, self.initial, self.postfix, self.start, self._drawn = initial, initial, "", time.perf_counter(), 0.0
         self._handle = display({"text/plain": self.line()}, raw=True, display_id=True)
 
-    def _amount(self, value):
-        if not self.unit_scale:
-            return f"{value:g}" if isinstance(value, float) else str(value)
-        for prefix in ("", "k", "M", "G"):
-            if abs(value) < 1000 or prefix == "G":
-                return f"{value:.3g}{prefix}"
-            value /= 1000
-
     def line(self):
-        elapsed = time.perf_counter() - self.start
-        rate = (self.n - self.initial) / elapsed if elapsed > 0 and self.n > self.initial else 0.0
-        amount, unit = self._amount(self.n), self.unit
-        if self.total:
-            filled = int(BAR_WIDTH * min(self.n / self.total, 1.0))
-            bar = "█" * filled + "·" * (BAR_WIDTH - filled)
-            left = f", {_clock((self.total - self.n) / rate)} left" if rate and self.n < self.total else ""
-            text = f"{self.desc}: {bar} {amount}/{self._amount(self.total)} {unit} [{_clock(elapsed)}{left}, "
-        else:
-            text = f"{self.desc}: {amount} {unit} [{_clock(elapsed)}, "
-        return (
-            text
-            + f"{self._amount(rate) if self.unit_scale else f'{rate:.2f}'} {unit}/s]"
-            + (f" {self.postfix}" if self.postfix else "")
-        )
+        from tqdm import tqdm
+
+        # tqdm's own formatting, with the rate always in units per second ({rate_noinv_fmt})
+        layout = BAR_FORMAT if self.total else UNBOUNDED_FORMAT
+        return tqdm.format_meter(self.n, self.total, time.perf_counter() - self.start, prefix=self.desc,
+                                 unit=self.unit, unit_scale=self.unit_scale, initial=self.initial,
+                                 bar_format=layout, postfix=self.postfix or None)  # fmt: skip
 
     def _draw(self, force=False):
         now = time.perf_counter()

@@ -57,18 +57,12 @@ def fast_conv_library():
     return native.build()
 
 
-def _cpu_has_avx512():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return " avx512f" in f.read()
-    except OSError:
-        return False
-
-
 def stock_conv_needs_own_process():
     """True when MindSpore's stock CPU Conv2d would fall into oneDNN's reference loops in this process (an AVX-512
     CPU and no ISA cap, which the kit's own kernel prefers): ~100x slower than in a process with the cap."""
-    return current_device() == "CPU" and "ONEDNN_MAX_CPU_ISA" not in os.environ and _cpu_has_avx512()
+    return (
+        current_device() == "CPU" and "ONEDNN_MAX_CPU_ISA" not in os.environ and " avx512f" in native.cpu_description()
+    )
 
 
 def apply_environment():

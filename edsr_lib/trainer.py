@@ -295,10 +295,14 @@ class Trainer:
         self.sink = opts.sink_mode(self.device)
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
-        self.model = model or build_model(
-            opts.architecture(),
-            conv_kernel="auto" if opts.amp_level == "O0" else "stock",
-            allow_large_model=opts.allow_large_model,
+        self.model = (
+            model
+            if model is not None
+            else build_model(
+                opts.architecture(),
+                conv_kernel="auto" if opts.amp_level == "O0" else "stock",
+                allow_large_model=opts.allow_large_model,
+            )
         )
         if getattr(self.model, "arch", opts.architecture()) != opts.architecture():
             raise KitError(
@@ -316,13 +320,17 @@ class Trainer:
                 f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else "")
             )
         apply_mixed_precision(self.model, opts.amp_level)
-        self.train_set = train_set or open_dataset(
-            opts.data_train,
-            opts.scale,
-            opts.dir_data,
-            split="train",
-            data_range=opts.data_range,
-            min_lr_size=opts.patch_size // opts.scale,
+        self.train_set = (
+            train_set
+            if train_set is not None
+            else open_dataset(
+                opts.data_train,
+                opts.scale,
+                opts.dir_data,
+                split="train",
+                data_range=opts.data_range,
+                min_lr_size=opts.patch_size // opts.scale,
+            )
         )
         self.val_set = val_set if self.rank == 0 else None
         if val_set is None and str(opts.data_test).lower() != "none" and self.rank == 0:
@@ -345,8 +353,8 @@ class Trainer:
             no_augment=opts.no_augment,
             rgb_range=opts.rgb_range,
         )
-        self.optimizer = optimizer or make_optimizer(opts, self.model.trainable_params())
-        self.loss_fn = loss or make_loss(opts)
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(opts, self.model.trainable_params())
+        self.loss_fn = loss if loss is not None else make_loss(opts)
         self.scaler = make_loss_scaler(opts, self.device)
         self.step = TrainStep(self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip)
         # One static graph: the patch size is fixed, so it compiles once, at the first step.
@@ -518,7 +526,11 @@ class Trainer:
             self._open_feed()
         self._restart_totals()
         loss_sum, applied, t0, every = 0.0, 0, time.perf_counter(), o.sync_every()
-        bar = self._run_bar or self._new_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}")
+        bar = (
+            self._run_bar
+            if self._run_bar is not None
+            else self._new_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}")
+        )
         for done in range(every, o.test_every + 1, every):
             self._feed(every)
             totals = self._read_totals()

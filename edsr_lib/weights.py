@@ -1,8 +1,9 @@
 """Checkpoints: the kit's own format, published EDSR-PyTorch `.pt` files and MindSpore ModelZoo `.ckpt` files.
 
 A kit checkpoint is a MindSpore checkpoint whose parameters carry the published names, plus an `edsr_arch` JSON
-string recording the architecture, so loading needs no flags. Training checkpoints add optimizer and loop state
-under other names (see trainer.py); `read_checkpoint` returns the model part and the rest separately.
+string recording the architecture, so loading needs no flags. Training checkpoints add the optimizer's and loss
+scaler's state (`training_state` here) and the loop's (trainer.py) under other names; `read_checkpoint` returns the
+model part and the rest separately.
 """
 
 import json

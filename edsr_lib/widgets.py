@@ -44,14 +44,15 @@ def show_controls(widget):
 
 class Comparison:
     """HR, bicubic and every method's output for the images of a dataset (and for photos added with `add_photo`),
-    computed once per image on demand. `models`: name -> a loaded model, or a checkpoint path loaded when first
-    shown."""
+    each (image, method) computed once, on demand: any choice of methods reuses what was computed for another.
+    `models`: name -> a loaded model, or a checkpoint path loaded when first shown."""
 
     def __init__(self, dataset, models, protocol, cache_size=8):
         self.dataset, self.protocol = dataset, protocol
         self.methods = {"bicubic": None, **models}
         self.photos = {}  # name -> (lr, hr or None)
-        self._outputs = lru_cache(maxsize=cache_size)(self._compute)
+        # the `cache_size` images seen last: their LR/HR and, filled in as methods are asked for, SR images and scores
+        self._outputs = lru_cache(maxsize=cache_size)(self._record)
 
     @property
     def names(self):
@@ -84,20 +85,21 @@ class Comparison:
 
     def outputs(self, index, methods=None):
         """(HR or None, {method: SR image}, {method: (PSNR, SSIM)}) for image `index` and `methods` (default all)."""
-        return self._outputs(index, tuple(methods or self.methods))
+        record = self._outputs(index)
+        methods = tuple(methods or self.methods)
+        for m in methods:
+            if m not in record["images"]:
+                lr, hr = record["lr"], record["hr"]
+                sr = bicubic_upscale(lr, self.dataset.scale) if m == "bicubic" else upscale(self.model(m), lr)
+                record["images"][m] = sr
+                if hr is not None:
+                    record["scores"][m] = (psnr(sr, hr, self.protocol), ssim(sr, hr, self.protocol))
+        scores = {m: record["scores"][m] for m in methods if m in record["scores"]}
+        return record["hr"], {m: record["images"][m] for m in methods}, scores
 
-    def _compute(self, index, methods):
+    def _record(self, index):
         lr, hr = self.pair(index)
-        images = {
-            m: bicubic_upscale(lr, self.dataset.scale) if m == "bicubic" else upscale(self.model(m), lr)
-            for m in methods
-        }
-        scores = (
-            {}
-            if hr is None
-            else {m: (psnr(img, hr, self.protocol), ssim(img, hr, self.protocol)) for m, img in images.items()}
-        )
-        return hr, images, scores
+        return {"lr": lr, "hr": hr, "images": {}, "scores": {}}
 
     def figure(self, index, center=None, size=64, methods=None):
         hr, images, scores = self.outputs(index, methods)
@@ -161,37 +163,38 @@ class ComparisonExplorer:
     def _set_status(self, text):
         self.status.value = f"<span style='font-size: 110%'>{text}</span>"
 
-    def pictures(self):
-        """(comparison PNG, wipe PNG) for the current control values."""
-        methods = tuple(dict.fromkeys([*self.methods.value, self.left.value, self.right.value]))
+    def _box(self, shape):
+        return crop_box(shape, self._center(shape), self.crop.value)
+
+    def comparison_png(self):
+        """The comparison figure for the current image, methods and crop, as PNG."""
+        methods = self.methods.value or ("bicubic",)
         hr, images, _ = self.comparison.outputs(self.image.value, methods)
         shape = next(iter(images.values())).shape
-        fig = self.comparison.figure(
-            self.image.value, self._center(shape), self.crop.value, self.methods.value or ("bicubic",)
-        )
-        box = crop_box(shape, self._center(shape), self.crop.value)
-        wipe = labelled_wipe(
-            images[self.left.value],
-            images[self.right.value],
-            self.split.value,
-            box,
-            wipe_zoom(self.crop.value),
-            (self.left.value, self.right.value),
-        )
-        return figure_png(fig), _png_bytes(wipe)
+        return figure_png(self.comparison.figure(self.image.value, self._center(shape), self.crop.value, methods))
+
+    def wipe_png(self):
+        """The labelled wipe between the two chosen sides on the current crop, as PNG."""
+        left, right = self.left.value, self.right.value
+        _, images, _ = self.comparison.outputs(self.image.value, (left, right))
+        box = self._box(images[left].shape)
+        wipe = labelled_wipe(images[left], images[right], self.split.value, box, wipe_zoom(self.crop.value),
+                             (left, right))  # fmt: skip
+        return _png_bytes(wipe)
 
     def _update(self, comparison_too=True):
         from IPython.display import Image as ShownImage
 
         start = time.perf_counter()
         self._set_status("computing…")
-        try:
-            figure, wipe = self.pictures()
+        try:  # a wipe move redraws only the wipe: the comparison figure costs a matplotlib render
+            figure = self.comparison_png() if comparison_too else None
+            wipe = self.wipe_png()
         except KitError as exc:
             self._set_status(f"error: {exc}")
             return
         if self._handles and None not in self._handles:  # (display returns None outside a kernel)
-            if comparison_too:
+            if figure is not None:
                 self._handles[0].update(ShownImage(data=figure))
             self._handles[1].update(ShownImage(data=wipe))
         self._set_status(f"{self.comparison.names[self.image.value]}: shown in {time.perf_counter() - start:.1f} s")
@@ -228,7 +231,7 @@ class ComparisonExplorer:
         from IPython.display import Image as ShownImage, display
 
         show_controls(self.controls)
-        figure, wipe = self.pictures()
+        figure, wipe = self.comparison_png(), self.wipe_png()
         self._handles = (
             display(ShownImage(data=figure), display_id=True),
             display(ShownImage(data=wipe), display_id=True),

@@ -28,6 +28,12 @@ def _p(params):
     return [x for k, v in params.items() for x in ("-p", k, str(v))]
 
 
+def _papermill(notebook, out, cwd, params=None, timeout=900):
+    """A notebook run headlessly, as papermill's command line runs it, in the working folder `cwd`."""
+    command = [sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(cwd), *_p(params or {})]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
 def _launch(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "edsr_lib.launch", *map(str, args)],
@@ -110,24 +116,8 @@ def test_standalone_run_executes_train_evaluate_compare(standalone):
 def test_data_exploration_notebook(tmp_path):
     out = tmp_path / "explore"
     nb_out = tmp_path / "01.ipynb"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "papermill",
-            str(ROOT / "notebooks" / "01_data_exploration.ipynb"),
-            str(nb_out),
-            "-p",
-            "output_dir",
-            str(out),
-            "-p",
-            "scale",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    notebook = ROOT / "notebooks" / "01_data_exploration.ipynb"
+    proc = _papermill(notebook, nb_out, tmp_path, {"output_dir": out, "scale": 3}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not _errors(nb_out)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -177,42 +167,14 @@ def test_export_notebook_verifies_both_formats(standalone, tmp_path):
     out, proc = standalone
     assert proc.returncode == 0
     nb_out = tmp_path / "05.ipynb"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "papermill",
-            str(ROOT / "notebooks" / "05_export_inference.ipynb"),
-            str(nb_out),
-            "-p",
-            "checkpoint",
-            str(out / "ckpt" / "best.ckpt"),
-            "-p",
-            "onnx_input_size",
-            "40,40",
-            "-p",
-            "output_dir",
-            str(tmp_path / "export"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    params = {"checkpoint": out / "ckpt" / "best.ckpt", "onnx_input_size": "40,40", "output_dir": tmp_path / "export"}
+    result = _papermill(ROOT / "notebooks" / "05_export_inference.ipynb", nb_out, tmp_path, params, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
     assert [c["format"] for c in metrics["checks"]] == ["MINDIR", "ONNX"]
     assert all(c["max abs difference to the checkpoint"] < 1e-2 for c in metrics["checks"])
     assert all(d <= 1 for d in metrics["max_pixel_difference"].values())
     assert (tmp_path / "export" / "edsr.mindir").is_file() and (tmp_path / "export" / "edsr.onnx.json").is_file()
-
-
-def _papermill(notebook, out, cwd, params=None):
-    return subprocess.run(
-        [sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(cwd), *_p(params or {})],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def _text_outputs(path):

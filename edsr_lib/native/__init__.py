@@ -101,7 +101,8 @@ def fetch_headers():
     return target
 
 
-def _cpu_description():
+def cpu_description():
+    """The CPU's model name and feature flags (Linux), else the platform's processor string."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
@@ -138,7 +139,7 @@ def build_key():
         SOURCE.read_bytes(),
         importlib.metadata.version("mindspore").encode(),
         stamp.encode(),
-        _cpu_description().encode(),
+        cpu_description().encode(),
         HEADERS_REQUIREMENT.encode(),
     ]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
@@ -249,7 +250,11 @@ def main(argv=None):
         if library is None:
             print(f"nothing to probe: {reason or 'not built yet'}", file=sys.stderr)
             return 1
-        after_keep, after_all = probe_memory(library, args.shapes)
+        try:
+            after_keep, after_all = probe_memory(library, args.shapes)
+        except (OSError, RuntimeError) as exc:  # a library that does not load or a call that fails: one line
+            print(f"probe failed: {exc}", file=sys.stderr)
+            return 1
         print(f"{after_keep:.1f} {after_all:.1f}")
         return 0
     library, reason = build(force=args.force)
