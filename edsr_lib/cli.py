@@ -1,4 +1,4 @@
-"""The `edsr` command: convert, upscale, eval, train, export, download.
+"""The `edsr` command: convert, upscale, eval, train, export, download, weights.
 
 User mistakes raise KitError, printed here as one line with a non-zero exit; no traceback.
 """
@@ -18,14 +18,64 @@ def _add_device(parser):
     )
 
 
+def _add_weights_source(parser):
+    """--mirror and --offline, for commands whose --ckpt may be a published weights name."""
+    parser.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="base URL serving the published weights, tried before $EDSR_WEIGHTS_MIRROR and the official host "
+        "(repeatable)",
+    )
+    parser.add_argument("--offline", action="store_true", help="never download: say which file to place where")
+
+
+def _checkpoint(args, spec):
+    """The checkpoint path for a --ckpt value: a file, or a weights name fetched on first use."""
+    return args.registry.resolve(spec, args.mirror, args.offline, log=lambda m: print(f"edsr: {m}", file=sys.stderr))
+
+
 def _cmd_convert(args):
+    from .pretrained import describe
     from .weights import convert
 
     arch = convert(args.src, args.dst, res_scale=args.res_scale)
-    print(
-        f"wrote {args.dst}: EDSR x{arch.scale}, {arch.n_resblocks} blocks, {arch.n_feats} features, "
-        f"res_scale {arch.res_scale}"
-    )
+    print(f"wrote {args.dst}: {describe(arch)}, res_scale {arch.res_scale}")
+    return 0
+
+
+def _cmd_weights(args):
+    from .pretrained import MIRROR_INDEX
+
+    registry, log = args.registry, (lambda m: print(f"edsr: {m}", file=sys.stderr))
+    if args.action == "list":
+        rows = [("name", "file", "size", "architecture", "cached"), *registry.rows()]
+        widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+        for row in rows:
+            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print(f"cache: {registry.cache_dir}")
+    elif args.action == "fetch":
+        for name in args.names or list(registry.published):
+            print(f"{name}: {registry.fetch(name, args.mirror, args.offline, log=log)}")
+    elif args.action == "add":
+        if len(args.names) != 2:
+            raise KitError("usage: edsr weights add NAME PATH")
+        from .pretrained import describe
+
+        print(f"{args.names[0]}: {describe(registry.add(*args.names))} ({args.names[1]})")
+    elif args.action == "remove":
+        for name in args.names:
+            registry.remove(name)
+            print(f"removed {name}")
+    elif args.action == "mirror":
+        if not args.names:
+            raise KitError("usage: edsr weights mirror DIR [NAME ...]")
+        folder = registry.write_mirror(args.names[0], args.names[1:] or None, args.mirror, log=log)
+        print(
+            f"wrote {folder} with {MIRROR_INDEX}; serve it (e.g. python -m http.server -d {folder}) and pass its URL "
+            "as --mirror or $EDSR_WEIGHTS_MIRROR"
+        )
     return 0
 
 
@@ -40,7 +90,7 @@ def _cmd_upscale(args):
 
         model = load_exported(args.model)
     else:
-        model = load_model(args.ckpt, res_scale=args.res_scale)
+        model = load_model(_checkpoint(args, args.ckpt), res_scale=args.res_scale, scale=args.scale)
     written, failed = upscale_paths(
         model,
         args.input,
@@ -75,9 +125,7 @@ def _cmd_eval(args):
         from .weights import load_model
 
         setup_device(args.device_target)
-        model = load_model(args.ckpt)
-        if args.scale not in (None, model.arch.scale):
-            raise KitError(f"{args.ckpt} is an x{model.arch.scale} model but --scale {args.scale} was given")
+        model = load_model(_checkpoint(args, args.ckpt), scale=args.scale)
         scale = model.arch.scale
     elif args.scale is None:
         raise KitError("--bicubic needs --scale")
@@ -103,7 +151,8 @@ def _cmd_train(args):
     from .trainer import Trainer
 
     given = {k: v for k, v in vars(args).items() if k in _option_names() and v is not None}
-    opts = Options.for_preset(args.preset, **given)
+    preset = args.preset or ("mdsr_baseline" if str(given.get("model", "")).upper() == "MDSR" else "baseline")
+    opts = Options.for_preset(preset, **given)
     trainer = Trainer(opts, progress=args.progress)
     if trainer.rank == 0:
         print("  ".join(f"{k}: {v}" for k, v in trainer.summary().items()))
@@ -148,26 +197,31 @@ def _add_option_flags(parser):
         kind = hints[f.name]
         kind = next((k for k in get_args(kind) if k is not type(None)), kind)  # Optional[int] -> int
         extra = dict(nargs="?", const=True, type=_parse_bool) if kind is bool else dict(type=kind)
-        default = f.default if f.name != "patch_size" else "48 * scale"
+        default = f.default if f.name != "patch_size" else "EDSR 48 * scale, MDSR 48"
         parser.add_argument(f"--{f.name}", default=None, help=f"{f.metadata['help']} (default: {default})", **extra)
 
 
 def _cmd_export(args):
-    from .export import export_model, verify_export
+    from .export import export_all_scales, verify_export
     from .runtime import setup_device
 
     setup_device(args.device_target)
-    path, meta = export_model(
-        args.ckpt, args.format, args.output, input_size=args.input_size, batch_size=args.batch_size
+    checkpoint = _checkpoint(args, args.ckpt)
+    exports = export_all_scales(
+        checkpoint, args.format, args.output, scale=args.scale, input_size=args.input_size, batch_size=args.batch_size
     )
-    arch = meta["architecture"]
-    size = "x".join(map(str, meta["input_size"])) if meta["input_size"] else "dynamic HxW"
-    print(f"wrote {path} ({args.format.upper()}, EDSR x{arch['scale']}, input {meta['batch_size']}x3x{size}, 0-255)")
-    if args.verify:
-        diff, peak = verify_export(args.ckpt, path)
-        print(f"verify: max |exported - checkpoint| = {diff:.3g} on outputs up to {peak:.1f}")
-        if diff > 1e-3 * max(peak, 1.0):
-            raise KitError(f"{path}: exported output differs from the checkpoint by {diff:.3g}")
+    for path, meta in exports:
+        arch = meta["architecture"]
+        size = "x".join(map(str, meta["input_size"])) if meta["input_size"] else "dynamic HxW"
+        print(
+            f"wrote {path} ({args.format.upper()}, {arch['model']} at x{arch['scale']}, "
+            f"input {meta['batch_size']}x3x{size}, 0-255)"
+        )
+        if args.verify:
+            diff, peak = verify_export(checkpoint, path)
+            print(f"verify: max |exported - checkpoint| = {diff:.3g} on outputs up to {peak:.1f}")
+            if diff > 1e-3 * max(peak, 1.0):
+                raise KitError(f"{path}: exported output differs from the checkpoint by {diff:.3g}")
     return 0
 
 
@@ -215,8 +269,14 @@ def build_parser():
 
     p = sub.add_parser("upscale", help="super-resolve an image or a folder of images")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="kit checkpoint, published .pt or ModelZoo .ckpt")
+    source.add_argument(
+        "--ckpt", help="kit checkpoint, published .pt, ModelZoo .ckpt, or a weights name (edsr weights list)"
+    )
     source.add_argument("--model", help="exported .mindir (run by MindSpore) or .onnx (run by onnxruntime)")
+    p.add_argument(
+        "--scale", type=_positive(int), default=None, help="upscaling factor: required for an MDSR, checked for EDSR"
+    )
+    _add_weights_source(p)
     p.add_argument(
         "--tile",
         type=_positive(int),
@@ -251,7 +311,8 @@ def build_parser():
 
     p = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint or of bicubic on a dataset (papers' protocol)")
     p.add_argument("--bicubic", action="store_true", help="evaluate MATLAB-bicubic upscaling instead of a model")
-    p.add_argument("--ckpt", help="checkpoint to evaluate (kit, published .pt or ModelZoo .ckpt)")
+    p.add_argument("--ckpt", help="checkpoint to evaluate (kit, published .pt, ModelZoo .ckpt or a weights name)")
+    _add_weights_source(p)
     p.add_argument("--hr-dir", "--hr_dir", dest="hr_dir", help="folder of HR images (LR made with MATLAB bicubic)")
     p.add_argument(
         "--data_test",
@@ -264,7 +325,9 @@ def build_parser():
     p.add_argument(
         "--data_range", "--data-range", dest="data_range", default="1-800/801-810", help="DIV2K index ranges train/test"
     )
-    p.add_argument("--scale", type=_positive(int), default=None, help="upscaling factor (taken from --ckpt when given)")
+    p.add_argument(
+        "--scale", type=_positive(int), default=None, help="upscaling factor (from --ckpt when given; an MDSR needs it)"
+    )
     p.add_argument(
         "--channel",
         choices=("y", "rgb"),
@@ -292,7 +355,11 @@ def build_parser():
     p.set_defaults(run=_cmd_eval)
 
     p = sub.add_parser("export", help="export a checkpoint to MINDIR, ONNX or AIR for deployment")
-    p.add_argument("--ckpt", required=True, help="kit checkpoint, published .pt or ModelZoo .ckpt")
+    p.add_argument("--ckpt", required=True, help="kit checkpoint, published .pt, ModelZoo .ckpt or a weights name")
+    p.add_argument(
+        "--scale", type=_positive(int), default=None, help="MDSR: export this scale only (default: one file per scale)"
+    )
+    _add_weights_source(p)
     p.add_argument("--format", type=str.upper, choices=("MINDIR", "ONNX", "AIR"), default="MINDIR")
     p.add_argument("--output", required=True, help="file to write (.mindir, .onnx or .air)")
     p.add_argument(
@@ -316,9 +383,10 @@ def build_parser():
     p = sub.add_parser("train", help="train EDSR (EDSR-PyTorch's recipe; flags use EDSR-PyTorch's option names)")
     p.add_argument(
         "--preset",
-        choices=("baseline", "paper"),
-        default="baseline",
-        help="recipe defaults: baseline (16 blocks, 64 features) or paper (32, 256, res_scale 0.1)",
+        choices=("baseline", "paper", "mdsr_baseline", "mdsr"),
+        default=None,
+        help="recipe defaults: baseline (16 blocks, 64 features), paper (32, 256, res_scale 0.1), mdsr_baseline "
+        "(MDSR, 16 blocks, scales 2+3+4) or mdsr (80 blocks); default baseline, or mdsr_baseline with --model MDSR",
     )
     p.add_argument(
         "--progress",
@@ -329,6 +397,17 @@ def build_parser():
     _add_option_flags(p)
     p.set_defaults(run=_cmd_train)
 
+    p = sub.add_parser("weights", help="the published EDSR/MDSR weights by name, your own names, mirrors")
+    p.add_argument(
+        "action",
+        choices=("list", "fetch", "add", "remove", "mirror"),
+        help="list; fetch [NAME ...] (download, verify, convert; default all); add NAME PATH; remove NAME; "
+        "mirror DIR [NAME ...] (a folder a static web server can serve as a mirror)",
+    )
+    p.add_argument("names", nargs="*", help="weights names (and a path or folder, for add and mirror)")
+    _add_weights_source(p)
+    p.set_defaults(run=_cmd_weights)
+
     p = sub.add_parser("download", help="download and extract DIV2K or the benchmark sets (resumable)")
     p.add_argument("which", choices=("div2k", "benchmark"))
     p.add_argument("--dir", required=True, help="dataset root (becomes --dir_data)")
@@ -336,11 +415,17 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv=None, registry=None):
+    """Run the `edsr` command. `registry`: the weights names (`pretrained.Registry`; tests give their own)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
+        if registry is None:
+            from .pretrained import Registry
+
+            registry = Registry()
+        args.registry = registry
         return args.run(args)
     except KitError as exc:
         print(f"edsr: error: {exc}", file=sys.stderr)

@@ -104,11 +104,12 @@ def _archive_complete(path):
         return False
 
 
-def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL_SECONDS):
+def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL_SECONDS, whole_file_check=True):
     """Download `url` to `dest`, resuming a previous partial download; returns the SHA-256 of the file.
 
     Complete means: the length the server stated (Content-Length, or Content-Range when resuming), or, when it
-    stated none, a whole archive. Only then is the file renamed into place and its digest recorded."""
+    stated none, a whole archive (`whole_file_check`; callers that verify a digest afterwards turn it off). Only
+    then is the file renamed into place and its digest recorded."""
     dest = Path(dest)
     if dest.is_file():
         digest = sha256_of(dest)
@@ -128,7 +129,7 @@ def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL
     size = part.stat().st_size
     if total is not None and size != total:
         raise KitError(f"{url}: got {size} of {total} bytes; run again to resume")
-    if total is None and not _archive_complete(part):
+    if total is None and whole_file_check and not _archive_complete(part):
         raise KitError(
             f"{url}: the connection closed after {size} bytes, the server gave no length and the file is "
             "not a complete archive; run again to resume"

@@ -80,7 +80,7 @@ def evaluate(
     return {
         "dataset": dataset.name,
         "scale": scale,
-        "method": "bicubic" if model is None else ("EDSR+" if self_ensemble else "EDSR"),
+        "method": "bicubic" if model is None else getattr(model.arch, "model", "EDSR") + ("+" if self_ensemble else ""),
         "protocol": protocol.describe(),
         "psnr": float(np.mean([r["psnr"] for r in rows])),
         "ssim": float(np.mean([r["ssim"] for r in rows])),

@@ -70,8 +70,10 @@ def export_model(
     input_size: tuple[int, int] | None = None,
     batch_size: int = 1,
     res_scale: float | None = None,
+    scale: int | None = None,
 ) -> tuple[Path, dict]:
-    """Write `output` in `file_format`; returns (path, metadata). ONNX needs `input_size` (H, W) in LR pixels."""
+    """Write `output` in `file_format`; returns (path, metadata). ONNX needs `input_size` (H, W) in LR pixels.
+    An MDSR is exported at one of its scales (`scale`, required for it; `export_all_scales` writes each)."""
     file_format = file_format.upper()
     if file_format not in FORMATS:
         raise KitError(f"unknown export format {file_format!r}; choose MINDIR, ONNX or AIR")
@@ -90,7 +92,7 @@ def export_model(
     if output.suffix.lower() != FORMATS[file_format]:
         raise KitError(f"{output}: a {file_format} file name must end in {FORMATS[file_format]}")
     # MindSpore's own Conv2d: an export must not reference the kit's CPU kernel library
-    model = load_model(checkpoint, res_scale=res_scale, conv_kernel="stock")
+    model = load_model(checkpoint, res_scale=res_scale, conv_kernel="stock", scale=scale)
     net = ZeroTo255(model)
     arch = model.arch
     if input_size:
@@ -122,6 +124,21 @@ def export_model(
     }
     write_json(sidecar_path(output), meta)
     return output, meta
+
+
+def export_all_scales(checkpoint, file_format, output, scale=None, **kwargs):
+    """[(path, metadata)]: `output` itself for an EDSR or a chosen `scale`; for an MDSR without `scale`, one file
+    per scale beside it (`model.mindir` -> `model_x2.mindir`, `model_x3.mindir`, ...)."""
+    from .weights import read_checkpoint
+
+    arch, _, _ = read_checkpoint(checkpoint)
+    if not arch.is_multiscale or scale is not None:
+        return [export_model(checkpoint, file_format, output, scale=scale, **kwargs)]
+    output = Path(output)
+    return [
+        export_model(checkpoint, file_format, output.with_name(f"{output.stem}_x{s}{output.suffix}"), scale=s, **kwargs)
+        for s in arch.scales
+    ]
 
 
 class ExportedModel:
@@ -307,9 +324,8 @@ def load_exported(path):
 
 def verify_export(checkpoint, exported_path, input_size=None, seed=0):
     """Max |exported - checkpoint| on a random 0-255 input (the export's size, else 40x52 LR pixels)."""
-    model = load_model(checkpoint)
-    model.set_train(False)
     exported = ExportedModel(exported_path)
+    model = load_model(checkpoint, scale=exported.arch.scale)
     height, width = input_size or exported.input_size or (40, 52)
     x = np.random.default_rng(seed).uniform(0, 255, (1, model.arch.n_colors, height, width)).astype(np.float32)
     expected = forward_tiled(model, x * np.float32(model.arch.rgb_range / 255.0)) / np.float32(

@@ -1,11 +1,12 @@
-"""The EDSR network (Lim et al., CVPR-W 2017) exactly as published in EDSR-PyTorch.
+"""The EDSR and MDSR networks (Lim et al., CVPR-W 2017) exactly as published in EDSR-PyTorch.
 
 Parameter names mirror the published state-dict keys (`head.0.weight`, `body.3.body.2.bias`, `tail.0.0.weight`,
-...), so a published checkpoint maps one to one. Input and output are float NCHW on the [0, rgb_range] scale.
+MDSR's `pre_process.1.0.body.2.weight`, `upsample.2.2.bias`, ...), so a published checkpoint maps one to one.
+Input and output are float NCHW on the [0, rgb_range] scale.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import mindspore as ms
 import numpy as np
@@ -19,12 +20,38 @@ DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 PRESETS = {
     "baseline": dict(n_resblocks=16, n_feats=64, res_scale=1.0),
     "paper": dict(n_resblocks=32, n_feats=256, res_scale=0.1),
+    "mdsr_baseline": dict(model="MDSR", n_resblocks=16, n_feats=64, res_scale=1.0),
+    "mdsr": dict(model="MDSR", n_resblocks=80, n_feats=64, res_scale=1.0),
 }
+MODELS = ("EDSR", "MDSR")
+# The published MDSR's scales, in the order of its pre_process/upsample branches.
+MDSR_SCALES = (2, 3, 4)
+
+
+def parse_scales(scale):
+    """2, "2" or "2+3+4" (EDSR-PyTorch's syntax for several scales) -> a tuple of positive ints."""
+    if isinstance(scale, (tuple, list)):
+        parts = list(scale)
+    else:
+        parts = str(scale).replace(" ", "").split("+")
+    try:
+        values = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise KitError(f"scale must be a positive integer or several joined by '+' (2+3+4), got {scale!r}") from None
+    for value in values:
+        upsampling_factors(value)  # validates
+    if not values or len(set(values)) != len(values):
+        raise KitError(f"scale {scale!r}: give each scale once, e.g. 2+3+4")
+    return values
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """What a checkpoint must record to rebuild its network."""
+    """What a checkpoint must record to rebuild its network.
+
+    An MDSR holds one branch per entry of `scales`; its `scale` is the one it upsamples by when used as a
+    single-scale network (`MDSR.at_scale`), the first of `scales` by default. An EDSR has `scales` = (scale,).
+    """
 
     scale: int = 2
     n_resblocks: int = 16
@@ -32,9 +59,21 @@ class Architecture:
     res_scale: float = 1.0
     rgb_range: float = 255.0
     n_colors: int = 3
+    model: str = "EDSR"
+    scales: tuple = ()
 
     def __post_init__(self):
         upsampling_factors(self.scale)  # validates
+        model = str(self.model).upper()
+        if model not in MODELS:
+            raise KitError(f"model {self.model!r} is not supported; choose one of {', '.join(MODELS)}")
+        object.__setattr__(self, "model", model)
+        scales = parse_scales(self.scales) if self.scales else (int(self.scale),)
+        if model == "EDSR" and scales != (self.scale,):
+            raise KitError(f"an EDSR has one scale (x{self.scale}); several scales ({self.scales}) need MDSR")
+        if self.scale not in scales:
+            raise KitError(f"scale {self.scale} is not one of the network's scales {scales}")
+        object.__setattr__(self, "scales", scales)
         counts = (self.n_resblocks, self.n_feats, self.n_colors)
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in counts):
             raise KitError(f"invalid architecture {self}: blocks, features and colours must be integers")
@@ -48,25 +87,49 @@ class Architecture:
             raise KitError(f"invalid architecture {self}")
 
     @classmethod
-    def from_preset(cls, preset, scale, **overrides):
+    def from_preset(cls, preset, scale=None, **overrides):
+        """A published configuration: baseline or paper (EDSR, one `scale`), mdsr_baseline or mdsr (scales 2, 3
+        and 4 unless `scale` says otherwise, e.g. "2+3+4")."""
         if preset not in PRESETS:
             raise KitError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        return cls(scale=scale, **{**PRESETS[preset], **overrides})
+        values = {**PRESETS[preset], **overrides}
+        if values.get("model", "EDSR") == "MDSR":
+            scales = parse_scales(scale) if scale is not None else MDSR_SCALES
+            return cls(scale=scales[0], scales=scales, **values)
+        return cls(scale=2 if scale is None else scale, **values)
 
     @classmethod
     def from_dict(cls, values):
+        """The inverse of to_dict; a record without `model` (kit checkpoints before MDSR) is an EDSR."""
         return cls(**{k: values[k] for k in asdict(cls()) if k in values})
 
     def to_dict(self):
-        return asdict(self)
+        values = asdict(self)
+        values["scales"] = list(self.scales)
+        return values
+
+    @property
+    def is_multiscale(self):
+        return self.model == "MDSR"
+
+    @property
+    def name(self):
+        """'EDSR x2' or 'MDSR x2+3+4': how logs, titles and file names call the network."""
+        return f"{self.model} x{'+'.join(map(str, self.scales))}"
+
+    def at_scale(self, scale):
+        """The same network used at one of its scales (an EDSR at its own scale only)."""
+        if scale not in self.scales:
+            raise KitError(f"{self.name} has no x{scale} branch")
+        return replace(self, scale=int(scale))
 
     @property
     def receptive_radius(self):
         """LR pixels beyond which an input pixel cannot change an output pixel (used by exact tiling)."""
         stages = len(upsampling_factors(self.scale))
         # head + 2 per block + body end + first upsampler conv at LR resolution; each later conv (other
-        # upsampler convs, tail.1) reaches less than one LR pixel.
-        return 2 * self.n_resblocks + 3 + stages
+        # upsampler convs, tail.1) reaches less than one LR pixel. MDSR adds two 5x5 ResBlocks (2 pixels per conv).
+        return 2 * self.n_resblocks + 3 + stages + (8 if self.is_multiscale else 0)
 
 
 # Far above the published networks (paper: 32 blocks, 256 features; MDSR: 80 blocks) and small enough that a
@@ -76,8 +139,8 @@ MAX_RESBLOCKS, MAX_FEATS, MAX_SCALE = 256, 1024, 16
 
 def check_size(arch, allow_large_model=False):
     """Refuse a network beyond the documented bounds before building it (unless allow_large_model)."""
-    if arch.scale > MAX_SCALE:
-        raise KitError(f"scale {arch.scale} is above the supported {MAX_SCALE}")
+    if max(arch.scales) > MAX_SCALE:
+        raise KitError(f"scale {max(arch.scales)} is above the supported {MAX_SCALE}")
     if not allow_large_model and (arch.n_resblocks > MAX_RESBLOCKS or arch.n_feats > MAX_FEATS):
         raise KitError(
             f"a network of {arch.n_resblocks} blocks and {arch.n_feats} features is beyond the limits "
@@ -124,13 +187,13 @@ class MeanShift(nn.Cell):
 class ResBlock(nn.Cell):
     """conv -> ReLU -> conv, scaled by res_scale, plus the input; no batch norm, no ReLU after the sum."""
 
-    def __init__(self, n_feats, res_scale, conv_kernel="auto"):
+    def __init__(self, n_feats, res_scale, conv_kernel="auto", kernel_size=3):
         super().__init__()
         self.body = nn.SequentialCell(
             [
-                make_conv(n_feats, n_feats, kernel=conv_kernel),
+                make_conv(n_feats, n_feats, kernel_size, kernel=conv_kernel),
                 nn.ReLU(),
-                make_conv(n_feats, n_feats, kernel=conv_kernel),
+                make_conv(n_feats, n_feats, kernel_size, kernel=conv_kernel),
             ]
         )
         self.res_scale = float(res_scale)
@@ -163,8 +226,7 @@ class EDSR(nn.Cell):
         k = conv_kernel
         self.sub_mean = MeanShift(arch.rgb_range, -1, arch.n_colors)
         self.head = nn.SequentialCell([make_conv(arch.n_colors, arch.n_feats, kernel=k)])
-        blocks = [ResBlock(arch.n_feats, arch.res_scale, k) for _ in range(arch.n_resblocks)]
-        self.body = nn.SequentialCell(blocks + [make_conv(arch.n_feats, arch.n_feats, kernel=k)])
+        self.body = _body(arch, k)
         self.tail = nn.SequentialCell(
             [_upsampler(arch.scale, arch.n_feats, k), make_conv(arch.n_feats, arch.n_colors, kernel=k)]
         )
@@ -181,6 +243,69 @@ class EDSR(nn.Cell):
         if self._graph is None:
             self._graph = compile_dynamic(self, self.arch.n_colors)
         return self._graph(Tensor(np.ascontiguousarray(x_nchw, dtype=np.float32))).asnumpy()
+
+    def at_scale(self, scale):
+        """The network for `scale`: itself (an EDSR has one scale)."""
+        self.arch.at_scale(scale)  # refuses another scale
+        return self
+
+
+def _body(arch, conv_kernel):
+    blocks = [ResBlock(arch.n_feats, arch.res_scale, conv_kernel) for _ in range(arch.n_resblocks)]
+    return nn.SequentialCell(blocks + [make_conv(arch.n_feats, arch.n_feats, kernel=conv_kernel)])
+
+
+class MDSR(nn.Cell):
+    """sub_mean -> head -> pre_process[s] -> body (+ its input) -> upsample[s] -> tail -> add_mean, with one
+    pre_process and upsample branch per scale; call it as `network(x, scale_index)`, or use `at_scale(s)`, which
+    behaves as a single-scale EDSR (inference, tiling, evaluation, export) and shares the weights."""
+
+    def __init__(self, arch: Architecture, conv_kernel="auto"):
+        super().__init__()
+        self.arch = arch
+        k, feats = conv_kernel, arch.n_feats
+        self.sub_mean = MeanShift(arch.rgb_range, -1, arch.n_colors)
+        self.head = nn.SequentialCell([make_conv(arch.n_colors, feats, kernel=k)])
+        self.pre_process = nn.CellList(
+            [
+                nn.SequentialCell([ResBlock(feats, 1.0, k, kernel_size=5), ResBlock(feats, 1.0, k, kernel_size=5)])
+                for _ in arch.scales
+            ]
+        )
+        self.body = _body(arch, k)
+        self.upsample = nn.CellList([_upsampler(s, feats, k) for s in arch.scales])
+        self.tail = nn.SequentialCell([make_conv(feats, arch.n_colors, kernel=k)])
+        self.add_mean = MeanShift(arch.rgb_range, +1, arch.n_colors)
+        self._views = {}
+
+    def construct(self, x, scale_index=0):
+        x = self.pre_process[scale_index](self.head(self.sub_mean(x)))
+        res = self.body(x) + x
+        return self.add_mean(self.tail(self.upsample[scale_index](res)))
+
+    def at_scale(self, scale):
+        """The network at one of its scales (kept, so its compiled graph is reused)."""
+        if scale not in self._views:
+            self._views[scale] = MDSRAtScale(self, scale)
+        return self._views[scale]
+
+
+class MDSRAtScale(nn.Cell):
+    """An MDSR used at one scale, with an EDSR's interface (`arch.scale`, `forward_array`); same parameters."""
+
+    def __init__(self, network, scale):
+        super().__init__(auto_prefix=False)  # the parameters keep the published names
+        self.network, self.arch = network, network.arch.at_scale(scale)
+        self.scale_index = network.arch.scales.index(scale)
+        self._graph = None
+
+    def construct(self, x):
+        return self.network(x, self.scale_index)
+
+    forward_array = EDSR.forward_array
+
+    def at_scale(self, scale):
+        return self.network.at_scale(scale)
 
 
 def compile_dynamic(function, n_colors, n_inputs=1):
@@ -204,10 +329,11 @@ class _DynamicShapeGraph(nn.Cell):
         return self.function(*images)
 
 
-def build_model(arch: Architecture, conv_kernel: str = "auto", allow_large_model: bool = False) -> "EDSR":
-    """conv_kernel: auto (the kit's fast convolution on CPU, MindSpore's Conv2d elsewhere), fast or stock.
-    Networks beyond `check_size`'s limits need allow_large_model."""
-    return EDSR(check_size(arch, allow_large_model), conv_kernel)
+def build_model(arch: Architecture, conv_kernel: str = "auto", allow_large_model: bool = False) -> "EDSR | MDSR":
+    """The EDSR or MDSR `arch` describes. conv_kernel: auto (the kit's fast convolution on CPU, MindSpore's Conv2d
+    elsewhere), fast or stock. Networks beyond `check_size`'s limits need allow_large_model."""
+    network = MDSR if arch.is_multiscale else EDSR
+    return network(check_size(arch, allow_large_model), conv_kernel)
 
 
 def count_parameters(model, trainable_only=True):
@@ -249,7 +375,7 @@ def load_state(model, weights, skip_mismatched_tail=False):
     if unexpected:
         problems.append("not in model: " + ", ".join(sorted(unexpected)))
     if problems:
-        raise KitError(f"checkpoint does not fit EDSR {model.arch.to_dict()}: " + "; ".join(problems))
+        raise KitError(f"checkpoint does not fit {model.arch.model} {model.arch.to_dict()}: " + "; ".join(problems))
     for name, param in params.items():
         if name not in skipped:
             # In place: a graph compiled earlier (forward_array, the training step) keeps reading the tensor it was

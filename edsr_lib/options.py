@@ -3,10 +3,10 @@ component."""
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import KitError
-from .model import PRESETS, Architecture, check_size
+from .model import MDSR_SCALES, PRESETS, Architecture, check_size, parse_scales
 
 
 OPTIMIZERS = ("ADAM", "SGD")
@@ -41,14 +41,18 @@ class Options:
     data_train: str = option("sample", "training set: sample (built in), DIV2K, or a folder of HR images")
     data_test: str = option("sample", "validation set: sample, DIV2K, Set5, Set14, B100, Urban100, a folder, or none")
     data_range: str = option("1-800/801-810", "DIV2K index ranges train/test, e.g. 1-800/801-810")
-    scale: int = option(NETWORK_DEFAULTS["scale"], "upscaling factor (2, 3, 4, ...)")
-    patch_size: Optional[int] = option(None, "HR training patch size (default 48 * scale)")
+    scale: Union[str, int] = option(
+        NETWORK_DEFAULTS["scale"], "upscaling factor (2, 3, 4, ...); MDSR: several joined by '+', e.g. 2+3+4"
+    )
+    patch_size: Optional[int] = option(
+        None, "EDSR: HR training patch size (default 48 * scale); MDSR: LR patch size (default 48), as EDSR-PyTorch"
+    )
     rgb_range: int = option(int(NETWORK_DEFAULTS["rgb_range"]), "pixel range the network sees (255)")
     n_colors: int = option(NETWORK_DEFAULTS["n_colors"], "image channels (3)")
     no_augment: bool = option(False, "turn off the 8 flip/transpose augmentations")
     num_workers: int = option(1, "data loading worker processes")
     # model
-    model: str = option("EDSR", "network (EDSR)")
+    model: str = option("EDSR", "network: EDSR (one scale) or MDSR (several scales in one network)")
     n_resblocks: int = option(NETWORK_DEFAULTS["n_resblocks"], "residual blocks (baseline 16, paper 32)")
     n_feats: int = option(NETWORK_DEFAULTS["n_feats"], "feature channels (baseline 64, paper 256)")
     res_scale: float = option(NETWORK_DEFAULTS["res_scale"], "residual scaling (baseline 1.0, paper 0.1)")
@@ -95,13 +99,19 @@ class Options:
 
     def __post_init__(self):
         self.device_target = self.device_target or None  # notebooks pass "" for "choose for me"
-        if self.patch_size is None and isinstance(self.scale, int):
-            self.patch_size = 48 * self.scale
+        self.model = str(self.model).upper()
+        if self.model not in ("EDSR", "MDSR"):
+            raise KitError(f"model {self.model!r} is not supported; choose EDSR or MDSR")
+        scales = parse_scales(self.scale)
+        if len(scales) > 1 and self.model == "EDSR":
+            raise KitError(f"scale {self.scale}: several scales in one network need model MDSR (--model MDSR)")
+        # One scale stays an int (the ModelZoo EDSR's option); several are written as EDSR-PyTorch does, "2+3+4".
+        self.scale = scales[0] if len(scales) == 1 else "+".join(map(str, scales))
+        if self.patch_size is None:
+            self.patch_size = 48 if self.model == "MDSR" else 48 * scales[0]
         self._check_numbers()
         check_size(self.architecture(), self.allow_large_model)
-        if self.model.upper() != "EDSR":
-            raise KitError(f"model {self.model!r} is not supported (only EDSR)")
-        if self.patch_size % self.scale:
+        if self.model == "EDSR" and self.patch_size % self.scale:
             raise KitError(f"patch_size {self.patch_size} must be a multiple of scale {self.scale}")
         if self.amp_level not in ("O0", "O1", "O2", "O3"):
             raise KitError(f"amp_level must be O0, O1, O2 or O3, got {self.amp_level!r}")
@@ -158,7 +168,6 @@ class Options:
             if not ok(number(name)):
                 raise KitError(f"{name} {getattr(self, name)!r} is out of range")
         integers = {
-            "scale": 1,
             "patch_size": 1,
             "num_workers": 1,
             "seed": 0,
@@ -181,10 +190,14 @@ class Options:
 
     @classmethod
     def for_preset(cls, preset, **overrides):
-        """EDSR-PyTorch's recipe for `baseline` or `paper`, with overrides."""
+        """EDSR-PyTorch's recipe for `baseline`, `paper`, `mdsr_baseline` or `mdsr` (scales 2+3+4 unless
+        overridden), with overrides."""
         if preset not in PRESETS:
             raise KitError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[preset], **overrides})
+        values = {**PRESETS[preset], **overrides}
+        if values.get("model") == "MDSR":
+            values.setdefault("scale", "+".join(map(str, MDSR_SCALES)))
+        return cls(**values)
 
     @classmethod
     def from_dict(cls, values, strict=True):
@@ -203,8 +216,20 @@ class Options:
     def to_dict(self):
         return asdict(self)
 
+    def scales(self):
+        """The scales trained: (2,) for EDSR x2, (2, 3, 4) for MDSR with scale "2+3+4"."""
+        return parse_scales(self.scale)
+
+    def lr_patch(self, scale):
+        """The LR training patch at `scale`: patch_size // scale for EDSR; patch_size itself for MDSR, whose HR
+        patch is then patch_size * scale (EDSR-PyTorch's multi-scale rule)."""
+        return self.patch_size if self.model == "MDSR" else self.patch_size // scale
+
     def architecture(self):
-        return Architecture.from_dict({**self.to_dict(), "rgb_range": float(self.rgb_range)})
+        scales = self.scales()
+        network = {k: v for k, v in self.to_dict().items() if k in NETWORK_DEFAULTS}
+        network.update(rgb_range=float(self.rgb_range), scale=scales[0], scales=scales, model=self.model)
+        return Architecture.from_dict(network)
 
     def decay_epochs(self):
         """'200' or '200-400' -> [200, 400]: the epochs after which lr is multiplied by gamma."""

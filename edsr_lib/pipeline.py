@@ -38,21 +38,41 @@ class PatchSource:
 
     `length` is the number of samples the run will draw (epochs * iterations per epoch * batch size), so
     sample k always uses image and crop drawn from a generator seeded with (seed, k).
+
+    Several scales (MDSR): `dataset` is {scale: dataset} and `patch_size` {scale: HR patch size}. Every training
+    step uses one scale for its whole batch (EDSR-PyTorch's multi-scale training), drawn from (seed, step), where
+    step = index // samples_per_step (the global batch); so the scale of a step is known on every rank and on resume.
     """
 
-    def __init__(self, dataset, patch_size, length, seed=0, no_augment=False, rgb_range=255.0):
-        self.dataset, self.patch_size, self.length = dataset, int(patch_size), int(length)
+    def __init__(self, dataset, patch_size, length, seed=0, no_augment=False, rgb_range=255.0, samples_per_step=1):
+        self.datasets = dict(dataset) if isinstance(dataset, dict) else {dataset.scale: dataset}
+        sizes = patch_size if isinstance(patch_size, dict) else {s: patch_size for s in self.datasets}
+        self.patch_sizes = {s: int(sizes[s]) for s in self.datasets}
+        self.scales = tuple(self.datasets)
+        self.dataset = self.datasets[self.scales[0]]
+        self.length, self.samples_per_step = int(length), int(samples_per_step)
         self.seed, self.no_augment, self.rgb_range = int(seed), bool(no_augment), float(rgb_range)
-        if self.patch_size % dataset.scale:
-            raise KitError(f"patch_size {patch_size} is not a multiple of scale {dataset.scale}")
+        for scale, size in self.patch_sizes.items():
+            if size % scale:
+                raise KitError(f"patch_size {size} is not a multiple of scale {scale}")
 
     def __len__(self):
         return self.length
 
+    def scale_of_step(self, step):
+        """The scale training step `step` uses (always the one scale of a single-scale source)."""
+        if len(self.scales) == 1:
+            return self.scales[0]
+        return self.scales[
+            int(np.random.default_rng([self.seed, int(step), len(self.scales)]).integers(len(self.scales)))
+        ]
+
     def sample(self, index):
         rng = np.random.default_rng([self.seed, int(index)])
-        lr, hr = self.dataset.pair(int(rng.integers(len(self.dataset))))
-        lr, hr = random_patch(lr, hr, self.patch_size, self.dataset.scale, rng)
+        scale = self.scale_of_step(int(index) // self.samples_per_step)
+        dataset = self.datasets[scale]
+        lr, hr = dataset.pair(int(rng.integers(len(dataset))))
+        lr, hr = random_patch(lr, hr, self.patch_sizes[scale], scale, rng)
         if not self.no_augment:
             hflip, vflip, rot90 = rng.random(3) < 0.5
             lr, hr = augment((lr, hr), hflip, vflip, rot90)

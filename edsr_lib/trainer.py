@@ -151,6 +151,7 @@ class TrainStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.model, self.loss_fn, self.optimizer, self.scaler = model, loss_fn, optimizer, scaler
         self.world, self.gclip = int(world), float(gclip)
+        self.multiscale = bool(getattr(getattr(model, "arch", None), "is_multiscale", False))
         self.hyper_map = ops.HyperMap()
         self.grad_fn = ops.value_and_grad(self.scaled_loss, None, optimizer.parameters, has_aux=True)
         if self.world > 1:
@@ -158,12 +159,14 @@ class TrainStep(nn.Cell):
             self.all_reduce = ops.AllReduce()  # sum
         self.totals = Parameter(Tensor(np.zeros(4, np.float32)), name="train_step_totals", requires_grad=False)
 
-    def scaled_loss(self, lr, hr):
-        loss = self.loss_fn(self.model(lr).astype(ms.float32), hr)
+    def scaled_loss(self, lr, hr, scale_index):
+        sr = self.model(lr, scale_index) if self.multiscale else self.model(lr)
+        loss = self.loss_fn(sr.astype(ms.float32), hr)
         return self.scaler.scale(loss), loss
 
-    def construct(self, lr, hr):
-        (scaled, loss), grads = self.grad_fn(lr, hr)
+    def construct(self, lr, hr, scale_index=0):
+        """scale_index: an MDSR's branch for this batch, a constant (one graph per scale, each compiled once)."""
+        (scaled, loss), grads = self.grad_fn(lr, hr, scale_index)
         if self.world > 1:
             grads = self.reducer(grads)
             loss = self.all_reduce(loss) / self.world
@@ -268,6 +271,16 @@ def _pid_alive(pid):
     return True
 
 
+def _per_scale(given, scales):
+    """A given dataset (one scale) or {scale: dataset} as {scale: dataset}; {} when none was given."""
+    if given is None:
+        return {}
+    given = given if isinstance(given, dict) else {given.scale: given}
+    if set(given) != set(scales):
+        raise KitError(f"datasets for scales {sorted(given)} given, but the options train {list(scales)}")
+    return {s: given[s] for s in scales}
+
+
 class Trainer:
     """Train as `opts` says. The parts are built from the options unless given: `model` (a network with the
     options' architecture, so its checkpoints load), `loss` (a Cell of (sr, hr) -> scalar), `train_set` and
@@ -292,7 +305,8 @@ class Trainer:
         self.device = setup_device(opts.device_target)
         self.precision = configure_precision(self.device, opts.precision_mode, opts.deterministic)
         self.rank, self.world = init_distributed(opts.device_target)
-        self.sink = opts.sink_mode(self.device)
+        # An MDSR's batches change shape with their scale: no fixed-shape device loop.
+        self.sink = opts.sink_mode(self.device) and opts.model != "MDSR"
         ms.set_seed(opts.seed)  # the same initial weights on every rank
         # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
         self.model = (
@@ -320,38 +334,44 @@ class Trainer:
                 f"initialised from {opts.ckpt_path}" + (f" (kept fresh: {', '.join(skipped)})" if skipped else "")
             )
         apply_mixed_precision(self.model, opts.amp_level)
-        self.train_set = (
-            train_set
-            if train_set is not None
-            else open_dataset(
+        scales = opts.scales()
+        # One training and one validation set per scale (EDSR: one); `train_set`/`val_set` are the first scale's.
+        self.train_sets = _per_scale(train_set, scales) or {
+            s: open_dataset(
                 opts.data_train,
-                opts.scale,
+                s,
                 opts.dir_data,
                 split="train",
                 data_range=opts.data_range,
-                min_lr_size=opts.patch_size // opts.scale,
+                min_lr_size=opts.lr_patch(s),
             )
-        )
-        self.val_set = val_set if self.rank == 0 else None
+            for s in scales
+        }
+        self.val_sets = _per_scale(val_set, scales) if self.rank == 0 else {}
         if val_set is None and str(opts.data_test).lower() != "none" and self.rank == 0:
             # Checked now, not after the first epoch: SSIM needs 11x11 pixels left after the border crop.
-            border = protocol_for(opts.data_test, opts.scale).border
-            self.val_set = open_dataset(
-                opts.data_test,
-                opts.scale,
-                opts.dir_data,
-                split="test",
-                data_range=opts.data_range,
-                min_lr_size=-(-(11 + 2 * border) // opts.scale),
-            )
+            self.val_sets = {
+                s: open_dataset(
+                    opts.data_test,
+                    s,
+                    opts.dir_data,
+                    split="test",
+                    data_range=opts.data_range,
+                    min_lr_size=-(-(11 + 2 * protocol_for(opts.data_test, s).border) // s),
+                )
+                for s in scales
+            }
+        self.train_set = self.train_sets[scales[0]]
+        self.val_set = self.val_sets.get(scales[0])
         self.samples_per_epoch = opts.test_every * opts.batch_size * self.world
         self.source = PatchSource(
-            self.train_set,
-            opts.patch_size,
+            self.train_sets,
+            {s: opts.lr_patch(s) * s for s in scales},
             opts.epochs * self.samples_per_epoch,
             seed=opts.seed,
             no_augment=opts.no_augment,
             rgb_range=opts.rgb_range,
+            samples_per_step=opts.batch_size * self.world,
         )
         self.optimizer = optimizer if optimizer is not None else make_optimizer(opts, self.model.trainable_params())
         self.loss_fn = loss if loss is not None else make_loss(opts)
@@ -397,7 +417,7 @@ class Trainer:
             "loss scaling": self.loss_scaling(),
             "batch per device": o.batch_size,
             "global batch": o.batch_size * self.world,
-            "LR patch": o.patch_size // o.scale,
+            "LR patch": o.lr_patch(o.scales()[0]),
             "iterations": o.epochs * o.test_every,
             "optimizer": o.optimizer,
             "dataset sink": f"{self.opts.sync_every()} steps per call" if self.sink else "off",
@@ -430,14 +450,13 @@ class Trainer:
             return None
         weights, extra, info = self._state()
         arch = self.opts.architecture()
+        numbered = f"{arch.model.lower()}_x{self.opts.scale}_epoch"
         latest = save_checkpoint(self.ckpt_dir / "latest.ckpt", arch, weights, extra, info)
         if is_best or not (self.ckpt_dir / "best.ckpt").exists():
             save_checkpoint(self.ckpt_dir / "best.ckpt", arch, weights, extra, info)
         if self.epoch % self.opts.ckpt_save_interval == 0 or self.epoch == self.opts.epochs:
-            save_checkpoint(
-                self.ckpt_dir / f"edsr_x{self.opts.scale}_epoch{self.epoch:04d}.ckpt", arch, weights, extra, info
-            )
-            kept = sorted(self.ckpt_dir.glob(f"edsr_x{self.opts.scale}_epoch*.ckpt"))
+            save_checkpoint(self.ckpt_dir / f"{numbered}{self.epoch:04d}.ckpt", arch, weights, extra, info)
+            kept = sorted(self.ckpt_dir.glob(f"{numbered}*.ckpt"))
             for old in kept[: -self.opts.ckpt_save_max]:
                 old.unlink()
         return latest
@@ -477,8 +496,12 @@ class Trainer:
     def train_step(self, lr, hr):
         """One optimizer step (the step graph, then a host read); returns (loss, applied). A non-finite loss or
         gradient on any rank skips the step on every rank and lets a dynamic loss scale shrink."""
-        loss, finite = self._step_graph(ms.Tensor(lr), ms.Tensor(hr))
+        loss, finite = self._step_graph(ms.Tensor(lr), ms.Tensor(hr), self._scale_index(lr, hr))
         return float(loss.asnumpy()), bool(finite.asnumpy())
+
+    def _scale_index(self, lr, hr):
+        """The branch a batch trains: its scale is the HR/LR size ratio (one scale per batch)."""
+        return self.source.scales.index(int(hr.shape[-1]) // int(lr.shape[-1]))
 
     def _open_feed(self):
         """The batches from this epoch to the end of the run: one dataset (and, with dataset sink, one device loop
@@ -503,7 +526,8 @@ class Trainer:
 
             def run(steps):
                 for _ in range(steps):
-                    self._step_graph(*next(batches))
+                    lr, hr = next(batches)
+                    self._step_graph(lr, hr, self._scale_index(lr, hr))
 
         self._feed, self._feed_epoch = run, self.epoch
 
@@ -567,13 +591,21 @@ class Trainer:
         return float(self.scaler.scale_value.asnumpy())
 
     def validate(self):
-        if self.val_set is None:
+        """Validation PSNR (the mean over the scales of an MDSR; each scale's is in `scale_psnr`)."""
+        if not self.val_sets:
             return None
         self.model.set_train(False)
-        protocol = protocol_for(self.opts.data_test, self.opts.scale)
+        protocols = {s: protocol_for(self.opts.data_test, s) for s in self.val_sets}
         if self.bicubic_psnr is None:
-            self.bicubic_psnr = evaluate(self.val_set, None, protocol, progress=False)["psnr"]
-        return evaluate(self.val_set, self.model, protocol, progress=False)["psnr"]
+            self.scale_bicubic = {
+                s: evaluate(d, None, protocols[s], progress=False)["psnr"] for s, d in self.val_sets.items()
+            }
+            self.bicubic_psnr = float(np.mean(list(self.scale_bicubic.values())))
+        self.scale_psnr = {
+            s: evaluate(d, self.model.at_scale(s), protocols[s], progress=False)["psnr"]
+            for s, d in self.val_sets.items()
+        }
+        return float(np.mean(list(self.scale_psnr.values())))
 
     def _new_bar(self, total, desc):
         return progress_bar(total, desc, self.progress if self.rank == 0 else "none", unit="it")
@@ -599,22 +631,29 @@ class Trainer:
             is_best = val is not None and val > self.best_psnr
             if is_best:
                 self.best_psnr = val
-            self.history.append(
-                {
-                    "epoch": self.epoch,
-                    "loss": loss,
-                    "lr": lr,
-                    "psnr": val,
-                    "psnr_bicubic": self.bicubic_psnr,
-                    "it_per_s": its,
-                }
-            )
+            record = {
+                "epoch": self.epoch,
+                "loss": loss,
+                "lr": lr,
+                "psnr": val,
+                "psnr_bicubic": self.bicubic_psnr,
+                "it_per_s": its,
+            }
+            if val is not None and len(self.val_sets) > 1:
+                for s in self.val_sets:
+                    record[f"psnr_x{s}"], record[f"psnr_bicubic_x{s}"] = self.scale_psnr[s], self.scale_bicubic[s]
+            self.history.append(record)
             self.save(is_best)
             if self.rank == 0:
                 self.write_curves()
             self._log(
                 f"epoch {self.epoch}: loss {loss:.4f}, lr {lr:.2e}, {its:.2f} it/s"
                 + (f", PSNR {val:.3f} dB (bicubic {self.bicubic_psnr:.3f})" if val is not None else "")
+                + (
+                    " [" + ", ".join(f"x{s} {self.scale_psnr[s]:.3f}" for s in self.val_sets) + "]"
+                    if val is not None and len(self.val_sets) > 1
+                    else ""
+                )
             )
         return self.history
 
@@ -632,7 +671,7 @@ class Trainer:
         )
 
     def write_curves(self):
-        return write_curves(self.ckpt_dir, self.history, f"EDSR x{self.opts.scale}")
+        return write_curves(self.ckpt_dir, self.history, self.opts.architecture().name)
 
     def gather_final_metrics(self):
         """What every rank reports: equal `param_checksum` and `param_digest` (and loss, averaged over ranks) on all.

@@ -21,7 +21,7 @@ from .model import EDSR, Architecture, build_model, check_size, load_state, mean
 from .torch_pickle import load_torch_state_dict
 
 ARCH_KEY = "edsr_arch"
-MODEL_PREFIXES = ("sub_mean.", "add_mean.", "head.", "body.", "tail.")
+MODEL_PREFIXES = ("sub_mean.", "add_mean.", "head.", "body.", "tail.", "pre_process.", "upsample.")
 
 
 def default_res_scale(n_feats):
@@ -29,26 +29,37 @@ def default_res_scale(n_feats):
     return 0.1 if n_feats == 256 else 1.0
 
 
+def _upsampler_scale(weights, prefix, n_feats):
+    """The factor of the upsampler whose conv weights are `prefix`<i>.weight (x2 and x3 stages multiply)."""
+    scale = 1
+    for key in sorted(k for k in weights if k.startswith(prefix) and k.endswith(".weight")):
+        scale *= int(round(np.sqrt(weights[key].shape[0] / n_feats)))
+    return scale
+
+
 def infer_architecture(weights, res_scale=None, rgb_range=255.0):
-    """Architecture of a published-layout state dict, read from its tensor names and shapes."""
+    """Architecture of a published-layout EDSR or MDSR state dict, read from its tensor names and shapes."""
     try:
         n_feats, n_colors = weights["head.0.weight"].shape[:2]
         block_ids = {int(k.split(".")[1]) for k in weights if k.startswith("body.") and ".body." in k}
-        n_resblocks = len(block_ids)
-        ups = sorted(k for k in weights if k.startswith("tail.0.") and k.endswith(".weight"))
-        scale = 1
-        for key in ups:
-            scale *= int(round(np.sqrt(weights[key].shape[0] / n_feats)))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise KitError(f"not an EDSR state dict (cannot find {exc})") from None
-    return Architecture(
-        scale=scale,
-        n_resblocks=n_resblocks,
-        n_feats=int(n_feats),
-        res_scale=default_res_scale(n_feats) if res_scale is None else float(res_scale),
-        rgb_range=float(rgb_range),
-        n_colors=int(n_colors),
-    )
+        branches = sorted({int(k.split(".")[1]) for k in weights if k.startswith("pre_process.")})
+        if branches:  # MDSR: one pre_process and one upsample branch per scale, res_scale 1 throughout
+            scales = tuple(_upsampler_scale(weights, f"upsample.{i}.", n_feats) for i in branches)
+            model, res_scale = "MDSR", 1.0 if res_scale is None else res_scale
+        else:
+            scales, model = (_upsampler_scale(weights, "tail.0.", n_feats),), "EDSR"
+        return Architecture(
+            scale=scales[0],
+            scales=scales,
+            model=model,
+            n_resblocks=len(block_ids),
+            n_feats=int(n_feats),
+            res_scale=default_res_scale(n_feats) if res_scale is None else float(res_scale),
+            rgb_range=float(rgb_range),
+            n_colors=int(n_colors),
+        )
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise KitError(f"not an EDSR or MDSR state dict (cannot find {exc})") from None
 
 
 def _depth_to_space_perm(n_feats, r):
@@ -169,10 +180,14 @@ def read_checkpoint(
 ) -> tuple[Architecture, dict, dict]:
     """Any supported checkpoint -> (Architecture, model weights in published layout, other entries).
 
-    Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats) and ModelZoo `.ckpt`.
+    Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats), ModelZoo `.ckpt`, and the names
+    `edsr weights list` shows (a published name is downloaded and converted on first use).
     `res_scale` overrides the inferred value for files that do not record it. The architecture must be within
     `model.check_size` (unless allow_large_model) and every weight a finite floating-point array.
     """
+    from .pretrained import Registry
+
+    path = Registry().resolve(path)  # a weights name (edsr weights list) becomes its cached checkpoint
     arch, weights, rest = _read_any_checkpoint(Path(path), res_scale)
     try:
         check_size(arch, allow_large_model)
@@ -245,11 +260,31 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, res_scale: float | N
     return arch
 
 
+def choose_scale(path, arch, scale=None):
+    """The scale to run `arch` at: an EDSR's own (`scale`, when given, must equal it); for an MDSR, `scale`,
+    which must be one of its scales. Errors name the checkpoint and what it offers."""
+    offered = ", ".join(f"x{s}" for s in arch.scales)
+    if arch.is_multiscale:
+        if scale is None:
+            raise KitError(f"{path} is an MDSR for {offered}: choose one with --scale (scale=...)")
+        if scale not in arch.scales:
+            raise KitError(f"{path} is an MDSR for {offered}, not x{scale}")
+        return int(scale)
+    if scale is not None and scale != arch.scale:
+        raise KitError(f"{path} is an x{arch.scale} model but scale {scale} was asked for")
+    return arch.scale
+
+
 def load_model(
-    path: str | os.PathLike, res_scale: float | None = None, conv_kernel: str = "auto", into: EDSR | None = None
+    path: str | os.PathLike,
+    res_scale: float | None = None,
+    conv_kernel: str = "auto",
+    into: EDSR | None = None,
+    scale: int | None = None,
 ) -> EDSR:
-    """The ready network (inference mode) from any supported checkpoint; run it with `model.forward_array` or
-    `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock").
+    """The ready network (inference mode) at one scale from any supported checkpoint; run it with
+    `model.forward_array` or `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock").
+    `scale`: required for an MDSR (one of its scales); for an EDSR, optional and checked.
 
     into: a network of the same architecture to load the weights into instead of building one. It keeps its
     compiled graph, and MindSpore 2.10 never frees a compiled network, so going through many checkpoints in one
@@ -258,15 +293,16 @@ def load_model(
 
     current_device()
     arch, weights, _ = read_checkpoint(path, res_scale)
-    if into is not None and into.arch != arch:
+    scale = choose_scale(path, arch, scale)
+    if into is not None and into.arch != arch.at_scale(scale):
         raise KitError(f"{path}: architecture {arch.to_dict()} differs from the network's {into.arch.to_dict()}")
-    model = into if into is not None else build_model(arch, conv_kernel)
+    network = getattr(into, "network", into) if into is not None else build_model(arch, conv_kernel)
     try:
-        load_state(model, weights)
+        load_state(network, weights)
     except KitError as exc:
         raise KitError(f"{path}: {exc}") from None
-    model.set_train(False)
-    return model
+    network.set_train(False)
+    return network.at_scale(scale)
 
 
 def init_from_checkpoint(model, path):

@@ -16,11 +16,13 @@ MEAN = np.array([0.4488, 0.4371, 0.4040])
 
 
 def conv3x3(x, w, b):
-    """x: CxHxW, w: OxCx3x3 -> OxHxW with zero padding 1 (float64)."""
+    """x: CxHxW, w: OxCxkxk (k odd) -> OxHxW with zero padding k // 2 (float64)."""
     c, h, wd = x.shape
-    xp = np.zeros((c, h + 2, wd + 2))
-    xp[:, 1:-1, 1:-1] = x
-    cols = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))  # C x H x W x 3 x 3
+    k = w.shape[-1]
+    p = k // 2
+    xp = np.zeros((c, h + 2 * p, wd + 2 * p))
+    xp[:, p : p + h, p : p + wd] = x
+    cols = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))  # C x H x W x k x k
     return np.einsum("chwij,ocij->ohw", cols, w, optimize=True) + b[:, None, None]
 
 
@@ -75,6 +77,58 @@ def published_forward(w, image, res_scale):
         res = pixel_shuffle(out, r)
         k += 2
     y = conv3x3(res, w["tail.1.weight"], w["tail.1.bias"]) + 255 * MEAN[:, None, None]
+    return y.transpose(1, 2, 0)
+
+
+def random_mdsr_weights(rng, n_resblocks, n_feats, scales=(2, 3, 4), n_colors=3):
+    """An MDSR state dict in EDSR-PyTorch's `src/model/mdsr.py` layout, random weights."""
+
+    def conv(o, i, k=3):
+        bound = 1.0 / np.sqrt(i * k * k)
+        return rng.uniform(-bound, bound, (o, i, k, k)), rng.uniform(-bound, bound, o)
+
+    w = OrderedDict()
+    eye = np.eye(3).reshape(3, 3, 1, 1)
+    w["sub_mean.weight"], w["sub_mean.bias"] = eye, -255 * MEAN
+    w["add_mean.weight"], w["add_mean.bias"] = eye, 255 * MEAN
+    w["head.0.weight"], w["head.0.bias"] = conv(n_feats, n_colors)
+    for i in range(len(scales)):
+        for block in (0, 1):
+            for j in (0, 2):
+                key = f"pre_process.{i}.{block}.body.{j}"
+                w[key + ".weight"], w[key + ".bias"] = conv(n_feats, n_feats, 5)
+    for i in range(n_resblocks):
+        for j in (0, 2):
+            w[f"body.{i}.body.{j}.weight"], w[f"body.{i}.body.{j}.bias"] = conv(n_feats, n_feats)
+    w[f"body.{n_resblocks}.weight"], w[f"body.{n_resblocks}.bias"] = conv(n_feats, n_feats)
+    for i, scale in enumerate(scales):
+        factors = [3] if scale == 3 else [2] * {2: 1, 4: 2}[scale]
+        for k, r in enumerate(factors):
+            w[f"upsample.{i}.{2 * k}.weight"], w[f"upsample.{i}.{2 * k}.bias"] = conv(r * r * n_feats, n_feats)
+    w["tail.0.weight"], w["tail.0.bias"] = conv(n_colors, n_feats)
+    return OrderedDict((k, v.astype(np.float32)) for k, v in w.items())
+
+
+def mdsr_forward(w, image, branch):
+    """EDSR-PyTorch's MDSR forward with pre_process/upsample branch `branch`, float64, HxWx3 -> HxWx3."""
+    x = image.astype(np.float64).transpose(2, 0, 1) - 255 * MEAN[:, None, None]
+    x = conv3x3(x, w["head.0.weight"], w["head.0.bias"])
+    for block in (0, 1):
+        key = f"pre_process.{branch}.{block}.body."
+        t = np.maximum(conv3x3(x, w[key + "0.weight"], w[key + "0.bias"]), 0)
+        x = x + conv3x3(t, w[key + "2.weight"], w[key + "2.bias"])
+    n_blocks = len({k.split(".")[1] for k in w if k.startswith("body.") and ".body." in k})
+    res = x
+    for i in range(n_blocks):
+        t = conv3x3(res, w[f"body.{i}.body.0.weight"], w[f"body.{i}.body.0.bias"])
+        res = res + conv3x3(np.maximum(t, 0), w[f"body.{i}.body.2.weight"], w[f"body.{i}.body.2.bias"])
+    res = conv3x3(res, w[f"body.{n_blocks}.weight"], w[f"body.{n_blocks}.bias"]) + x
+    k = 0
+    while f"upsample.{branch}.{k}.weight" in w:
+        out = conv3x3(res, w[f"upsample.{branch}.{k}.weight"], w[f"upsample.{branch}.{k}.bias"])
+        res = pixel_shuffle(out, int(round(np.sqrt(out.shape[0] / res.shape[0]))))
+        k += 2
+    y = conv3x3(res, w["tail.0.weight"], w["tail.0.bias"]) + 255 * MEAN[:, None, None]
     return y.transpose(1, 2, 0)
 
 

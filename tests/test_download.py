@@ -1,73 +1,14 @@
 """Downloads against a local HTTP server (no real network): resume, checksum, safe extraction."""
 
 import hashlib
-import http.server
 import io
 import tarfile
-import threading
 import zipfile
 
 import pytest
 
 from edsr_lib.download import download_dataset, fetch, safe_extract
 from edsr_lib.errors import KitError
-
-
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    files = {}
-    drop_after = None  # serve only this many bytes, then close (simulates a broken connection)
-    length = "exact"  # exact, none (no Content-Length), or a literal header value
-    wrong_offset = False  # answer a Range request with 206 from byte 0
-    trickle = None  # seconds between single bytes
-
-    def do_GET(self):
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        start = 0
-        rng = self.headers.get("Range")
-        if rng:
-            start = 0 if self.wrong_offset else int(rng.split("=")[1].split("-")[0])
-            if start >= len(body):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        if self.length == "exact":
-            self.send_header("Content-Length", str(len(body) - start))
-        elif self.length != "none":
-            self.send_header("Content-Length", self.length)
-        self.end_headers()
-        payload = body[start:]
-        if self.drop_after is not None:
-            payload = payload[: self.drop_after]
-        if self.trickle:
-            import time
-
-            for i in range(min(len(payload), 20)):
-                self.wfile.write(payload[i : i + 1])
-                self.wfile.flush()
-                time.sleep(self.trickle)
-            return
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    _RangeHandler.files, _RangeHandler.drop_after = {}, None
-    _RangeHandler.length, _RangeHandler.wrong_offset, _RangeHandler.trickle = "exact", False, None
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _RangeHandler
-    httpd.shutdown()
 
 
 def test_resume_after_broken_connection(tmp_path, server):

@@ -1,0 +1,238 @@
+"""Published weights by name: the eight EDSR-PyTorch files, their mirrors, the local cache, and the user's own names.
+
+`resolve("edsr_baseline_x2")` returns a kit checkpoint, downloading the published `.pt` on first use from the
+mirrors the user gives (`--mirror`, `EDSR_WEIGHTS_MIRROR`), then the official host, verifying it against the hash
+prefix in its file name (the first 8 hex digits of its SHA-256, the torch hub convention) and converting it once.
+A file that does not match is deleted. `edsr weights add NAME PATH` gives the user's own checkpoints names too.
+Cache: `<user cache>/weights/` holds the `.pt` files, the converted `<name>.ckpt` and `registered.json`.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .download import fetch, sha256_of
+from .errors import KitError
+from .files import atomic_write, user_cache_dir, write_json
+from .model import Architecture, upsampling_factors
+
+OFFICIAL_BASE = "https://cv.snu.ac.kr/research/EDSR/models/"
+MIRROR_VARIABLE = "EDSR_WEIGHTS_MIRROR"  # base URLs separated by spaces or commas, tried before the official host
+MIRROR_INDEX = "SHA256SUMS"
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published weight file: `file` carries its SHA-256 prefix after the last '-'."""
+
+    name: str
+    file: str
+    arch: Architecture
+
+    @property
+    def hash_prefix(self):
+        return self.file.rsplit("-", 1)[1].split(".")[0]
+
+
+def _edsr(preset, scale):
+    return Architecture.from_preset(preset, scale)
+
+
+PUBLISHED = (
+    Published("edsr_baseline_x2", "edsr_baseline_x2-1bc95232.pt", _edsr("baseline", 2)),
+    Published("edsr_baseline_x3", "edsr_baseline_x3-abf2a44e.pt", _edsr("baseline", 3)),
+    Published("edsr_baseline_x4", "edsr_baseline_x4-6b446fab.pt", _edsr("baseline", 4)),
+    Published("edsr_x2", "edsr_x2-0edfb8a3.pt", _edsr("paper", 2)),
+    Published("edsr_x3", "edsr_x3-ea3ef2c6.pt", _edsr("paper", 3)),
+    Published("edsr_x4", "edsr_x4-4f62e9ef.pt", _edsr("paper", 4)),
+    Published("mdsr_baseline", "mdsr_baseline-a00cab12.pt", Architecture.from_preset("mdsr_baseline")),
+    Published("mdsr", "mdsr-4a78bedf.pt", Architecture.from_preset("mdsr")),
+)
+
+
+def parameter_count(arch):
+    """Trainable parameters of `arch`, from the layer shapes (no network is built)."""
+
+    def conv(cin, cout, k=3):
+        return cin * cout * k * k + cout
+
+    f, c = arch.n_feats, arch.n_colors
+    body = 2 * arch.n_resblocks * conv(f, f) + conv(f, f)
+    upsamplers = sum(conv(f, factor * factor * f) for s in arch.scales for factor in upsampling_factors(s))
+    extra = len(arch.scales) * 4 * conv(f, f, 5) if arch.is_multiscale else 0
+    return conv(c, f) + body + upsamplers + extra + conv(f, c)
+
+
+def describe(arch):
+    """'EDSR x2, 16 blocks, 64 features (1.37 M parameters)'."""
+    millions = parameter_count(arch) / 1e6
+    return f"{arch.name}, {arch.n_resblocks} blocks, {arch.n_feats} features ({millions:.2f} M parameters)"
+
+
+def mirrors_from(given=(), environ=None, official=OFFICIAL_BASE):
+    """Base URLs in the order they are tried: those given, then $EDSR_WEIGHTS_MIRROR's, then the official host."""
+    environ = os.environ if environ is None else environ
+    from_env = environ.get(MIRROR_VARIABLE, "").replace(",", " ").split()
+    bases = [*given, *from_env, official]
+    return [b if b.endswith("/") else b + "/" for b in dict.fromkeys(bases)]
+
+
+class Registry:
+    """Names -> checkpoints: the published files and the user's own names, cached under `cache_dir` (default
+    `<user cache>/weights`). Tests give their own `published` files and `official` host."""
+
+    def __init__(self, published=PUBLISHED, cache_dir=None, official=OFFICIAL_BASE):
+        self.published = {p.name: p for p in published}
+        self.cache_dir = Path(cache_dir) if cache_dir else user_cache_dir() / "weights"
+        self.official = official
+
+    # ---- the user's own names ------------------------------------------------------------------------------
+    @property
+    def _own_path(self):
+        return self.cache_dir / "registered.json"
+
+    def own(self):
+        """name -> {"path", "arch"} of the checkpoints registered with `add`."""
+        if not self._own_path.is_file():
+            return {}
+        try:
+            entries = json.loads(self._own_path.read_text())
+            if not isinstance(entries, dict):
+                raise ValueError("not a name -> checkpoint record")
+            return entries
+        except (OSError, ValueError) as exc:
+            raise KitError(f"{self._own_path}: unreadable ({exc}); delete it and add the names again") from None
+
+    def add(self, name, path):
+        """Register the checkpoint at `path` (any format `read_checkpoint` reads) under `name`."""
+        from .weights import read_checkpoint
+
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise KitError(f"weights name {name!r}: use letters, digits, '_' and '-' only")
+        if name in self.published:
+            raise KitError(f"{name} is a published weights name; choose another")
+        path = Path(path).resolve()
+        arch, _, _ = read_checkpoint(path)
+        entries = self.own()
+        entries[name] = {"path": str(path), "arch": describe(arch)}
+        write_json(self._own_path, entries)
+        return arch
+
+    def remove(self, name):
+        entries = self.own()
+        if name not in entries:
+            raise KitError(f"{name}: not a registered name (edsr weights list shows them)")
+        del entries[name]
+        write_json(self._own_path, entries)
+
+    # ---- the published files -------------------------------------------------------------------------------
+    def pt_path(self, entry):
+        return self.cache_dir / entry.file
+
+    def ckpt_path(self, entry):
+        return self.cache_dir / f"{entry.name}.ckpt"
+
+    def status(self, entry):
+        if self.ckpt_path(entry).is_file():
+            return "converted"
+        return "downloaded" if self.pt_path(entry).is_file() else "-"
+
+    def rows(self):
+        """What `edsr weights list` prints: (name, file, size, architecture, cached) per entry."""
+        rows = []
+        for entry in self.published.values():
+            size = 4 * parameter_count(entry.arch) / 1e6
+            rows.append((entry.name, entry.file, f"{size:.1f} MB", describe(entry.arch), self.status(entry)))
+        for name, own in self.own().items():
+            cached = "yes" if Path(own["path"]).is_file() else "missing"
+            rows.append((name, own["path"], "", own.get("arch", ""), cached))
+        return rows
+
+    def entry(self, name):
+        if name not in self.published:
+            raise KitError(f"{name}: no such weights; published: {', '.join(self.published)}")
+        return self.published[name]
+
+    def check_hash(self, entry, path):
+        """Refuse (and delete) a file whose SHA-256 does not start with the prefix in its published name."""
+        digest = sha256_of(path)
+        if not digest.startswith(entry.hash_prefix):
+            Path(path).unlink(missing_ok=True)
+            raise KitError(
+                f"{entry.file}: SHA-256 {digest[:16]}... does not start with {entry.hash_prefix} as its name says: "
+                "not the published file (removed)"
+            )
+        return digest
+
+    def download(self, name, mirrors=(), offline=False, progress=True, log=print):
+        """The published `.pt` for `name` in the cache, fetched from the first mirror that serves a file with the
+        right hash; each failure is logged in one line."""
+        entry = self.entry(name)
+        target = self.pt_path(entry)
+        if target.is_file():
+            self.check_hash(entry, target)
+            return target
+        if offline:
+            raise KitError(self._place_by_hand(entry, "offline"))
+        failures = []
+        for base in mirrors_from(mirrors, official=self.official):
+            try:
+                fetch(base + entry.file, target, progress=progress, whole_file_check=False)
+                self.check_hash(entry, target)
+                return target
+            except KitError as exc:
+                failures.append(base)
+                log(f"{name}: {exc}")
+        raise KitError(self._place_by_hand(entry, f"no mirror served it ({len(failures)} tried)"))
+
+    def _place_by_hand(self, entry, why):
+        return (
+            f"{entry.name}: {why}; download {entry.file} (e.g. {self.official}{entry.file}) and place it at "
+            f"{self.pt_path(entry)}"
+        )
+
+    def fetch(self, name, mirrors=(), offline=False, progress=True, log=print):
+        """A kit checkpoint for a published name: downloaded, verified and converted on first use, then cached."""
+        from .weights import convert
+
+        entry = self.entry(name)
+        ckpt = self.ckpt_path(entry)
+        if ckpt.is_file():
+            return ckpt
+        pt = self.download(name, mirrors, offline, progress, log)
+        arch = convert(pt, ckpt)
+        log(f"{name}: {describe(arch)} -> {ckpt}")
+        return ckpt
+
+    def resolve(self, spec, mirrors=(), offline=False, progress=True, log=print):
+        """A checkpoint path for `spec`: an existing file as it is, else a registered or published name."""
+        path = Path(spec)
+        if path.is_file() or path.suffix in (".ckpt", ".pt", ".pth") or os.sep in str(spec):
+            return path  # a path: read_checkpoint says what is wrong with it
+        own = self.own()
+        if spec in own:
+            if not Path(own[spec]["path"]).is_file():
+                raise KitError(f"{spec}: its checkpoint {own[spec]['path']} is gone (edsr weights remove {spec})")
+            return Path(own[spec]["path"])
+        if spec in self.published:
+            return self.fetch(spec, mirrors, offline, progress, log)
+        names = [*self.published, *own]
+        raise KitError(f"{spec}: no such checkpoint file or weights name (names: {', '.join(names)})")
+
+    def write_mirror(self, folder, names=None, mirrors=(), progress=True, log=print):
+        """A folder a static web server can serve as a mirror: the published files plus SHA256SUMS (the format
+        `sha256sum -c` reads). Files are fetched into the cache first when missing."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        sums = []
+        for name in names or list(self.published):
+            entry = self.entry(name)
+            source = self.download(name, mirrors, progress=progress, log=log)
+            target = folder / entry.file
+            if not target.is_file() or sha256_of(target) != sha256_of(source):
+                atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+            sums.append(f"{self.check_hash(entry, target)}  {entry.file}\n")
+        atomic_write(folder / MIRROR_INDEX, lambda tmp: Path(tmp).write_text("".join(sums)))
+        return folder
