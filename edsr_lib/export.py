@@ -71,9 +71,10 @@ def export_model(
     batch_size: int = 1,
     res_scale: float | None = None,
     scale: int | None = None,
+    default_scale: int | None = None,
 ) -> tuple[Path, dict]:
     """Write `output` in `file_format`; returns (path, metadata). ONNX needs `input_size` (H, W) in LR pixels.
-    An MDSR is exported at one of its scales (`scale`, required for it; `export_all_scales` writes each)."""
+    An MDSR is exported at one of its scales (`scale`, else `default_scale`; `export_all_scales` writes each)."""
     file_format = file_format.upper()
     if file_format not in FORMATS:
         raise KitError(f"unknown export format {file_format!r}; choose MINDIR, ONNX or AIR")
@@ -92,7 +93,7 @@ def export_model(
     if output.suffix.lower() != FORMATS[file_format]:
         raise KitError(f"{output}: a {file_format} file name must end in {FORMATS[file_format]}")
     # MindSpore's own Conv2d: an export must not reference the kit's CPU kernel library
-    model = load_model(checkpoint, res_scale=res_scale, conv_kernel="stock", scale=scale)
+    model = load_model(checkpoint, res_scale=res_scale, conv_kernel="stock", scale=scale, default_scale=default_scale)
     net = ZeroTo255(model)
     arch = model.arch
     if input_size:

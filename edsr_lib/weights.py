@@ -260,11 +260,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, res_scale: float | N
     return arch
 
 
-def choose_scale(path, arch, scale=None):
-    """The scale to run `arch` at: an EDSR's own (`scale`, when given, must equal it); for an MDSR, `scale`,
-    which must be one of its scales. Errors name the checkpoint and what it offers."""
+def choose_scale(path, arch, scale=None, default_scale=None):
+    """The scale to run `arch` at: an EDSR's own (`scale`, when given, must equal it); for an MDSR, `scale`, else
+    `default_scale` (a notebook's `scale` parameter), which must be one of its scales. Errors name the checkpoint and
+    what it offers."""
     offered = ", ".join(f"x{s}" for s in arch.scales)
     if arch.is_multiscale:
+        scale = default_scale if scale is None else scale
         if scale is None:
             raise KitError(f"{path} is an MDSR for {offered}: choose one with --scale (scale=...)")
         if scale not in arch.scales:
@@ -281,10 +283,12 @@ def load_model(
     conv_kernel: str = "auto",
     into: EDSR | None = None,
     scale: int | None = None,
+    default_scale: int | None = None,
 ) -> EDSR:
     """The ready network (inference mode) at one scale from any supported checkpoint; run it with
     `model.forward_array` or `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock").
-    `scale`: required for an MDSR (one of its scales); for an EDSR, optional and checked.
+    `scale`: required for an MDSR (one of its scales); for an EDSR, optional and checked. `default_scale`: the
+    MDSR's scale when `scale` is not given; an EDSR ignores it (notebooks pass their `scale` parameter).
 
     into: a network of the same architecture to load the weights into instead of building one. It keeps its
     compiled graph, and MindSpore 2.10 never frees a compiled network, so going through many checkpoints in one
@@ -293,7 +297,7 @@ def load_model(
 
     current_device()
     arch, weights, _ = read_checkpoint(path, res_scale)
-    scale = choose_scale(path, arch, scale)
+    scale = choose_scale(path, arch, scale, default_scale)
     if into is not None and into.arch != arch.at_scale(scale):
         raise KitError(f"{path}: architecture {arch.to_dict()} differs from the network's {into.arch.to_dict()}")
     network = getattr(into, "network", into) if into is not None else build_model(arch, conv_kernel)

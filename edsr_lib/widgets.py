@@ -62,7 +62,7 @@ class Comparison:
         from .weights import load_model
 
         if isinstance(self.methods[name], (str, Path)):
-            self.methods[name] = load_model(self.methods[name])
+            self.methods[name] = load_model(self.methods[name], default_scale=self.dataset.scale)
             if self.methods[name].arch.scale != self.dataset.scale:
                 raise KitError(
                     f"{name}: an x{self.methods[name].arch.scale} model, the comparison is x{self.dataset.scale}"

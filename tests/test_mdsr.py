@@ -177,25 +177,3 @@ def test_mdsr_resume_is_exact_and_validation_reports_every_scale(tmp_path):
     resumed.fit()
     assert param_digest(resumed.model) == param_digest(straight.model)
     assert (tmp_path / "a" / "mdsr_x2+3+4_epoch0002.ckpt").is_file()
-
-
-@pytest.mark.slow
-def test_mdsr_beats_bicubic_at_every_scale_after_a_short_cpu_run(tmp_path):
-    from edsr_lib.trainer import Trainer
-
-    opts = Options(
-        model="MDSR",
-        scale="2+3+4",
-        n_resblocks=4,
-        n_feats=32,
-        patch_size=24,
-        batch_size=8,
-        lr=5e-4,
-        test_every=100,
-        epochs=6,
-        ckpt_save_path=str(tmp_path / "run"),
-    )
-    history = Trainer(opts, log=lambda m: None, progress=False).fit()
-    last = history[-1]
-    for scale in (2, 3, 4):
-        assert last[f"psnr_x{scale}"] > last[f"psnr_bicubic_x{scale}"], last

@@ -283,3 +283,17 @@ def test_exercises_report_pass_with_the_solutions_and_todo_or_fail_otherwise(tmp
     text = _text_outputs(tmp_path / "wrong.ipynb")
     assert "2 of 4 exercises passed" in text and "FAIL  1. PixelShuffle order: values in the wrong places" in text
     assert "FAIL  4." in text
+
+
+def test_evaluation_and_comparison_notebooks_take_an_mdsr_at_their_scale(tmp_path, rng):
+    from reference import random_mdsr_weights, write_pt_zip
+
+    write_pt_zip(tmp_path / "mdsr.pt", random_mdsr_weights(rng, 1, 8))
+    for name in ("03_evaluate", "04_visual_comparison"):
+        params = {"checkpoint": str(tmp_path / "mdsr.pt"), "scale": 3, "interactive": False}
+        if name == "03_evaluate":
+            params.pop("interactive")
+        run = _papermill(ROOT / "notebooks" / f"{name}.ipynb", tmp_path / f"{name}.ipynb", tmp_path, params)
+        assert run.returncode == 0, run.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "outputs" / "03_evaluate" / "metrics.json").read_text())
+    assert evaluation["scale"] == 3 and evaluation["psnr"] is not None and evaluation["all"][0]["edsr"]["scale"] == 3
