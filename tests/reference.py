@@ -152,6 +152,18 @@ def modelzoo_forward(zoo, image, res_scale, n_blocks):
     return ((y + MEAN[:, None, None]) * 255.0).transpose(1, 2, 0)
 
 
+def dihedral_transforms():
+    """The 8 dihedral transforms of an HxWxC array with their inverses, written independently of the kit."""
+    return [
+        (
+            lambda a, k=k, t=t: np.rot90(a.transpose(1, 0, 2) if t else a, k),
+            lambda a, k=k, t=t: (lambda b: b.transpose(1, 0, 2) if t else b)(np.rot90(a, -k)),
+        )
+        for t in (False, True)
+        for k in range(4)
+    ]
+
+
 def quantise(y):
     return np.round(np.clip(y, 0, 255)).astype(np.uint8)
 

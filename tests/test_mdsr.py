@@ -14,7 +14,14 @@ from edsr_lib.pipeline import PatchSource
 from edsr_lib.pretrained import PUBLISHED, parameter_count
 from edsr_lib.weights import convert
 from conftest import run_cli
-from reference import assert_same_pixels, mdsr_forward, random_mdsr_weights, write_pt_legacy, write_pt_zip
+from reference import (
+    assert_same_pixels,
+    dihedral_transforms,
+    mdsr_forward,
+    random_mdsr_weights,
+    write_pt_legacy,
+    write_pt_zip,
+)
 
 WRITERS = {"legacy": write_pt_legacy, "zip": write_pt_zip}
 
@@ -68,14 +75,7 @@ def test_mdsr_self_ensemble_and_tiling_match_reference(tmp_path, rng):
     write_pt_zip(tmp_path / "m.pt", weights)
     model = load_model(tmp_path / "m.pt", scale=3)
     image = rng.integers(0, 256, (30, 26, 3), dtype=np.uint8)
-    transforms = [
-        (
-            lambda a, k=k, t=t: np.rot90(a.transpose(1, 0, 2) if t else a, k),
-            lambda a, k=k, t=t: (lambda b: b.transpose(1, 0, 2) if t else b)(np.rot90(a, -k)),
-        )
-        for t in (False, True)
-        for k in range(4)
-    ]
+    transforms = dihedral_transforms()
     small = image[:8, :7]
     reference = np.mean([inv(mdsr_forward(weights, fwd(small), 1)) for fwd, inv in transforms], axis=0)
     assert_same_pixels(upscale(model, small, self_ensemble=True), reference)

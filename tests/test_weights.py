@@ -9,6 +9,7 @@ from edsr_lib.errors import KitError
 from edsr_lib.torch_pickle import load_torch_state_dict
 from conftest import run_cli
 from reference import (
+    dihedral_transforms,
     assert_same_pixels,
     modelzoo_forward,
     published_forward,
@@ -58,15 +59,7 @@ def test_self_ensemble_matches_reference(tmp_path, rng):
     write_pt_zip(tmp_path / "m.pt", weights)
     model = load_model(tmp_path / "m.pt")
     image = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    # The 8 dihedral transforms and their inverses, written independently of the kit.
-    transforms = [
-        (
-            lambda a, k=k, t=t: np.rot90(a.transpose(1, 0, 2) if t else a, k),
-            lambda a, k=k, t=t: (lambda b: b.transpose(1, 0, 2) if t else b)(np.rot90(a, -k)),
-        )
-        for t in (False, True)
-        for k in range(4)
-    ]
+    transforms = dihedral_transforms()
     outputs = [inv(published_forward(weights, fwd(image), 1.0)) for fwd, inv in transforms]
     reference = np.mean(outputs, axis=0)
     assert_same_pixels(upscale(model, image, self_ensemble=True), reference)
