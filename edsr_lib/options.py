@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
 from .errors import KitError
-from .model import MDSR_SCALES, PRESETS, Architecture, check_size, parse_scales
+from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse_scales
 
 
 OPTIMIZERS = ("ADAM", "SGD")
@@ -100,8 +100,8 @@ class Options:
     def __post_init__(self):
         self.device_target = self.device_target or None  # notebooks pass "" for "choose for me"
         self.model = str(self.model).upper()
-        if self.model not in ("EDSR", "MDSR"):
-            raise KitError(f"model {self.model!r} is not supported; choose EDSR or MDSR")
+        if self.model not in MODELS:
+            raise KitError(f"model {self.model!r} is not supported; choose one of {', '.join(MODELS)}")
         scales = parse_scales(self.scale)
         if len(scales) > 1 and self.model == "EDSR":
             raise KitError(f"scale {self.scale}: several scales in one network need model MDSR (--model MDSR)")

@@ -99,7 +99,9 @@ class Registry:
             return {}
         try:
             entries = json.loads(self._own_path.read_text())
-            if not isinstance(entries, dict):
+            if not isinstance(entries, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries.values()
+            ):
                 raise ValueError("not a name -> checkpoint record")
             return entries
         except (OSError, ValueError) as exc:
@@ -155,9 +157,10 @@ class Registry:
             raise KitError(f"{name}: no such weights; published: {', '.join(self.published)}")
         return self.published[name]
 
-    def check_hash(self, entry, path):
-        """Refuse (and delete) a file whose SHA-256 does not start with the prefix in its published name."""
-        digest = sha256_of(path)
+    def check_hash(self, entry, path, digest=None):
+        """Refuse (and delete) a file whose SHA-256 (`digest`, computed when not given) does not start with the
+        prefix in its published name; returns the SHA-256."""
+        digest = digest or sha256_of(path)
         if not digest.startswith(entry.hash_prefix):
             Path(path).unlink(missing_ok=True)
             raise KitError(
@@ -167,25 +170,22 @@ class Registry:
         return digest
 
     def download(self, name, mirrors=(), offline=False, progress=True, log=print):
-        """The published `.pt` for `name` in the cache, fetched from the first mirror that serves a file with the
-        right hash; each failure is logged in one line."""
+        """(path, SHA-256) of the published `.pt` for `name` in the cache, fetched from the first mirror that
+        serves a file with the right hash; each failure is logged in one line."""
         entry = self.entry(name)
         target = self.pt_path(entry)
         if target.is_file():
-            self.check_hash(entry, target)
-            return target
+            return target, self.check_hash(entry, target)
         if offline:
             raise KitError(self._place_by_hand(entry, "offline"))
-        failures = []
-        for base in mirrors_from(mirrors, official=self.official):
+        bases = mirrors_from(mirrors, official=self.official)
+        for base in bases:
             try:
-                fetch(base + entry.file, target, progress=progress, whole_file_check=False)
-                self.check_hash(entry, target)
-                return target
+                digest = fetch(base + entry.file, target, progress=progress, whole_file_check=False)
+                return target, self.check_hash(entry, target, digest)
             except KitError as exc:
-                failures.append(base)
                 log(f"{name}: {exc}")
-        raise KitError(self._place_by_hand(entry, f"no mirror served it ({len(failures)} tried)"))
+        raise KitError(self._place_by_hand(entry, f"no mirror served it ({len(bases)} tried)"))
 
     def _place_by_hand(self, entry, why):
         return (
@@ -201,7 +201,7 @@ class Registry:
         ckpt = self.ckpt_path(entry)
         if ckpt.is_file():
             return ckpt
-        pt = self.download(name, mirrors, offline, progress, log)
+        pt, _ = self.download(name, mirrors, offline, progress, log)
         arch = convert(pt, ckpt)
         log(f"{name}: {describe(arch)} -> {ckpt}")
         return ckpt
@@ -229,10 +229,10 @@ class Registry:
         sums = []
         for name in names or list(self.published):
             entry = self.entry(name)
-            source = self.download(name, mirrors, progress=progress, log=log)
+            source, digest = self.download(name, mirrors, progress=progress, log=log)
             target = folder / entry.file
-            if not target.is_file() or sha256_of(target) != sha256_of(source):
+            if not (target.is_file() and sha256_of(target) == digest):
                 atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
-            sums.append(f"{self.check_hash(entry, target)}  {entry.file}\n")
+            sums.append(f"{digest}  {entry.file}\n")
         atomic_write(folder / MIRROR_INDEX, lambda tmp: Path(tmp).write_text("".join(sums)))
         return folder

@@ -383,6 +383,7 @@ class Trainer:
         self._feed, self._feed_epoch = None, None
         self.epoch, self.history, self.best_psnr = 0, [], -np.inf
         self.bicubic_psnr, self.last_loss, self.skipped_steps = None, None, 0
+        self.scale_psnr, self.scale_bicubic = {}, {}  # per validation scale, set by validate()
         self.ckpt_dir = Path(opts.ckpt_save_path)
         if self.ckpt_dir.exists() and not self.ckpt_dir.is_dir():
             raise KitError(f"{self.ckpt_dir}: ckpt_save_path is a file, not a folder")

@@ -38,24 +38,38 @@ def depth_to_space(x, r):
     return x.reshape(r, r, c // (r * r), h, w).transpose(2, 3, 0, 4, 1).reshape(c // (r * r), h * r, w * r)
 
 
-def random_published_weights(rng, scale, n_resblocks, n_feats, n_colors=3):
-    def conv(o, i):
-        bound = 1.0 / np.sqrt(i * 9)
-        return rng.uniform(-bound, bound, (o, i, 3, 3)), rng.uniform(-bound, bound, o)
+def _random_conv(rng, o, i, k=3):
+    """PyTorch's default initialisation bounds: weight and bias uniform in +-1/sqrt(fan_in)."""
+    bound = 1.0 / np.sqrt(i * k * k)
+    return rng.uniform(-bound, bound, (o, i, k, k)), rng.uniform(-bound, bound, o)
 
-    w = OrderedDict()
+
+def _mean_shifts_and_head(w, rng, n_feats, n_colors):
     eye = np.eye(3).reshape(3, 3, 1, 1)
     w["sub_mean.weight"], w["sub_mean.bias"] = eye, -255 * MEAN
     w["add_mean.weight"], w["add_mean.bias"] = eye, 255 * MEAN
-    w["head.0.weight"], w["head.0.bias"] = conv(n_feats, n_colors)
+    w["head.0.weight"], w["head.0.bias"] = _random_conv(rng, n_feats, n_colors)
+
+
+def _random_body(w, rng, n_resblocks, n_feats):
     for i in range(n_resblocks):
         for j in (0, 2):
-            w[f"body.{i}.body.{j}.weight"], w[f"body.{i}.body.{j}.bias"] = conv(n_feats, n_feats)
-    w[f"body.{n_resblocks}.weight"], w[f"body.{n_resblocks}.bias"] = conv(n_feats, n_feats)
+            w[f"body.{i}.body.{j}.weight"], w[f"body.{i}.body.{j}.bias"] = _random_conv(rng, n_feats, n_feats)
+    w[f"body.{n_resblocks}.weight"], w[f"body.{n_resblocks}.bias"] = _random_conv(rng, n_feats, n_feats)
+
+
+def _random_upsampler(w, rng, prefix, scale, n_feats):
     factors = [3] if scale == 3 else [2] * {2: 1, 4: 2}[scale]
     for k, r in enumerate(factors):
-        w[f"tail.0.{2 * k}.weight"], w[f"tail.0.{2 * k}.bias"] = conv(r * r * n_feats, n_feats)
-    w["tail.1.weight"], w["tail.1.bias"] = conv(n_colors, n_feats)
+        w[f"{prefix}{2 * k}.weight"], w[f"{prefix}{2 * k}.bias"] = _random_conv(rng, r * r * n_feats, n_feats)
+
+
+def random_published_weights(rng, scale, n_resblocks, n_feats, n_colors=3):
+    w = OrderedDict()
+    _mean_shifts_and_head(w, rng, n_feats, n_colors)
+    _random_body(w, rng, n_resblocks, n_feats)
+    _random_upsampler(w, rng, "tail.0.", scale, n_feats)
+    w["tail.1.weight"], w["tail.1.bias"] = _random_conv(rng, n_colors, n_feats)
     return OrderedDict((k, v.astype(np.float32)) for k, v in w.items())
 
 
@@ -82,30 +96,17 @@ def published_forward(w, image, res_scale):
 
 def random_mdsr_weights(rng, n_resblocks, n_feats, scales=(2, 3, 4), n_colors=3):
     """An MDSR state dict in EDSR-PyTorch's `src/model/mdsr.py` layout, random weights."""
-
-    def conv(o, i, k=3):
-        bound = 1.0 / np.sqrt(i * k * k)
-        return rng.uniform(-bound, bound, (o, i, k, k)), rng.uniform(-bound, bound, o)
-
     w = OrderedDict()
-    eye = np.eye(3).reshape(3, 3, 1, 1)
-    w["sub_mean.weight"], w["sub_mean.bias"] = eye, -255 * MEAN
-    w["add_mean.weight"], w["add_mean.bias"] = eye, 255 * MEAN
-    w["head.0.weight"], w["head.0.bias"] = conv(n_feats, n_colors)
+    _mean_shifts_and_head(w, rng, n_feats, n_colors)
     for i in range(len(scales)):
         for block in (0, 1):
             for j in (0, 2):
                 key = f"pre_process.{i}.{block}.body.{j}"
-                w[key + ".weight"], w[key + ".bias"] = conv(n_feats, n_feats, 5)
-    for i in range(n_resblocks):
-        for j in (0, 2):
-            w[f"body.{i}.body.{j}.weight"], w[f"body.{i}.body.{j}.bias"] = conv(n_feats, n_feats)
-    w[f"body.{n_resblocks}.weight"], w[f"body.{n_resblocks}.bias"] = conv(n_feats, n_feats)
+                w[key + ".weight"], w[key + ".bias"] = _random_conv(rng, n_feats, n_feats, 5)
+    _random_body(w, rng, n_resblocks, n_feats)
     for i, scale in enumerate(scales):
-        factors = [3] if scale == 3 else [2] * {2: 1, 4: 2}[scale]
-        for k, r in enumerate(factors):
-            w[f"upsample.{i}.{2 * k}.weight"], w[f"upsample.{i}.{2 * k}.bias"] = conv(r * r * n_feats, n_feats)
-    w["tail.0.weight"], w["tail.0.bias"] = conv(n_colors, n_feats)
+        _random_upsampler(w, rng, f"upsample.{i}.", scale, n_feats)
+    w["tail.0.weight"], w["tail.0.bias"] = _random_conv(rng, n_colors, n_feats)
     return OrderedDict((k, v.astype(np.float32)) for k, v in w.items())
 
 
