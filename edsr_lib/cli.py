@@ -113,6 +113,7 @@ def _cmd_upscale(args):
 
 def _cmd_eval(args):
     from .data import open_dataset
+    from .degradations import Degradation
     from .evaluation import evaluate, format_table
     from .files import write_json
     from .metrics import protocol_for
@@ -133,7 +134,12 @@ def _cmd_eval(args):
         scale = args.scale
     spec = args.hr_dir or args.data_test
     dataset = open_dataset(
-        spec, scale, dir_data=args.dir_data, data_range=args.data_range, on_error="skip" if args.skip_bad else "raise"
+        spec,
+        scale,
+        dir_data=args.dir_data,
+        data_range=args.data_range,
+        on_error="skip" if args.skip_bad else "raise",
+        degradation=Degradation(args.degradation, args.seed),
     )
     protocol = protocol_for(args.data_test if not args.hr_dir else dataset.name, scale, override=args.channel)
     result = evaluate(
@@ -250,6 +256,8 @@ def _positive(kind):
 
 
 def build_parser():
+    from .degradations import DEGRADATIONS
+
     parser = OneLineArgumentParser(prog="edsr", description="EDSR super-resolution on MindSpore (Ascend and CPU)")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,6 +358,13 @@ def build_parser():
         action="store_true",
         help="skip unreadable or mismatched images with a warning instead of stopping",
     )
+    p.add_argument(
+        "--degradation",
+        choices=DEGRADATIONS,
+        default="bicubic",
+        help="how the LR images are made from HR (bd, dn: RDN/RCAN's protocols; LR files on disk are bicubic only)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the dn and realistic degradations (per image)")
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)
     p.set_defaults(run=_cmd_eval)

@@ -17,8 +17,8 @@ import numpy as np
 from .errors import KitError
 from .files import atomic_write, user_cache_dir
 from .images import image_size, list_images, read_image
-from .imresize import imresize
-from .metrics import BENCHMARKS, quantize
+from .degradations import Degradation
+from .metrics import BENCHMARKS
 
 SAMPLE_TRAIN = ("astronaut.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "ihc.png")
 SAMPLE_TEST = ("chelsea.png", "camera.png", "coins.png")
@@ -55,25 +55,22 @@ def _read_rgb8(path):
     return image
 
 
-def modcrop(img, scale):
-    h, w = img.shape[:2]
-    return img[: h - h % scale, : w - w % scale]
-
-
-def bicubic_lr(hr, scale):
-    """The benchmark LR image: round(clip(imresize(HR, 1/scale))) of the mod-cropped HR."""
-    return quantize(imresize(modcrop(hr, scale), 1 / scale))
-
-
 class PairDataset:
     """Common interface: len(ds), ds.names, ds.pair(i) -> (lr, hr) uint8 arrays, hr = lr size * scale."""
 
-    def __init__(self, name, scale, items, cache=None, min_lr_size=0, on_error="raise"):
-        """items: list of (image name, HR path, LR path or None to make LR with MATLAB bicubic)."""
+    def __init__(self, name, scale, items, cache=None, min_lr_size=0, on_error="raise", degradation=None):
+        """items: list of (image name, HR path, LR path or None to make LR from HR).
+
+        `degradation` (a `degradations.Degradation`, default bicubic) makes the LR images that are not on disk; any
+        degradation but bicubic ignores LR files (they are the bicubic ones) and makes every LR from its HR.
+        """
         if on_error not in ("raise", "skip"):
             raise KitError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.name, self.scale, self.cache = name, int(scale), cache or ArrayCache()
         self.on_error, self.min_lr_size = on_error, min_lr_size
+        self.degradation = degradation or Degradation()
+        if self.degradation.kind != "bicubic":
+            items = [(item[0], item[1], None) for item in items]
         self._items = []
         for item in items:
             problem = self._check(item)
@@ -110,14 +107,17 @@ class PairDataset:
         return [item[0] for item in self._items]
 
     def hr(self, index):
-        return self.pair(index)[1]
+        """The whole HR image (not mod-cropped)."""
+        hr_path = self._items[index][1]
+        return self.cache.get(hr_path, "hr", lambda: _read_rgb8(hr_path))
 
     def pair(self, index):
         name, hr_path, lr_path = self._items[index]
         s = self.scale
-        hr = self.cache.get(hr_path, "hr", lambda: _read_rgb8(hr_path))
+        hr = self.hr(index)
         if lr_path is None:
-            lr = self.cache.get(hr_path, f"lrx{s}", lambda: bicubic_lr(np.asarray(hr), s))
+            make = lambda: self.degradation.image_lr(np.asarray(hr), s, name)  # noqa: E731
+            lr = self.cache.get(hr_path, self.degradation.cache_kind(s), make)
         else:
             lr = self.cache.get(lr_path, "lr", lambda: _read_rgb8(lr_path))
         h, w = lr.shape[:2]
@@ -170,15 +170,16 @@ class DIV2K(PairDataset):
     """DIV2K in its official layout under `root` (DIV2K_train_HR, DIV2K_train_LR_bicubic/X2/0001x2.png, ..._valid_*).
 
     `index_range` is inclusive, e.g. (1, 800) or (801, 810); images 801-900 are looked up in the valid folders
-    (or in the train folders, where EDSR-PyTorch users often put them). `degradation`: 'bicubic' or 'unknown'.
+    (or in the train folders, where EDSR-PyTorch users often put them). `track`: which official LR folders to read,
+    'bicubic' or 'unknown' (NTIRE 2017's two tracks).
     """
 
-    def __init__(self, root, scale, index_range, degradation="bicubic", **kwargs):
+    def __init__(self, root, scale, index_range, track="bicubic", **kwargs):
         root = Path(root)
         if not root.is_dir():
             raise KitError(f"{root}: DIV2K folder not found")
-        if degradation not in ("bicubic", "unknown"):
-            raise KitError(f"DIV2K degradation must be 'bicubic' or 'unknown', got {degradation!r}")
+        if track not in ("bicubic", "unknown"):
+            raise KitError(f"DIV2K track must be 'bicubic' or 'unknown', got {track!r}")
         items = []
         for i in range(index_range[0], index_range[1] + 1):
             stem = f"{i:04d}"
@@ -192,7 +193,7 @@ class DIV2K(PairDataset):
                 root / f"DIV2K_{splits[0]}_HR" / f"{stem}.png",
             )
             split = hr.parent.name.split("_")[1]
-            lr = root / f"DIV2K_{split}_LR_{degradation}" / f"X{scale}" / f"{stem}x{scale}.png"
+            lr = root / f"DIV2K_{split}_LR_{track}" / f"X{scale}" / f"{stem}x{scale}.png"
             items.append((stem, hr, lr))
         super().__init__(f"DIV2K {index_range[0]}-{index_range[1]}", scale, items, **kwargs)
 

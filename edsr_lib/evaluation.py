@@ -32,8 +32,10 @@ PUBLISHED_EDSR = {
 }
 
 
-def published_row(dataset_name, scale):
-    """'38.11/0.9601' for a dataset with published EDSR numbers at this scale, else '-'."""
+def published_row(dataset_name, scale, degradation="bicubic"):
+    """'38.11/0.9601' for a dataset with published EDSR numbers at this scale (bicubic LR only), else '-'."""
+    if degradation != "bicubic":
+        return "-"
     key = next(
         (k for k in PUBLISHED_EDSR if k[1] == scale and str(dataset_name).upper().startswith(k[0].upper())), None
     )
@@ -82,6 +84,7 @@ def evaluate(
         "scale": scale,
         "method": "bicubic" if model is None else getattr(model.arch, "model", "EDSR") + ("+" if self_ensemble else ""),
         "protocol": protocol.describe(),
+        "degradation": dataset.degradation.kind,
         "psnr": float(np.mean([r["psnr"] for r in rows])),
         "ssim": float(np.mean([r["ssim"] for r in rows])),
         "per_image": rows,
@@ -90,7 +93,8 @@ def evaluate(
 
 def format_table(result):
     lines = [
-        f"{result['method']} on {result['dataset']} x{result['scale']} ({result['protocol']})",
+        f"{result['method']} on {result['dataset']} x{result['scale']}, {result.get('degradation', 'bicubic')} LR"
+        f" ({result['protocol']})",
         f"{'image':<24}{'PSNR (dB)':>11}{'SSIM':>9}",
     ]
     lines += [f"{r['name']:<24}{r['psnr']:>11.3f}{r['ssim']:>9.4f}" for r in result["per_image"]]

@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
+from .degradations import Degradation
 from .errors import KitError
 from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse_scales
 
@@ -50,6 +51,19 @@ class Options:
     rgb_range: int = option(int(NETWORK_DEFAULTS["rgb_range"]), "pixel range the network sees (255)")
     n_colors: int = option(NETWORK_DEFAULTS["n_colors"], "image channels (3)")
     no_augment: bool = option(False, "turn off the 8 flip/transpose augmentations")
+    degradation: str = option(
+        "bicubic", "how LR is made from HR: bicubic (BI), bd, bd-bicubic, dn or realistic (see degradations.py)"
+    )
+    realistic_blur_sigma: str = option("0.2-3", "realistic: blur sigma range, first stage (HR pixels)")
+    realistic_blur_sigma2: str = option("0.2-1.5", "realistic: blur sigma range, second stage")
+    realistic_resize: str = option("0.15-1.5", "realistic: random resize factor range, first stage")
+    realistic_resize2: str = option("0.3-1.2", "realistic: random resize factor range, second stage")
+    realistic_noise: str = option("1-30", "realistic: Gaussian noise sigma range on 0-255, first stage")
+    realistic_noise2: str = option("1-25", "realistic: Gaussian noise sigma range on 0-255, second stage")
+    realistic_poisson: str = option("0.05-3", "realistic: Poisson noise scale range, first stage")
+    realistic_poisson2: str = option("0.05-2.5", "realistic: Poisson noise scale range, second stage")
+    realistic_jpeg: str = option("30-95", "realistic: JPEG quality range, first stage")
+    realistic_jpeg2: str = option("30-95", "realistic: JPEG quality range, second stage")
     num_workers: int = option(1, "data loading worker processes")
     # model
     model: str = option("EDSR", "network: EDSR (one scale) or MDSR (several scales in one network)")
@@ -125,6 +139,8 @@ class Options:
         if self.gclip < 0:
             raise KitError(f"gclip must be 0 (off) or positive, got {self.gclip}")
         self.decay_epochs()  # validates
+        self.degradation = str(self.degradation).lower()
+        self.degradation_model()  # validates
         self.loss_terms()  # validates
 
     def loss_terms(self):
@@ -215,6 +231,10 @@ class Options:
 
     def to_dict(self):
         return asdict(self)
+
+    def degradation_model(self):
+        """The `degradations.Degradation` the datasets make their LR with (the kind, the seed and the ranges)."""
+        return Degradation.from_options(self)
 
     def scales(self):
         """The scales trained: (2,) for EDSR x2, (2, 3, 4) for MDSR with scale "2+3+4"."""

@@ -6,6 +6,7 @@ the uninterrupted run would have, and data-parallel shards split one index seque
 
 import numpy as np
 
+from .degradations import modcrop
 from .errors import KitError
 
 
@@ -71,8 +72,15 @@ class PatchSource:
         rng = np.random.default_rng([self.seed, int(index)])
         scale = self.scale_of_step(int(index) // self.samples_per_step)
         dataset = self.datasets[scale]
-        lr, hr = dataset.pair(int(rng.integers(len(dataset))))
-        lr, hr = random_patch(lr, hr, self.patch_sizes[scale], scale, rng)
+        image = int(rng.integers(len(dataset)))
+        if dataset.degradation.per_sample:
+            # A new LR for every sample, made from its HR patch (the realistic degradation, as Real-ESRGAN trains).
+            hr = modcrop(np.asarray(dataset.hr(image)), scale)
+            lr_shape = np.empty((hr.shape[0] // scale, hr.shape[1] // scale, 0), np.uint8)
+            _, hr = random_patch(lr_shape, hr, self.patch_sizes[scale], scale, rng)
+            lr = dataset.degradation.sample_lr(hr, scale, index)
+        else:
+            lr, hr = random_patch(*dataset.pair(image), self.patch_sizes[scale], scale, rng)
         if not self.no_augment:
             hflip, vflip, rot90 = rng.random(3) < 0.5
             lr, hr = augment((lr, hr), hflip, vflip, rot90)

@@ -344,6 +344,7 @@ class Trainer:
                 split="train",
                 data_range=opts.data_range,
                 min_lr_size=opts.lr_patch(s),
+                degradation=opts.degradation_model(),
             )
             for s in scales
         }
@@ -358,6 +359,7 @@ class Trainer:
                     split="test",
                     data_range=opts.data_range,
                     min_lr_size=-(-(11 + 2 * protocol_for(opts.data_test, s).border) // s),
+                    degradation=opts.degradation_model(),
                 )
                 for s in scales
             }

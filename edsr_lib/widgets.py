@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import KitError
-from .data import bicubic_lr, modcrop
+from .degradations import bicubic_lr, modcrop
 from .evaluation import bicubic_upscale
 from .figures import crop_box, figure_png, labelled_wipe, plot_comparison, wipe_zoom
 from .files import atomic_write

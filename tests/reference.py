@@ -292,3 +292,74 @@ def write_malicious_pt(path, marker, legacy):
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("archive/data.pkl", payload)
             z.writestr("archive/version", "3\n")
+
+
+# ---- MATLAB image functions for the degradation protocols (BD, DN), written from MATLAB's documentation ----------
+
+
+def matlab_uint8(x):
+    """uint8(x): round half away from zero, saturate."""
+    return np.clip(np.where(x >= 0, np.floor(x + 0.5), np.ceil(x - 0.5)), 0, 255).astype(np.uint8)
+
+
+def matlab_fspecial_gaussian(size, sigma):
+    """fspecial('gaussian', size, sigma) as the outer product of scipy's Gaussian window, normalised to sum 1."""
+    from scipy.signal.windows import gaussian
+
+    window = gaussian(size, sigma)
+    kernel = np.outer(window, window)
+    return kernel / kernel.sum()
+
+
+def matlab_imfilter_replicate(img_uint8, kernel):
+    """imfilter(img, kernel, 'replicate') on uint8: correlation centred at floor((k + 1) / 2), 1-based, so an
+    even-sized kernel reaches one pixel further after the centre than before it (scipy's origin -1)."""
+    from scipy import ndimage
+
+    origin = -1 if kernel.shape[0] % 2 == 0 else 0
+    channels = [
+        ndimage.correlate(img_uint8[..., c].astype(np.float64), kernel, mode="nearest", origin=origin)
+        for c in range(img_uint8.shape[2])
+    ]
+    return matlab_uint8(np.stack(channels, -1))
+
+
+def _matlab_cubic(x):
+    x = abs(x)
+    if x <= 1:
+        return 1.5 * x**3 - 2.5 * x**2 + 1
+    if x <= 2:
+        return -0.5 * x**3 + 2.5 * x**2 - 4 * x + 2
+    return 0.0
+
+
+def matlab_imresize_down(img, factor):
+    """imresize(img, 1/factor, 'bicubic') for an integer factor, one output pixel at a time: the antialiasing cubic
+    kernel stretched by `factor`, symmetric edges, rows then columns; float64, unrounded."""
+
+    def along(a, axis):
+        a = np.moveaxis(a.astype(np.float64), axis, 0)
+        n = a.shape[0]
+        out = []
+        for i in range(1, int(np.ceil(n / factor)) + 1):
+            centre = i * factor + 0.5 * (1 - factor)  # 1-based input coordinate of output pixel i
+            taps = range(int(np.floor(centre - 2 * factor)), int(np.ceil(centre + 2 * factor)) + 1)
+            weights = np.array([_matlab_cubic((centre - j) / factor) / factor for j in taps])
+            rows = []
+            for j in taps:
+                k = j - 1
+                while not 0 <= k < n:  # symmetric: ... 1 0 | 0 1 2 ... n-1 | n-1 n-2 ...
+                    k = -k - 1 if k < 0 else 2 * n - 1 - k
+                rows.append(a[k])
+            out.append(np.tensordot(weights / weights.sum(), np.stack(rows), axes=1))
+        return np.moveaxis(np.stack(out), 0, axis)
+
+    return along(along(img, 0), 1)
+
+
+def matlab_nearest_down(img, factor):
+    """imresize(img, 1/factor, 'nearest'): output pixel i (1-based) takes input round(i * factor + (1 - factor) / 2)."""
+    h, w = img.shape[:2]
+    rows = [int(np.floor(i * factor + 0.5 * (1 - factor) + 0.5)) - 1 for i in range(1, h // factor + 1)]
+    cols = [int(np.floor(i * factor + 0.5 * (1 - factor) + 0.5)) - 1 for i in range(1, w // factor + 1)]
+    return img[np.ix_(rows, cols)]

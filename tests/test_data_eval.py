@@ -14,10 +14,10 @@ from edsr_lib.data import (
     DIV2K,
     HRFolder,
     SampleImages,
-    bicubic_lr,
     open_dataset,
     parse_data_range,
 )
+from edsr_lib.degradations import bicubic_lr
 from edsr_lib.errors import KitError
 from edsr_lib.imresize import imresize
 from edsr_lib.metrics import Protocol, psnr

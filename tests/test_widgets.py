@@ -8,7 +8,8 @@ from PIL import Image
 
 from edsr_lib import widgets
 from edsr_lib.errors import KitError
-from edsr_lib.data import SampleImages, bicubic_lr, modcrop
+from edsr_lib.data import SampleImages
+from edsr_lib.degradations import bicubic_lr, modcrop
 from edsr_lib.figures import before_after, crop_box, labelled_wipe, wipe_zoom
 from edsr_lib.metrics import protocol_for
 from edsr_lib.model import Architecture, build_model
