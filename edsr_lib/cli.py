@@ -31,6 +31,16 @@ def _add_weights_source(parser):
     parser.add_argument("--offline", action="store_true", help="never download: say which file to place where")
 
 
+def _add_ema_choice(parser):
+    parser.add_argument(
+        "--no-ema",
+        "--no_ema",
+        dest="ema",
+        action="store_false",
+        help="use a training checkpoint's raw weights, not the EMA of its weights (the default when it has one)",
+    )
+
+
 def _checkpoint(args, spec):
     """The checkpoint path for a --ckpt value: a file, or a weights name fetched on first use."""
     return args.registry.resolve(spec, args.mirror, args.offline, log=lambda m: print(f"edsr: {m}", file=sys.stderr))
@@ -90,7 +100,7 @@ def _cmd_upscale(args):
 
         model = load_exported(args.model)
     else:
-        model = load_model(_checkpoint(args, args.ckpt), res_scale=args.res_scale, scale=args.scale)
+        model = load_model(_checkpoint(args, args.ckpt), res_scale=args.res_scale, scale=args.scale, ema=args.ema)
     written, failed = upscale_paths(
         model,
         args.input,
@@ -126,7 +136,7 @@ def _cmd_eval(args):
         from .weights import load_model
 
         setup_device(args.device_target)
-        model = load_model(_checkpoint(args, args.ckpt), scale=args.scale)
+        model = load_model(_checkpoint(args, args.ckpt), scale=args.scale, ema=args.ema)
         scale = model.arch.scale
     elif args.scale is None:
         raise KitError("--bicubic needs --scale")
@@ -214,7 +224,13 @@ def _cmd_export(args):
     setup_device(args.device_target)
     checkpoint = _checkpoint(args, args.ckpt)
     exports = export_all_scales(
-        checkpoint, args.format, args.output, scale=args.scale, input_size=args.input_size, batch_size=args.batch_size
+        checkpoint,
+        args.format,
+        args.output,
+        scale=args.scale,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        ema=args.ema,
     )
     for path, meta in exports:
         arch = meta["architecture"]
@@ -224,7 +240,7 @@ def _cmd_export(args):
             f"input {meta['batch_size']}x3x{size}, 0-255)"
         )
         if args.verify:
-            diff, peak = verify_export(checkpoint, path)
+            diff, peak = verify_export(checkpoint, path, ema=args.ema)
             print(f"verify: max |exported - checkpoint| = {diff:.3g} on outputs up to {peak:.1f}")
             if diff > 1e-3 * max(peak, 1.0):
                 raise KitError(f"{path}: exported output differs from the checkpoint by {diff:.3g}")
@@ -285,6 +301,7 @@ def build_parser():
         "--scale", type=_positive(int), default=None, help="upscaling factor: required for an MDSR, checked for EDSR"
     )
     _add_weights_source(p)
+    _add_ema_choice(p)
     p.add_argument(
         "--tile",
         type=_positive(int),
@@ -321,6 +338,7 @@ def build_parser():
     p.add_argument("--bicubic", action="store_true", help="evaluate MATLAB-bicubic upscaling instead of a model")
     p.add_argument("--ckpt", help="checkpoint to evaluate (kit, published .pt, ModelZoo .ckpt or a weights name)")
     _add_weights_source(p)
+    _add_ema_choice(p)
     p.add_argument("--hr-dir", "--hr_dir", dest="hr_dir", help="folder of HR images (LR made with MATLAB bicubic)")
     p.add_argument(
         "--data_test",
@@ -375,6 +393,7 @@ def build_parser():
         "--scale", type=_positive(int), default=None, help="MDSR: export this scale only (default: one file per scale)"
     )
     _add_weights_source(p)
+    _add_ema_choice(p)
     p.add_argument("--format", type=str.upper, choices=("MINDIR", "ONNX", "AIR"), default="MINDIR")
     p.add_argument("--output", required=True, help="file to write (.mindir, .onnx or .air)")
     p.add_argument(

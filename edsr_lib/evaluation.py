@@ -84,7 +84,7 @@ def evaluate(
         "scale": scale,
         "method": "bicubic" if model is None else getattr(model.arch, "model", "EDSR") + ("+" if self_ensemble else ""),
         "protocol": protocol.describe(),
-        "degradation": dataset.degradation.kind,
+        "degradation": getattr(getattr(dataset, "degradation", None), "kind", "bicubic"),
         "psnr": float(np.mean([r["psnr"] for r in rows])),
         "ssim": float(np.mean([r["ssim"] for r in rows])),
         "per_image": rows,

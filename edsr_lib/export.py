@@ -72,9 +72,11 @@ def export_model(
     res_scale: float | None = None,
     scale: int | None = None,
     default_scale: int | None = None,
+    ema: bool = True,
 ) -> tuple[Path, dict]:
     """Write `output` in `file_format`; returns (path, metadata). ONNX needs `input_size` (H, W) in LR pixels.
-    An MDSR is exported at one of its scales (`scale`, else `default_scale`; `export_all_scales` writes each)."""
+    An MDSR is exported at one of its scales (`scale`, else `default_scale`; `export_all_scales` writes each).
+    `ema`: export a training checkpoint's EMA weights when it has them (as `load_model`)."""
     file_format = file_format.upper()
     if file_format not in FORMATS:
         raise KitError(f"unknown export format {file_format!r}; choose MINDIR, ONNX or AIR")
@@ -93,7 +95,9 @@ def export_model(
     if output.suffix.lower() != FORMATS[file_format]:
         raise KitError(f"{output}: a {file_format} file name must end in {FORMATS[file_format]}")
     # MindSpore's own Conv2d: an export must not reference the kit's CPU kernel library
-    model = load_model(checkpoint, res_scale=res_scale, conv_kernel="stock", scale=scale, default_scale=default_scale)
+    model = load_model(
+        checkpoint, res_scale=res_scale, conv_kernel="stock", scale=scale, default_scale=default_scale, ema=ema
+    )
     net = ZeroTo255(model)
     arch = model.arch
     if input_size:
@@ -323,10 +327,10 @@ def load_exported(path):
     return ExportedModel(path)
 
 
-def verify_export(checkpoint, exported_path, input_size=None, seed=0):
+def verify_export(checkpoint, exported_path, input_size=None, seed=0, ema=True):
     """Max |exported - checkpoint| on a random 0-255 input (the export's size, else 40x52 LR pixels)."""
     exported = ExportedModel(exported_path)
-    model = load_model(checkpoint, scale=exported.arch.scale)
+    model = load_model(checkpoint, scale=exported.arch.scale, ema=ema)
     height, width = input_size or exported.input_size or (40, 52)
     x = np.random.default_rng(seed).uniform(0, 255, (1, model.arch.n_colors, height, width)).astype(np.float32)
     expected = forward_tiled(model, x * np.float32(model.arch.rgb_range / 255.0)) / np.float32(

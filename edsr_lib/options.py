@@ -82,6 +82,9 @@ class Options:
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(0.0, "L2 weight decay")
     gclip: float = option(0.0, "clip gradient elements to [-gclip, gclip] (0 = off)")
+    ema_decay: float = option(
+        0.0, "keep an exponential moving average of the weights with this decay (0 = off; BasicSR uses 0.999)"
+    )
     seed: int = option(1, "random seed (weights and patch sampling)")
     print_every: int = option(100, "steps between loss reads for the progress bar (the only per-step host syncs)")
     # checkpoints
@@ -179,6 +182,7 @@ class Options:
             "weight_decay": lambda v: v >= 0,
             "loss_scale": lambda v: v >= 0,
             "gclip": lambda v: v >= 0,
+            "ema_decay": lambda v: 0 <= v < 1,
         }
         for name, ok in rules.items():
             if not ok(number(name)):

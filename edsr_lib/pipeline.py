@@ -73,12 +73,13 @@ class PatchSource:
         scale = self.scale_of_step(int(index) // self.samples_per_step)
         dataset = self.datasets[scale]
         image = int(rng.integers(len(dataset)))
-        if dataset.degradation.per_sample:
+        degradation = getattr(dataset, "degradation", None)  # any object with pair(i) is a dataset here
+        if degradation is not None and degradation.per_sample:
             # A new LR for every sample, made from its HR patch (the realistic degradation, as Real-ESRGAN trains).
             hr = modcrop(np.asarray(dataset.hr(image)), scale)
             lr_shape = np.empty((hr.shape[0] // scale, hr.shape[1] // scale, 0), np.uint8)
             _, hr = random_patch(lr_shape, hr, self.patch_sizes[scale], scale, rng)
-            lr = dataset.degradation.sample_lr(hr, scale, index)
+            lr = degradation.sample_lr(hr, scale, index)
         else:
             lr, hr = random_patch(*dataset.pair(image), self.patch_sizes[scale], scale, rng)
         if not self.no_augment:

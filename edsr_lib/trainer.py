@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from .data import PairDataset, open_dataset
 from .errors import KitError
@@ -33,6 +33,7 @@ from .progress import progress_bar
 from .records import write_curves, write_run_record
 from .runtime import configure_precision, init_distributed, mindspore_log_silenced, setup_device
 from .weights import (
+    EMA_PREFIX,
     init_from_checkpoint,
     read_checkpoint,
     restore_training_state,
@@ -105,10 +106,6 @@ def make_optimizer(opts, params):
         return nn.Adam(params, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=opts.weight_decay)
 
 
-_clip = ops.MultitypeFuncGraph("clip")
-
-
-@_clip.register("Number", "Tensor")
 class WeightedLoss(nn.Cell):
     """sum(weight * term(sr, hr)) over the terms of the `loss` option (EDSR-PyTorch's `1*L1+0.1*MSE`)."""
 
@@ -134,8 +131,20 @@ def make_loss(opts):
     return WeightedLoss(terms)
 
 
+_clip = ops.MultitypeFuncGraph("clip")
+
+
+@_clip.register("Number", "Tensor")
 def _clip_tensor(limit, grad):
     return ops.clamp(grad, -limit, limit)
+
+
+_ema = ops.MultitypeFuncGraph("ema")
+
+
+@_ema.register("Number", "Tensor", "Tensor")
+def _ema_update(decay, average, weight):
+    return ops.assign(average, average * decay + weight * (1.0 - decay))
 
 
 class TrainStep(nn.Cell):
@@ -147,12 +156,23 @@ class TrainStep(nn.Cell):
     # totals: loss summed over applied steps, applied steps, skipped steps, current run of skipped steps
     LOSS_SUM, APPLIED, SKIPPED, STREAK = range(4)
 
-    def __init__(self, model, loss_fn, optimizer, scaler, world=1, gclip=0.0):
+    def __init__(self, model, loss_fn, optimizer, scaler, world=1, gclip=0.0, ema_decay=0.0):
         super().__init__(auto_prefix=False)
         self.model, self.loss_fn, self.optimizer, self.scaler = model, loss_fn, optimizer, scaler
-        self.world, self.gclip = int(world), float(gclip)
+        self.world, self.gclip, self.ema_decay = int(world), float(gclip), float(ema_decay)
+        # The EMA of the trained weights (BasicSR's net_g_ema), starting from the initial weights and updated in the
+        # step graph after every applied step: identical on every rank, as the weights are.
+        self.ema = ParameterTuple(
+            [
+                Parameter(Tensor(p.asnumpy().copy()), name=EMA_PREFIX + p.name, requires_grad=False)
+                for p in optimizer.parameters
+            ]
+            if self.ema_decay > 0
+            else []
+        )
         self.multiscale = bool(getattr(getattr(model, "arch", None), "is_multiscale", False))
         self.hyper_map = ops.HyperMap()
+        self.weights = optimizer.parameters
         self.grad_fn = ops.value_and_grad(self.scaled_loss, None, optimizer.parameters, has_aux=True)
         if self.world > 1:
             self.reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=self.world)
@@ -182,6 +202,8 @@ class TrainStep(nn.Cell):
             grads = self.hyper_map(ops.partial(_clip, self.gclip), grads)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
+            if self.ema_decay > 0:
+                loss = ops.depend(loss, self.hyper_map(ops.partial(_ema, self.ema_decay), self.ema, self.weights))
         applied = finite.astype(ms.float32)
         t = self.totals
         ops.assign(
@@ -204,9 +226,10 @@ def param_checksum(model):
 
 
 def param_digest(model):
-    """SHA-256 of every parameter's bytes in order: equal on two ranks only if every weight is bit-identical."""
+    """SHA-256 of every parameter's bytes in order: equal on two ranks only if every weight is bit-identical.
+    `model`: a network, or a sequence of Parameters (e.g. the EMA's)."""
     digest = hashlib.sha256()
-    for p in model.get_parameters():
+    for p in model.get_parameters() if hasattr(model, "get_parameters") else model:
         digest.update(p.name.encode())
         digest.update(np.ascontiguousarray(p.asnumpy()).tobytes())
     return digest.hexdigest()
@@ -378,7 +401,9 @@ class Trainer:
         self.optimizer = optimizer if optimizer is not None else make_optimizer(opts, self.model.trainable_params())
         self.loss_fn = loss if loss is not None else make_loss(opts)
         self.scaler = make_loss_scaler(opts, self.device)
-        self.step = TrainStep(self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip)
+        self.step = TrainStep(
+            self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip, opts.ema_decay
+        )
         # One static graph: the patch size is fixed, so it compiles once, at the first step.
         self._step_graph = ms.jit(self.step)
         self._keep_streak = ms.Tensor(np.eye(4, dtype=np.float32)[TrainStep.STREAK])
@@ -424,6 +449,7 @@ class Trainer:
             "iterations": o.epochs * o.test_every,
             "optimizer": o.optimizer,
             "dataset sink": f"{self.opts.sync_every()} steps per call" if self.sink else "off",
+            "weights EMA": f"decay {o.ema_decay:g} (validation and best.ckpt on the EMA)" if o.ema_decay else "off",
         }
 
     def loss_scaling(self):
@@ -434,7 +460,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _state(self):
-        weights, extra = training_state(self.model, self.optimizer, self.scaler)
+        weights, extra = training_state(self.model, self.optimizer, self.scaler, self.step.ema)
         info = {
             "epoch": int(self.epoch),
             "iteration": int(self.epoch * self.opts.test_every),
@@ -468,7 +494,7 @@ class Trainer:
         path = self.ckpt_dir / "latest.ckpt"
         if not path.is_file():
             raise KitError(f"{path}: nothing to resume (no latest.ckpt in ckpt_save_path)")
-        arch, weights, rest = read_checkpoint(path, allow_large_model=self.opts.allow_large_model)
+        arch, weights, rest = read_checkpoint(path, allow_large_model=self.opts.allow_large_model, ema=False)
         missing = [k for k in ("epoch", "history", "best_psnr") if k not in rest]
         if missing:
             raise KitError(
@@ -489,7 +515,9 @@ class Trainer:
                 f"warning: resuming with changed {', '.join(changed) or 'world size'}: "
                 "training continues but will not repeat the original run exactly"
             )
-        restore_training_state(self.model, self.optimizer, self.scaler, weights, rest)
+        if self.step.ema and not any(k.startswith(EMA_PREFIX) for k in rest):
+            self._log(f"warning: {path} holds no EMA weights: the EMA starts again from the resumed weights")
+        restore_training_state(self.model, self.optimizer, self.scaler, weights, rest, self.step.ema)
         self.epoch = int(np.asarray(rest["epoch"]))
         self.history = json.loads(rest["history"])
         self.best_psnr = float(np.asarray(rest["best_psnr"]))
@@ -604,11 +632,29 @@ class Trainer:
                 s: evaluate(d, None, protocols[s], progress=False)["psnr"] for s, d in self.val_sets.items()
             }
             self.bicubic_psnr = float(np.mean(list(self.scale_bicubic.values())))
-        self.scale_psnr = {
-            s: evaluate(d, self.model.at_scale(s), protocols[s], progress=False)["psnr"]
-            for s, d in self.val_sets.items()
-        }
+        with self.ema_weights():
+            self.scale_psnr = {
+                s: evaluate(d, self.model.at_scale(s), protocols[s], progress=False)["psnr"]
+                for s, d in self.val_sets.items()
+            }
         return float(np.mean(list(self.scale_psnr.values())))
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The model holds the EMA weights inside the block (when ema_decay is on), its trained ones again after.
+        Assigned in place, so the compiled graphs keep seeing the same parameters."""
+        if not self.step.ema:
+            yield
+            return
+        weights = {p.name: p for p in self.step.weights}
+        trained = {name: Tensor(p.asnumpy().copy()) for name, p in weights.items()}
+        for average in self.step.ema:
+            ops.assign(weights[average.name[len(EMA_PREFIX) :]], average)
+        try:
+            yield
+        finally:
+            for name, value in trained.items():
+                ops.assign(weights[name], value)
 
     def _new_bar(self, total, desc):
         return progress_bar(total, desc, self.progress if self.rank == 0 else "none", unit="it")
@@ -691,6 +737,7 @@ class Trainer:
             "final_loss": self.last_loss if self.last_loss is not None else last.get("loss"),
             "param_checksum": param_checksum(self.model),
             "param_digest": param_digest(self.model),
+            "ema_digest": param_digest(self.step.ema) if self.step.ema else None,
             "psnr": last.get("psnr"),
             "psnr_bicubic": last.get("psnr_bicubic"),
             "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,

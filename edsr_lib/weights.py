@@ -148,23 +148,32 @@ def save_checkpoint(
 # Training state in a kit checkpoint, beside the model's weights: the optimizer's moments and the loss scaler.
 OPTIMIZER_PREFIX = "optimizer."
 LOSS_SCALER_PREFIX = "loss_scaler."
+# The exponential moving average of the trained weights (the `ema_decay` option): `ema.<weight name>`. Readers of a
+# checkpoint get these instead of the raw weights unless they ask for the raw ones (read_checkpoint(ema=False)).
+EMA_PREFIX = "ema."
 
 
-def training_state(model, optimizer, scaler):
-    """(model weights, the other training entries) to save with `save_checkpoint(..., weights, extra)`."""
+def training_state(model, optimizer, scaler, ema=()):
+    """(model weights, the other training entries) to save with `save_checkpoint(..., weights, extra)`; `ema`: the
+    EMA Parameters, already named `ema.<weight name>`."""
     weights = {p.name: p.asnumpy() for p in model.get_parameters()}
     extra = {OPTIMIZER_PREFIX + p.name: p.asnumpy() for p in optimizer.get_parameters() if p.name not in weights}
+    extra.update({p.name: p.asnumpy() for p in ema})
     if isinstance(scaler, ms.amp.DynamicLossScaler):
         extra[LOSS_SCALER_PREFIX + "scale_value"] = scaler.scale_value.asnumpy()
         extra[LOSS_SCALER_PREFIX + "counter"] = scaler.counter.asnumpy()
     return weights, extra
 
 
-def restore_training_state(model, optimizer, scaler, weights, entries):
-    """Put back what `training_state` saved (`weights` and `entries` as `read_checkpoint` returns them), in place,
-    so compiled graphs keep seeing the same parameters."""
+def restore_training_state(model, optimizer, scaler, weights, entries, ema=()):
+    """Put back what `training_state` saved (`weights` and `entries` as `read_checkpoint(..., ema=False)` returns
+    them), in place, so compiled graphs keep seeing the same parameters. EMA Parameters missing from the entries
+    start again from the restored weights."""
     load_state(model, weights)
     params = {p.name: p for p in optimizer.get_parameters()}
+    for average in ema:
+        value = entries.get(average.name, weights.get(average.name[len(EMA_PREFIX) :]))
+        ms.ops.assign(average, ms.Tensor(np.asarray(value, np.float32)))
     scaler_params = {}
     if isinstance(scaler, ms.amp.DynamicLossScaler):
         scaler_params = {"scale_value": scaler.scale_value, "counter": scaler.counter}
@@ -176,12 +185,14 @@ def restore_training_state(model, optimizer, scaler, weights, entries):
 
 
 def read_checkpoint(
-    path: str | os.PathLike, res_scale: float | None = None, allow_large_model: bool = False
+    path: str | os.PathLike, res_scale: float | None = None, allow_large_model: bool = False, ema: bool = True
 ) -> tuple[Architecture, dict, dict]:
     """Any supported checkpoint -> (Architecture, model weights in published layout, other entries).
 
     Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats), ModelZoo `.ckpt`, and the names
     `edsr weights list` shows (a published name is downloaded and converted on first use).
+    A training checkpoint with an EMA of its weights (`ema_decay`) gives the EMA weights unless `ema` is False; the
+    EMA stays in the other entries (`ema.<name>`) when `ema` is False (resuming needs both sets).
     `res_scale` overrides the inferred value for files that do not record it. The architecture must be within
     `model.check_size` (unless allow_large_model) and every weight a finite floating-point array.
     """
@@ -189,6 +200,10 @@ def read_checkpoint(
 
     path = Registry().resolve(path)  # a weights name (edsr weights list) becomes its cached checkpoint
     arch, weights, rest = _read_any_checkpoint(Path(path), res_scale)
+    averaged = {k[len(EMA_PREFIX) :]: v for k, v in rest.items() if k.startswith(EMA_PREFIX)}
+    if ema and averaged:
+        rest = {k: v for k, v in rest.items() if not k.startswith(EMA_PREFIX)}
+        weights = {k: averaged.get(k, v) for k, v in weights.items()}
     try:
         check_size(arch, allow_large_model)
     except KitError as exc:
@@ -284,11 +299,13 @@ def load_model(
     into: EDSR | None = None,
     scale: int | None = None,
     default_scale: int | None = None,
+    ema: bool = True,
 ) -> EDSR:
     """The ready network (inference mode) at one scale from any supported checkpoint; run it with
     `model.forward_array` or `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock").
     `scale`: required for an MDSR (one of its scales); for an EDSR, optional and checked. `default_scale`: the
     MDSR's scale when `scale` is not given; an EDSR ignores it (notebooks pass their `scale` parameter).
+    `ema`: a training checkpoint's EMA weights when it has them (ema_decay), else its raw weights.
 
     into: a network of the same architecture to load the weights into instead of building one. It keeps its
     compiled graph, and MindSpore 2.10 never frees a compiled network, so going through many checkpoints in one
@@ -296,7 +313,7 @@ def load_model(
     from .runtime import current_device
 
     current_device()
-    arch, weights, _ = read_checkpoint(path, res_scale)
+    arch, weights, _ = read_checkpoint(path, res_scale, ema=ema)
     scale = choose_scale(path, arch, scale, default_scale)
     if into is not None and into.arch != arch.at_scale(scale):
         raise KitError(f"{path}: architecture {arch.to_dict()} differs from the network's {into.arch.to_dict()}")

@@ -30,6 +30,7 @@ TINY = {
     "data_test": "none",
     "seed": 3,
     "print_every": 3,
+    "ema_decay": 0.5,
 }
 LAUNCHER = str(ROOT / "scripts" / "run_distribute.sh")
 
@@ -99,6 +100,7 @@ def test_two_cpu_workers_end_with_identical_weights(two_worker_run):
     ranks = [_metrics(out, r) for r in (0, 1)]
     assert [m["rank"] for m in ranks] == [0, 1] and all(m["world_size"] == 2 for m in ranks)
     assert ranks[0]["param_digest"] == ranks[1]["param_digest"] and all(m["ranks_agree"] for m in ranks)
+    assert ranks[0]["ema_digest"] is not None and ranks[0]["ema_digest"] == ranks[1]["ema_digest"]
     assert ranks[0]["final_loss"] == ranks[1]["final_loss"]  # the logged loss is averaged over ranks
     for r in (0, 1):
         assert (out / f"rank_{r}" / "02_train.ipynb").is_file()

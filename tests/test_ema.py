@@ -1,0 +1,81 @@
+"""The EMA of the weights (ema_decay) and gradient clipping (gclip), inside the one-graph training step."""
+
+import numpy as np
+
+from edsr_lib import load_model
+from edsr_lib.data import SampleImages
+from edsr_lib.evaluation import evaluate
+from edsr_lib.trainer import Trainer, param_digest
+from edsr_lib.weights import read_checkpoint
+from test_trainer import _opts
+
+
+def _quiet(opts):
+    return Trainer(opts, log=lambda m: None, progress=False)
+
+
+def _batch(trainer, step):
+    b = trainer.opts.batch_size
+    pairs = [trainer.source[step * b + i] for i in range(b)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _trained(trainer):
+    return {p.name: p.asnumpy().copy() for p in trainer.step.weights}
+
+
+def test_ema_weights_equal_a_hand_computed_ema_over_three_steps(tmp_path):
+    decay = 0.9
+    trainer = _quiet(_opts(tmp_path, ema_decay=decay, epochs=1))
+    expected = _trained(trainer)  # BasicSR's EMA starts as a copy of the initial weights
+    for step in range(3):
+        loss, applied = trainer.train_step(*_batch(trainer, step))
+        assert applied
+        for name, value in _trained(trainer).items():
+            expected[name] = decay * expected[name] + (1 - decay) * value
+    averages = {p.name[len("ema.") :]: p.asnumpy() for p in trainer.step.ema}
+    assert set(averages) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(averages[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert any(not np.allclose(averages[n], v) for n, v in _trained(trainer).items())  # not the weights themselves
+
+
+def test_straight_and_resumed_runs_with_ema_are_bit_identical(tmp_path):
+    straight = _quiet(_opts(tmp_path / "a", ema_decay=0.9))
+    straight.fit()
+    _quiet(_opts(tmp_path / "b", ema_decay=0.9, epochs=1)).fit()
+    resumed = _quiet(_opts(tmp_path / "b", ema_decay=0.9, resume=True))
+    resumed.fit()
+    assert param_digest(resumed.model) == param_digest(straight.model)
+    assert param_digest(resumed.step.ema) == param_digest(straight.step.ema)
+    raw = read_checkpoint(tmp_path / "b" / "ckpt" / "latest.ckpt", ema=False)
+    assert any(k.startswith("ema.") for k in raw[2])
+
+
+def test_validation_best_ckpt_and_readers_use_the_ema_weights(tmp_path):
+    opts = _opts(tmp_path, ema_decay=0.9, data_test="sample", epochs=1)
+    trainer = _quiet(opts)
+    history = trainer.fit()
+    latest = tmp_path / "ckpt" / "latest.ckpt"
+    ema_weights = read_checkpoint(latest)[1]
+    raw_weights = read_checkpoint(latest, ema=False)[1]
+    assert any(not np.array_equal(ema_weights[k], raw_weights[k]) for k in raw_weights)
+    for name, p in _trained(trainer).items():  # after validation the model holds its trained weights again
+        assert np.array_equal(p, raw_weights[name]), name
+    val = SampleImages(2, "test")
+    assert np.isclose(evaluate(val, load_model(latest), progress=False)["psnr"], history[-1]["psnr"], atol=1e-6)
+    raw_psnr = evaluate(val, load_model(latest, ema=False), progress=False)["psnr"]
+    assert not np.isclose(raw_psnr, history[-1]["psnr"], atol=1e-6)
+    best = read_checkpoint(tmp_path / "ckpt" / "best.ckpt")[1]
+    assert all(np.array_equal(best[k], ema_weights[k]) for k in best)
+
+
+def test_gclip_bounds_every_gradient_element(tmp_path):
+    """SGD without momentum at lr 1 moves each weight by its (clipped) gradient: at most gclip."""
+    moves = {}
+    for gclip in (0.0, 1e-3):
+        trainer = _quiet(_opts(tmp_path / str(gclip), optimizer="SGD", momentum=0.0, lr=1.0, gclip=gclip, epochs=1))
+        before = _trained(trainer)
+        trainer.train_step(*_batch(trainer, 0))
+        moves[gclip] = max(float(np.abs(v - before[k]).max()) for k, v in _trained(trainer).items())
+    assert moves[1e-3] <= 1e-3 * (1 + 1e-5) and moves[0.0] > 10 * 1e-3, moves
