@@ -151,6 +151,18 @@ def _cmd_eval(args):
         on_error="skip" if args.skip_bad else "raise",
         degradation=Degradation(args.degradation, args.seed),
     )
+    if args.conventions:
+        from .evaluation import compare_conventions, format_conventions, write_conventions
+
+        if args.degradation != "bicubic" or args.channel:
+            raise KitError(
+                "--conventions makes its own bicubic LR and scores every channel: drop --degradation/--channel"
+            )
+        result = compare_conventions(dataset, model, self_ensemble=args.self_ensemble, tile=args.tile)
+        print(format_conventions(result))
+        for path in write_conventions(result, args.conventions):
+            print(f"wrote {path}")
+        return 0
     protocol = protocol_for(args.data_test if not args.hr_dir else dataset.name, scale, override=args.channel)
     result = evaluate(
         dataset, model, protocol, self_ensemble=args.self_ensemble, tile=args.tile, save_dir=args.save_images
@@ -383,6 +395,15 @@ def build_parser():
         help="how the LR images are made from HR (bd, dn: RDN/RCAN's protocols; LR files on disk are bicubic only)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the dn and realistic degradations (per image)")
+    p.add_argument(
+        "--conventions",
+        nargs="?",
+        const="conventions",
+        default=None,
+        metavar="DIR",
+        help="why PSNR differs: score the same outputs under every common convention (Y/RGB, border, rounding, "
+        "how LR was made, mod-crop); writes conventions.json/.csv/.png to DIR (default ./conventions)",
+    )
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)
     p.set_defaults(run=_cmd_eval)

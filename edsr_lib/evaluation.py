@@ -1,10 +1,12 @@
 """Evaluating a model (or plain bicubic) on a dataset with the papers' protocol; tables and JSON."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .degradations import modcrop
 from .imresize import imresize
 from .images import write_image
 from .metrics import Protocol, protocol_for, psnr, quantize, ssim
@@ -58,17 +60,19 @@ def evaluate(
     tile: int | None = None,
     save_dir: str | os.PathLike | None = None,
     progress: bool | str = True,
+    keep_images: int = 0,
 ) -> dict:
     """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset`.
 
     progress: True/False, or a mode of `progress.progress_bar` (auto, text, none).
-    Returns {"dataset", "scale", "method", "protocol", "psnr", "ssim", "per_image": [{"name", "psnr", "ssim"}]}.
+    Returns {"dataset", "scale", "method", "protocol", "psnr", "ssim", "per_image": [{"name", "psnr", "ssim"}]},
+    and "images": [(name, lr, sr, hr)] for the first `keep_images` images when asked.
     """
     from .inference import upscale
 
     scale = dataset.scale
     protocol = protocol or protocol_for(dataset.name, scale)
-    rows = []
+    rows, kept = [], []
     for i in progress_bar(range(len(dataset)), f"eval {dataset.name} x{scale}", progress, unit="img", leave=False):
         lr, hr = dataset.pair(i)
         lr, hr = np.asarray(lr), np.asarray(hr)
@@ -79,7 +83,9 @@ def evaluate(
         if save_dir is not None:
             write_image(Path(save_dir) / f"{dataset.names[i]}_x{scale}_SR.png", sr)
         rows.append({"name": dataset.names[i], "psnr": psnr(sr, hr, protocol), "ssim": ssim(sr, hr, protocol)})
-    return {
+        if i < keep_images:
+            kept.append((dataset.names[i], lr, sr, hr))
+    result = {
         "dataset": dataset.name,
         "scale": scale,
         "method": "bicubic" if model is None else getattr(model.arch, "model", "EDSR") + ("+" if self_ensemble else ""),
@@ -89,6 +95,9 @@ def evaluate(
         "ssim": float(np.mean([r["ssim"] for r in rows])),
         "per_image": rows,
     }
+    if keep_images:
+        result["images"] = kept
+    return result
 
 
 def format_table(result):
@@ -100,3 +109,142 @@ def format_table(result):
     lines += [f"{r['name']:<24}{r['psnr']:>11.3f}{r['ssim']:>9.4f}" for r in result["per_image"]]
     lines.append(f"{'mean':<24}{result['psnr']:>11.3f}{result['ssim']:>9.4f}")
     return "\n".join(lines)
+
+
+# ---- "why does my PSNR differ": one set of SR outputs scored under every common convention ------------------------
+
+
+@dataclass(frozen=True)
+class Convention:
+    """One way of scoring SR: the metric's channel and border, how the float output becomes 8-bit, how the LR
+    was made from HR and whether HR was cropped to a multiple of the scale first."""
+
+    label: str
+    channel: str = "y"  # y or rgb
+    border: str = "scale"  # 0, scale or scale+6
+    quantiser: str = "round"  # round, or truncate (the MindSpore ModelZoo EDSR's evaluation)
+    lr: str = "matlab"  # matlab (imresize bicubic, antialiased), pillow (PIL's bicubic) or no-antialias
+    modcrop: bool = True
+
+    def protocol(self, scale):
+        return Protocol(self.channel, {"0": 0, "scale": scale, "scale+6": scale + 6}[self.border])
+
+
+def conventions_for(dataset_name):
+    """The conventions compared, the dataset's paper protocol first: Y/border scale for the benchmarks (every SR
+    paper since SRCNN), RGB/border scale+6 for DIV2K (EDSR-PyTorch, NTIRE 2017). The first three rows after it
+    change one thing from the paper's protocol, the others the channel and border."""
+    paper_channel = "rgb" if str(dataset_name).upper().startswith("DIV2K") else "y"
+    paper_border = "scale+6" if paper_channel == "rgb" else "scale"
+    paper = Convention("paper protocol", paper_channel, paper_border)
+    rows = [
+        paper,
+        Convention("truncated output (MindSpore ModelZoo EDSR)", paper_channel, paper_border, quantiser="truncate"),
+        Convention("LR made with Pillow bicubic", paper_channel, paper_border, lr="pillow"),
+        Convention("LR bicubic without antialiasing (as OpenCV)", paper_channel, paper_border, lr="no-antialias"),
+        Convention("HR not mod-cropped", paper_channel, paper_border, modcrop=False),
+    ]
+    for channel in ("y", "rgb"):
+        for border in ("0", "scale", "scale+6"):
+            if (channel, border) != (paper_channel, paper_border):
+                rows.append(
+                    Convention(f"{channel.upper() if channel == 'y' else 'RGB'}, border {border}", channel, border)
+                )
+    return rows
+
+
+def make_lr(hr, scale, method, modcrop_first=True):
+    """LR of an HR image: MATLAB bicubic (the benchmarks' LR), Pillow's bicubic (antialiased too, with its own
+    rounding), or the cubic kernel without antialiasing when shrinking, as OpenCV's `resize(INTER_CUBIC)` and
+    PyTorch's `interpolate(antialias=False)` do. Without mod-crop MATLAB's output is ceil(size / scale) pixels."""
+    from PIL import Image
+
+    if modcrop_first:
+        hr = modcrop(hr, scale)
+    if method == "pillow":
+        height, width = hr.shape[0] // scale, hr.shape[1] // scale
+        return np.asarray(Image.fromarray(np.asarray(hr)).resize((width, height), Image.Resampling.BICUBIC))
+    return quantize(imresize(hr, 1 / scale, antialias=method != "no-antialias"))
+
+
+def compare_conventions(dataset, model=None, self_ensemble=False, tile=None, super_resolve=None, progress=True):
+    """The same SR method scored under every convention of `conventions_for(dataset.name)`, on the dataset's HR
+    images (the LR is made here, as each convention says). `super_resolve(lr) -> float HxWx3 on 0-255` overrides
+    the method (default: `model`, or bicubic when None). Returns {"dataset", "scale", "method", "rows": [...]},
+    each row a convention with its mean PSNR/SSIM and `delta_psnr` from the paper's protocol (row 0)."""
+    from .inference import upscale_float
+
+    scale = dataset.scale
+    if super_resolve is None:
+        super_resolve = (
+            (lambda lr: imresize(lr, scale))
+            if model is None
+            else (lambda lr: upscale_float(model, lr, tile=tile, self_ensemble=self_ensemble))
+        )
+    conventions = conventions_for(dataset.name)
+    scores = {c: [] for c in conventions}
+    for i in progress_bar(range(len(dataset)), f"conventions {dataset.name} x{scale}", progress, unit="img"):
+        full = np.asarray(dataset.hr(i))
+        outputs = {}  # one SR per way of making the LR
+        for c in conventions:
+            key = (c.lr, c.modcrop)
+            if key not in outputs:
+                outputs[key] = super_resolve(make_lr(full, scale, c.lr, c.modcrop))
+            hr = modcrop(full, scale) if c.modcrop else full
+            sr = outputs[key][: hr.shape[0], : hr.shape[1]]  # without mod-crop the SR is up to scale - 1 larger
+            clipped = np.clip(sr, 0, 255)
+            sr8 = (np.floor(clipped) if c.quantiser == "truncate" else np.round(clipped)).astype(np.uint8)
+            protocol = c.protocol(scale)
+            scores[c].append((psnr(sr8, hr, protocol), ssim(sr8, hr, protocol)))
+    paper_psnr = float(np.mean([p for p, _ in scores[conventions[0]]]))
+    rows = []
+    for c in conventions:
+        mean_psnr = float(np.mean([p for p, _ in scores[c]]))
+        rows.append(
+            {
+                "convention": c.label,
+                "channel": c.channel,
+                "border": c.protocol(scale).border,
+                "quantiser": c.quantiser,
+                "lr": c.lr,
+                "modcrop": c.modcrop,
+                "paper": c is conventions[0],
+                "psnr": mean_psnr,
+                "ssim": float(np.mean([s for _, s in scores[c]])),
+                "delta_psnr": mean_psnr - paper_psnr,
+            }
+        )
+    method = "bicubic" if model is None else getattr(model.arch, "model", "EDSR") + ("+" if self_ensemble else "")
+    return {"dataset": dataset.name, "scale": scale, "method": method, "rows": rows}
+
+
+def format_conventions(result):
+    lines = [
+        f"{result['method']} on {result['dataset']} x{result['scale']}: the same outputs under each convention",
+        f"{'convention':<46}{'PSNR (dB)':>11}{'vs paper':>10}{'SSIM':>9}",
+    ]
+    for r in result["rows"]:
+        mark = " *" if r["paper"] else ""
+        lines.append(f"{r['convention'] + mark:<46}{r['psnr']:>11.3f}{r['delta_psnr']:>+10.3f}{r['ssim']:>9.4f}")
+    lines.append("* the papers' protocol for this dataset")
+    return "\n".join(lines)
+
+
+def write_conventions(result, folder):
+    """conventions.json, conventions.csv and conventions.png (a bar per convention) in `folder`; returns the paths."""
+    import csv
+    import io
+
+    from .figures import plot_conventions, save_figure
+    from .files import atomic_write, write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(result["rows"][0]))
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    paths = [write_json(folder / "conventions.json", result), folder / "conventions.csv", folder / "conventions.png"]
+    atomic_write(paths[1], lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    save_figure(plot_conventions(result), paths[2])
+    return paths

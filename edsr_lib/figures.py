@@ -204,6 +204,14 @@ def crop_box(shape, center, size):
     return top, left, size
 
 
+def centre_crops(images, size=96, gap=4):
+    """The same centre square of equal-sized HxWx3 images, side by side with a white gap (TensorBoard crops)."""
+    top, left, size = crop_box(images[0].shape, (images[0].shape[0] // 2, images[0].shape[1] // 2), size)
+    crops = [np.asarray(im)[top : top + size, left : left + size] for im in images]
+    spacer = np.full((size, gap, 3), 255, np.uint8)
+    return np.concatenate([part for crop in crops for part in (crop, spacer)][:-1], axis=1)
+
+
 def plot_comparison(hr, candidates, box, scores=None, title=""):
     """The full HR image with the crop marked, then the same crop of HR and every candidate with its scores in the
     title, at most three panels per row."""
@@ -267,4 +275,28 @@ def plot_gains(per_image, bicubic_per_image):
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(ylabel="PSNR gain over bicubic (dB)", title="per-image gain")
+    return fig
+
+
+def plot_conventions(result):
+    """One bar per convention: its PSNR minus the paper protocol's (`evaluation.compare_conventions`)."""
+    rows = result["rows"]
+    fig = Figure(figsize=(8, 0.42 * len(rows) + 1.2))
+    ax = fig.subplots()
+    deltas = [r["delta_psnr"] for r in rows]
+    colours = ["tab:blue" if r["paper"] else ("tab:green" if d > 0 else "tab:red") for r, d in zip(rows, deltas)]
+    positions = np.arange(len(rows))[::-1]
+    ax.barh(positions, deltas, color=colours)
+    ax.set_yticks(positions, [r["convention"] + (" (paper)" if r["paper"] else "") for r in rows], fontsize=8)
+    for y, r in zip(positions, rows):  # the PSNR itself, right of the bar or of zero
+        ax.annotate(
+            f"{r['psnr']:.2f} dB", (max(r["delta_psnr"], 0), y), xytext=(3, 0), textcoords="offset points", va="center"
+        )
+    ax.margins(x=0.15)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(
+        xlabel="PSNR minus the paper protocol's (dB)",
+        title=f"{result['method']} on {result['dataset']} x{result['scale']}: one output, every convention",
+    )
+    ax.grid(axis="x", alpha=0.3)
     return fig

@@ -91,6 +91,15 @@ def forward_ensemble(model, x, tile=None):
 def upscale(model, image: np.ndarray, tile: int | None = None, self_ensemble: bool = False) -> np.ndarray:
     """HxWx3 uint8 (or uint16) RGB -> super-resolved image of the same dtype, clamped and rounded."""
     image = np.asarray(image)
+    max_value = float(np.iinfo(image.dtype).max) if image.dtype in (np.uint8, np.uint16) else 255.0
+    y = upscale_float(model, image, tile, self_ensemble)
+    return np.round(np.clip(y, 0, max_value)).astype(image.dtype)
+
+
+def upscale_float(model, image: np.ndarray, tile: int | None = None, self_ensemble: bool = False) -> np.ndarray:
+    """HxWx3 uint8 (or uint16) RGB -> the network's float32 output on the image's 0-255 (0-65535) scale, before
+    clamping and rounding (how an evaluation quantises it is one of the conventions that change PSNR)."""
+    image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != model.arch.n_colors or image.dtype not in (np.uint8, np.uint16):
         raise KitError(
             f"expected an HxWx{model.arch.n_colors} uint8 or uint16 image, got shape {image.shape} {image.dtype}"
@@ -99,8 +108,7 @@ def upscale(model, image: np.ndarray, tile: int | None = None, self_ensemble: bo
     to_model = model.arch.rgb_range / max_value
     x = (image.astype(np.float32).transpose(2, 0, 1)[None] * np.float32(to_model)).astype(np.float32)
     y = forward_ensemble(model, x, tile) if self_ensemble else forward_tiled(model, x, tile)
-    y = y[0].transpose(1, 2, 0) / np.float32(to_model)
-    return np.round(np.clip(y, 0, max_value)).astype(image.dtype)
+    return y[0].transpose(1, 2, 0) / np.float32(to_model)
 
 
 def _refuse_overwrites(pairs):

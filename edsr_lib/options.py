@@ -91,6 +91,9 @@ class Options:
     ckpt_save_path: str = option("ckpt", "run folder: checkpoints, history.csv, curves.png, run.json")
     ckpt_save_interval: int = option(10, "keep a numbered checkpoint every this many epochs")
     ckpt_save_max: int = option(5, "numbered checkpoints kept at most")
+    tensorboard: str = option(
+        "auto", "TensorBoard event files under <ckpt_save_path>/tb: auto (when tensorboardX is installed), on, off"
+    )
     ckpt_path: str = option("", "initialise the weights from this checkpoint (e.g. x2 -> x3/x4 fine-tuning)")
     resume: bool = option(False, "continue from latest.ckpt in ckpt_save_path")
     overwrite: bool = option(
@@ -137,6 +140,9 @@ class Options:
             raise KitError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if str(self.dataset_sink).lower() not in ("auto", "on", "off", "true", "false"):
             raise KitError(f"dataset_sink must be auto, on or off, got {self.dataset_sink!r}")
+        self.tensorboard = str(self.tensorboard).lower()
+        if self.tensorboard not in ("auto", "on", "off"):
+            raise KitError(f"tensorboard must be auto, on or off, got {self.tensorboard!r}")
         if self.precision_mode and self.precision_mode not in PRECISION_MODES:
             raise KitError(f"precision_mode must be one of {', '.join(PRECISION_MODES)}, got {self.precision_mode!r}")
         if self.gclip < 0:

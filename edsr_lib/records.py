@@ -1,12 +1,16 @@
-"""A training run's records in its folder: `run.json` (options, versions, device, precision), and `history.csv`
-with `curves.png` (rewritten every epoch, so a killed run keeps them)."""
+"""A training run's records in its folder: `run.json` (options, versions, device, precision), `history.csv`
+with `curves.png` (rewritten every epoch, so a killed run keeps them), and TensorBoard event files under `tb/`."""
 
 import csv
 import io
+import math
 import platform
 import time
 from pathlib import Path
 
+import numpy as np
+
+from .errors import KitError
 from .figures import plot_history, save_figure
 from .files import atomic_write, write_json
 
@@ -44,3 +48,49 @@ def write_curves(folder, history, title):
     writer.writerows(history)
     atomic_write(Path(folder) / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
     return save_figure(plot_history(history, title), Path(folder) / "curves.png")
+
+
+TENSORBOARD_MODES = ("auto", "on", "off")
+
+
+class TensorBoardLog:
+    """Scalars and images as TensorBoard event files, written with tensorboardX (the `lab` extra).
+
+    mode "auto" writes when tensorboardX is installed and is silently off otherwise; "on" requires it; "off" writes
+    nothing. `purge_step`: on resume, the iteration resumed from, so TensorBoard hides what a killed run logged after
+    its last checkpoint. Non-finite scalars are left out (TensorBoard draws them as gaps anyway)."""
+
+    def __init__(self, folder, mode="auto", purge_step=None):
+        self.writer, self.folder = None, Path(folder)
+        if mode == "off":
+            return
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            if mode == "on":
+                raise KitError(
+                    "tensorboard on needs tensorboardX: pip install tensorboardX (or the kit's lab extra)"
+                ) from None
+            return
+        self.writer = SummaryWriter(str(self.folder), purge_step=purge_step, flush_secs=30)
+
+    @property
+    def enabled(self):
+        return self.writer is not None
+
+    def scalars(self, step, values):
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            if value is not None and math.isfinite(float(value)):
+                self.writer.add_scalar(tag, float(value), int(step))
+
+    def image(self, tag, image, step):
+        """An HxWx3 uint8 image."""
+        if self.writer is not None:
+            self.writer.add_image(tag, np.ascontiguousarray(image), int(step), dataformats="HWC")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

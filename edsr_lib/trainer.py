@@ -24,13 +24,14 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from .data import PairDataset, open_dataset
 from .errors import KitError
-from .evaluation import evaluate
+from .evaluation import bicubic_upscale, evaluate
+from .figures import centre_crops
 from .metrics import protocol_for
 from .model import build_model, count_parameters
 from .options import Options
 from .pipeline import PatchSource, train_dataset
 from .progress import progress_bar
-from .records import write_curves, write_run_record
+from .records import TensorBoardLog, write_curves, write_run_record
 from .runtime import configure_precision, init_distributed, mindspore_log_silenced, setup_device
 from .weights import (
     EMA_PREFIX,
@@ -63,6 +64,7 @@ RESUMABLE_CHANGES = {
     "dir_data",
     "print_every",
     "dataset_sink",
+    "tensorboard",
 }
 
 
@@ -409,6 +411,7 @@ class Trainer:
         self._keep_streak = ms.Tensor(np.eye(4, dtype=np.float32)[TrainStep.STREAK])
         self._feed, self._feed_epoch = None, None
         self.epoch, self.history, self.best_psnr = 0, [], -np.inf
+        self.tb = None  # TensorBoardLog while fit() runs
         self.bicubic_psnr, self.last_loss, self.skipped_steps = None, None, 0
         self.scale_psnr, self.scale_bicubic = {}, {}  # per validation scale, set by validate()
         self.ckpt_dir = Path(opts.ckpt_save_path)
@@ -581,6 +584,7 @@ class Trainer:
             self._open_feed()
         self._restart_totals()
         loss_sum, applied, t0, every = 0.0, 0, time.perf_counter(), o.sync_every()
+        last_read = t0
         bar = (
             self._run_bar
             if self._run_bar is not None
@@ -605,6 +609,18 @@ class Trainer:
                     f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})"
                 )
             mean = totals[TrainStep.LOSS_SUM] / max(totals[TrainStep.APPLIED], 1)
+            if self.tb is not None and self.tb.enabled:
+                now = time.perf_counter()
+                self.tb.scalars(
+                    self.epoch * o.test_every + done,
+                    {
+                        "train/loss": mean if totals[TrainStep.APPLIED] else None,
+                        "train/lr": o.learning_rate(self.epoch),
+                        "train/loss_scale": self.loss_scale_value(),
+                        "train/step_time_s": (now - last_read) / every,
+                    },
+                )
+                last_read = now
             bar.set_postfix(
                 epoch=f"{self.epoch + 1}/{o.epochs}",
                 loss=f"{mean:.3f}",
@@ -632,12 +648,27 @@ class Trainer:
                 s: evaluate(d, None, protocols[s], progress=False)["psnr"] for s, d in self.val_sets.items()
             }
             self.bicubic_psnr = float(np.mean(list(self.scale_bicubic.values())))
+        keep = 2 if self.tb is not None and self.tb.enabled else 0
         with self.ema_weights():
-            self.scale_psnr = {
-                s: evaluate(d, self.model.at_scale(s), protocols[s], progress=False)["psnr"]
+            results = {
+                s: evaluate(d, self.model.at_scale(s), protocols[s], progress=False, keep_images=keep)
                 for s, d in self.val_sets.items()
             }
+        self.scale_psnr = {s: r["psnr"] for s, r in results.items()}
+        self._log_validation(results)
         return float(np.mean(list(self.scale_psnr.values())))
+
+    def _log_validation(self, results):
+        """PSNR/SSIM per validation scale and [bicubic | SR | HR] centre crops of the first images to TensorBoard."""
+        if self.tb is None or not self.tb.enabled:
+            return
+        step = self.epoch * self.opts.test_every
+        for s, result in results.items():
+            tag = f"val/{self.val_sets[s].name}/x{s}"
+            scores = {"psnr": result["psnr"], "ssim": result["ssim"], "psnr_bicubic": self.scale_bicubic.get(s)}
+            self.tb.scalars(step, {f"{tag}/{name}": value for name, value in scores.items()})
+            for name, lr, sr, hr in result.get("images", []):
+                self.tb.image(f"{tag}/{name} (bicubic, SR, HR)", centre_crops([bicubic_upscale(lr, s), sr, hr]), step)
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -664,11 +695,15 @@ class Trainer:
         remaining = (self.opts.epochs - self.epoch) * self.opts.test_every
         with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext(), _interruptible():
             self._run_bar = self._new_bar(remaining, "training")
+            # Rank 0 alone writes TensorBoard events; a resumed run hides what a killed one logged after its checkpoint.
+            mode = self.opts.tensorboard if self.rank == 0 else "off"
+            self.tb = TensorBoardLog(self.ckpt_dir / "tb", mode, self.epoch * self.opts.test_every or None)
             try:
                 return self._fit()
             finally:
                 self._run_bar.close()
                 self._run_bar = None
+                self.tb.close()
 
     def _fit(self):
         if self.rank == 0:

@@ -1,9 +1,12 @@
-"""The EMA of the weights (ema_decay) and gradient clipping (gclip), inside the one-graph training step."""
+"""The EMA of the weights (ema_decay) and gradient clipping (gclip), inside the one-graph training step; the
+TensorBoard log."""
 
 import numpy as np
+import pytest
 
 from edsr_lib import load_model
 from edsr_lib.data import SampleImages
+from edsr_lib.errors import KitError
 from edsr_lib.evaluation import evaluate
 from edsr_lib.trainer import Trainer, param_digest
 from edsr_lib.weights import read_checkpoint
@@ -79,3 +82,42 @@ def test_gclip_bounds_every_gradient_element(tmp_path):
         trainer.train_step(*_batch(trainer, 0))
         moves[gclip] = max(float(np.abs(v - before[k]).max()) for k, v in _trained(trainer).items())
     assert moves[1e-3] <= 1e-3 * (1 + 1e-5) and moves[0.0] > 10 * 1e-3, moves
+
+
+def test_tensorboard_events_are_readable_by_tensorboard_with_the_expected_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _quiet(_opts(tmp_path, data_test="sample", epochs=2, print_every=1, tensorboard="on"))
+    trainer.fit()
+    events = EventAccumulator(str(tmp_path / "ckpt" / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    val = "val/sample-test/x2"
+    for tag in ("train/loss", "train/lr", "train/loss_scale", "train/step_time_s", f"{val}/psnr", f"{val}/ssim"):
+        assert tag in tags["scalars"], (tag, tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]  # every host read
+    psnr = [e.value for e in events.Scalars(f"{val}/psnr")]
+    assert [e.step for e in events.Scalars(f"{val}/psnr")] == [3, 6]
+    assert np.allclose(psnr, [h["psnr"] for h in trainer.history])
+    crops = [t for t in tags["images"] if t.startswith(val)]
+    assert len(crops) == 2 and len(events.Images(crops[0])) == 2
+    assert events.Images(crops[0])[0].width == 3 * 96 + 2 * 4  # bicubic | SR | HR
+
+
+def test_tensorboard_off_and_missing(tmp_path, monkeypatch):
+    import builtins
+
+    _quiet(_opts(tmp_path / "off", epochs=1, tensorboard="off")).fit()
+    assert not (tmp_path / "off" / "ckpt" / "tb").exists()
+    real_import = builtins.__import__
+
+    def no_tensorboardx(name, *args, **kwargs):
+        if name.startswith("tensorboardX"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboardx)
+    _quiet(_opts(tmp_path / "auto", epochs=1)).fit()  # auto: silently off
+    assert not (tmp_path / "auto" / "ckpt" / "tb").exists()
+    with pytest.raises(KitError, match="tensorboard on needs tensorboardX"):
+        _quiet(_opts(tmp_path / "on", epochs=1, tensorboard="on")).fit()
