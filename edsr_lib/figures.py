@@ -300,3 +300,30 @@ def plot_conventions(result):
     )
     ax.grid(axis="x", alpha=0.3)
     return fig
+
+
+def log_spectrum(image):
+    """log(1 + |FFT|) of an RGB image's luma, centred: blur darkens its rim, noise lifts it, JPEG adds a grid."""
+    luma = np.asarray(image, np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(luma - luma.mean()))))
+
+
+def plot_degradations(lrs, scale, box=None):
+    """The LR of one image under each degradation (`{name: LR}`, equal sizes), a crop of each at its own pixels
+    above the spectrum of the whole LR, on one colour scale."""
+    names = list(lrs)
+    fig = Figure(figsize=(2.3 * len(names), 5.0), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(2, len(names)))
+    spectra = {n: log_spectrum(lrs[n]) for n in names}
+    top = max(float(np.percentile(s, 99.9)) for s in spectra.values())
+    first = np.asarray(lrs[names[0]])
+    top_left = box or crop_box(first.shape, (first.shape[0] // 2, first.shape[1] // 2), 64)
+    y, x, size = top_left
+    for column, name in enumerate(names):
+        axes[0, column].imshow(np.asarray(lrs[name])[y : y + size, x : x + size], interpolation="nearest")
+        axes[0, column].set_title(f"{name} LR x{scale}", fontsize=9)
+        axes[1, column].imshow(spectra[name], cmap="magma", vmin=0, vmax=top)
+        axes[1, column].set_title("spectrum (log)", fontsize=8)
+        for ax in axes[:, column]:
+            _hide_axes(ax)
+    return fig
