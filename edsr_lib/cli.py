@@ -31,6 +31,16 @@ def _add_weights_source(parser):
     parser.add_argument("--offline", action="store_true", help="never download: say which file to place where")
 
 
+def _add_conv_algorithm(parser):
+    parser.add_argument(
+        "--conv_algorithm",
+        "--conv-algorithm",
+        choices=("auto", "direct", "winograd"),
+        default="auto",
+        help="the CPU convolution's algorithm for 3x3 layers (auto: Winograd where it pays; docs/benchmarks.md)",
+    )
+
+
 def _add_ema_choice(parser):
     parser.add_argument(
         "--no-ema",
@@ -100,7 +110,13 @@ def _cmd_upscale(args):
 
         model = load_exported(args.model)
     else:
-        model = load_model(_checkpoint(args, args.ckpt), res_scale=args.res_scale, scale=args.scale, ema=args.ema)
+        model = load_model(
+            _checkpoint(args, args.ckpt),
+            res_scale=args.res_scale,
+            scale=args.scale,
+            ema=args.ema,
+            conv_kernel=args.conv_algorithm,
+        )
     written, failed = upscale_paths(
         model,
         args.input,
@@ -136,7 +152,9 @@ def _cmd_eval(args):
         from .weights import load_model
 
         setup_device(args.device_target)
-        model = load_model(_checkpoint(args, args.ckpt), scale=args.scale, ema=args.ema)
+        model = load_model(
+            _checkpoint(args, args.ckpt), scale=args.scale, ema=args.ema, conv_kernel=args.conv_algorithm
+        )
         scale = model.arch.scale
     elif args.scale is None:
         raise KitError("--bicubic needs --scale")
@@ -314,6 +332,7 @@ def build_parser():
     )
     _add_weights_source(p)
     _add_ema_choice(p)
+    _add_conv_algorithm(p)
     p.add_argument(
         "--tile",
         type=_positive(int),
@@ -351,6 +370,7 @@ def build_parser():
     p.add_argument("--ckpt", help="checkpoint to evaluate (kit, published .pt, ModelZoo .ckpt or a weights name)")
     _add_weights_source(p)
     _add_ema_choice(p)
+    _add_conv_algorithm(p)
     p.add_argument("--hr-dir", "--hr_dir", dest="hr_dir", help="folder of HR images (LR made with MATLAB bicubic)")
     p.add_argument(
         "--data_test",

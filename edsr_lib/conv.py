@@ -18,7 +18,9 @@ from mindspore.ops import CustomRegOp, DataType
 from .errors import KitError
 from .runtime import current_device, fast_conv_library
 
-CONV_KERNELS = ("auto", "fast", "stock")
+# auto: the kit's CPU kernel on CPU (its algorithm chosen per layer, see `uses_winograd`), stock elsewhere; fast:
+# require the kit's kernel; direct / winograd: the kit's kernel with that algorithm for 3x3 layers; stock: nn.Conv2d.
+CONV_KERNELS = ("auto", "fast", "direct", "winograd", "stock")
 
 
 def _registration(name, inputs, outputs):
@@ -36,7 +38,10 @@ class _FastKernels:
     """The library's entry points as MindSpore Custom ops, each forward op carrying its backward as its bprop.
     out_shape=None: output shapes come from the library's C++ infer functions."""
 
-    def __init__(self, library):
+    def __init__(self, library, winograd=False):
+        # Winograd F(4x4, 3x3) replaces the forward and backward-data convolutions; backward weights stays direct.
+        prefix = "Winograd" if winograd else ""
+
         def custom(function, inputs, outputs, out_dtype, bprop=None):
             return ops.Custom(
                 f"{library}:{function}",
@@ -47,7 +52,7 @@ class _FastKernels:
                 reg_info=_registration(f"edsr_{function}", inputs, outputs),
             )
 
-        self.backward_data = custom("ConvBackwardData", ["dy", "w"], ["dx"], lambda dy, w: dy)
+        self.backward_data = custom(f"{prefix}ConvBackwardData", ["dy", "w"], ["dx"], lambda dy, w: dy)
         self.backward_weights = custom("ConvBackwardWeights", ["x", "dy", "w"], ["dw", "db"], lambda x, dy, w: (x, x))
 
         def conv_grads(x, w, dy):
@@ -64,10 +69,10 @@ class _FastKernels:
             dx, dw, db = conv_grads(x, w, dout * scale)
             return dx, dw, db, dout, ops.zeros_like(scale)
 
-        self.forward = custom("ConvForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, forward_bprop)
-        self.forward_relu = custom("ConvReluForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, relu_bprop)
+        self.forward = custom(f"{prefix}ConvForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, forward_bprop)
+        self.forward_relu = custom(f"{prefix}ConvReluForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, relu_bprop)
         self.forward_residual = custom(
-            "ConvResidualForward",
+            f"{prefix}ConvResidualForward",
             ["x", "w", "b", "skip", "scale"],
             ["y"],
             lambda x, w, b, skip, scale: x,
@@ -75,9 +80,20 @@ class _FastKernels:
         )
 
 
-@functools.lru_cache(maxsize=1)
-def _fast_kernels():
-    return _FastKernels(fast_conv_library()[0])
+@functools.lru_cache(maxsize=2)
+def _fast_kernels(winograd=False):
+    return _FastKernels(fast_conv_library()[0], winograd)
+
+
+def uses_winograd(kernel, in_channels, out_channels, kernel_size):
+    """Whether a layer runs Winograd F(4x4, 3x3): always for 3x3 with `winograd`, never with `direct`; for auto and
+    fast, 3x3 layers with at least 16 channels in and out (the RGB head and tail would pad 3 channels to 16)."""
+    if kernel_size != 3 or kernel == "direct":
+        return False
+    return kernel == "winograd" or min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+
+
+WINOGRAD_MIN_CHANNELS = 16
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,10 +108,11 @@ def _warn_fallback_once():
 class FastConv2d(nn.Cell):
     """Stride 1, same padding, odd square kernel, float32, with bias, on the kit's oneDNN kernel."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, winograd=False):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
-        kernels = _fast_kernels()
+        self.winograd = bool(winograd)
+        kernels = _fast_kernels(self.winograd)
         self.conv2d, self.conv2d_relu, self.conv2d_residual = (
             kernels.forward,
             kernels.forward_relu,
@@ -117,19 +134,20 @@ class FastConv2d(nn.Cell):
 def make_conv(in_channels, out_channels, kernel_size=3, kernel="auto"):
     """Stride 1, 'same' zero padding, with bias: the only convolution EDSR uses.
 
-    kernel: auto (the fast CPU kernel on CPU when available, else stock), fast (require it), stock (nn.Conv2d).
+    kernel: auto (the fast CPU kernel on CPU when available, else stock), fast (require it), direct or winograd
+    (require it, with that algorithm for 3x3 layers), stock (nn.Conv2d).
     """
     if kernel not in CONV_KERNELS:
         raise KitError(f"conv kernel must be one of {', '.join(CONV_KERNELS)}, got {kernel!r}")
     conv = nn.Conv2d(
         in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=kernel_size // 2, has_bias=True
     )
-    if kernel == "stock" or (kernel == "auto" and current_device() != "CPU"):
-        return conv
+    if kernel == "stock" or (kernel in ("auto", "direct", "winograd") and current_device() != "CPU"):
+        return conv  # the algorithms are the CPU kernel's; Ascend and GPU run MindSpore's own
     library, reason = fast_conv_library()
     if library is None:
-        if kernel == "fast":
+        if kernel != "auto":
             raise KitError(f"the fast CPU convolution is unavailable: {reason}")
         _warn_fallback_once()
         return conv
-    return FastConv2d(conv)
+    return FastConv2d(conv, uses_winograd(kernel, in_channels, out_channels, kernel_size))

@@ -331,7 +331,8 @@ class _DynamicShapeGraph(nn.Cell):
 
 def build_model(arch: Architecture, conv_kernel: str = "auto", allow_large_model: bool = False) -> "EDSR | MDSR":
     """The EDSR or MDSR `arch` describes. conv_kernel: auto (the kit's fast convolution on CPU, MindSpore's Conv2d
-    elsewhere), fast or stock. Networks beyond `check_size`'s limits need allow_large_model."""
+    elsewhere), fast, direct, winograd (`conv.make_conv`) or stock. Networks beyond `check_size`'s limits need
+    allow_large_model."""
     network = MDSR if arch.is_multiscale else EDSR
     return network(check_size(arch, allow_large_model), conv_kernel)
 

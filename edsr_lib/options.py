@@ -111,6 +111,9 @@ class Options:
     deterministic: bool = option(
         False, "Ascend: deterministic kernels and HCCL (exact resume); CPU is always deterministic"
     )
+    conv_algorithm: str = option(
+        "auto", "CPU 3x3 convolutions: auto (Winograd where it pays), direct or winograd (docs/benchmarks.md)"
+    )
     dataset_sink: str = option("auto", "auto, on or off: run print_every steps per device call (Ascend/GPU data sink)")
     allow_large_model: bool = option(False, "allow more than 256 residual blocks or 1024 features")
     device_target: Optional[str] = option(
@@ -140,6 +143,9 @@ class Options:
             raise KitError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if str(self.dataset_sink).lower() not in ("auto", "on", "off", "true", "false"):
             raise KitError(f"dataset_sink must be auto, on or off, got {self.dataset_sink!r}")
+        self.conv_algorithm = str(self.conv_algorithm).lower()
+        if self.conv_algorithm not in ("auto", "direct", "winograd"):
+            raise KitError(f"conv_algorithm must be auto, direct or winograd, got {self.conv_algorithm!r}")
         self.tensorboard = str(self.tensorboard).lower()
         if self.tensorboard not in ("auto", "on", "off"):
             raise KitError(f"tensorboard must be auto, on or off, got {self.tensorboard!r}")

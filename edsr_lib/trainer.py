@@ -65,6 +65,7 @@ RESUMABLE_CHANGES = {
     "print_every",
     "dataset_sink",
     "tensorboard",
+    "conv_algorithm",
 }
 
 
@@ -333,13 +334,13 @@ class Trainer:
         # An MDSR's batches change shape with their scale: no fixed-shape device loop.
         self.sink = opts.sink_mode(self.device) and opts.model != "MDSR"
         ms.set_seed(opts.seed)  # the same initial weights on every rank
-        # The kit's CPU convolution is float32 only; mixed precision keeps MindSpore's Conv2d.
+        # The kit's CPU convolution is float32 only; mixed precision, Ascend and GPU keep MindSpore's Conv2d.
         self.model = (
             model
             if model is not None
             else build_model(
                 opts.architecture(),
-                conv_kernel="auto" if opts.amp_level == "O0" else "stock",
+                conv_kernel=opts.conv_algorithm if opts.amp_level == "O0" and self.device == "CPU" else "stock",
                 allow_large_model=opts.allow_large_model,
             )
         )

@@ -6,6 +6,7 @@
     .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
     .venv/bin/python scripts/bench.py --export        # one image: checkpoint, MINDIR (in process, child), ONNX
     .venv/bin/python scripts/bench.py --kernel-memory # the CPU kernel's resident memory over 232 input shapes
+    .venv/bin/python scripts/bench.py --layers        # one 3x3 conv per layer type: direct, Winograd, PyTorch
 
 Network timings compare three engines running the same network on the same CPU: the kit ("kit": MindSpore graphs
 with dynamic shapes and the kit's CPU convolution, what `load_model` and the Trainer use), MindSpore's stock Conv2d in
@@ -36,7 +37,10 @@ from edsr_lib.inference import forward_tiled
 from edsr_lib.pipeline import PatchSource
 from edsr_lib.runtime import fast_conv_library, setup_device
 
-ENGINES = ("kit", "stock", "torch")
+# kit: what load_model and the Trainer use (conv_algorithm auto); kit-direct / kit-winograd: one algorithm for
+# every 3x3 layer; stock: MindSpore's Conv2d; torch: PyTorch.
+ENGINES = ("kit", "kit-direct", "kit-winograd", "stock", "torch")
+KIT_KERNELS = {"kit": "auto", "kit-direct": "direct", "kit-winograd": "winograd"}
 FULL_CASES = [("baseline", 2, 48), ("baseline", 2, 96), ("baseline", 2, 192), ("baseline", 4, 96), ("paper", 2, 48)]
 QUICK_CASES = FULL_CASES[:2]
 
@@ -99,7 +103,7 @@ def bench_pipeline(tmp):
 class MindSporeEngine:
     def __init__(self, kernel):
         setup_device("CPU")
-        self.kernel = "auto" if kernel == "kit" else "stock"
+        self.kernel = KIT_KERNELS.get(kernel, "stock")
 
     def network(self, preset, scale):
         model = build_model(Architecture.from_preset(preset, scale), conv_kernel=self.kernel)
@@ -260,7 +264,7 @@ def memory_worker(name):
 
 
 def available_engines():
-    engines = ["kit", "stock", "torch"]
+    engines = ["kit", "kit-direct", "stock", "torch"]
     if fast_conv_library()[0] is None:
         print(f"(the kit's CPU convolution is unavailable: {fast_conv_library()[1]}; 'kit' runs stock Conv2d)")
     if importlib.util.find_spec("torch") is None:
@@ -390,6 +394,72 @@ def bench_kernel_memory(shapes=232):
               f"({after_all - after_32:+.1f} MB)")  # fmt: skip
 
 
+LAYER_CASES = [(64, 96), (64, 192), (256, 48), (256, 96)]  # (channels in = out, LR side): EDSR's 3x3 body convs
+
+
+def sgemm_ceiling():
+    """GFLOP/s of a 4096^3 float32 matrix product (numpy's BLAS): what a convolution could reach at best here."""
+    a = np.random.default_rng(0).standard_normal((4096, 4096)).astype(np.float32)
+    seconds = best_of(lambda: a @ a, repeat=2)
+    return 2 * 4096**3 / seconds / 1e9
+
+
+def bench_layers():
+    """One 3x3 convolution (forward; and backward data, which the kit runs as a forward of flipped filters) per
+    layer type: the kit's direct and Winograd kernels against PyTorch, with the GFLOP/s each reaches counted as a
+    direct convolution's 2 * C * O * 9 * H * W (so Winograd can exceed the sgemm ceiling)."""
+    import ctypes
+
+    library = fast_conv_library()[0]
+    if library is None:
+        raise SystemExit(f"the kit's CPU convolution is unavailable: {fast_conv_library()[1]}")
+    lib = ctypes.CDLL(str(library))
+
+    def call(name, *arrays):  # MindSpore's AOT calling convention, as native.probe_memory uses it
+        dims = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
+        status = getattr(lib, name)(
+            len(arrays),
+            (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays]),
+            (ctypes.c_int * len(arrays))(*[a.ndim for a in arrays]),
+            (ctypes.POINTER(ctypes.c_int64) * len(arrays))(
+                *[ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims]
+            ),
+            (ctypes.c_char_p * len(arrays))(*[b"float32"] * len(arrays)),
+            None,
+            None,
+        )
+        assert status == 0, (name, status)
+
+    torch = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    ceiling = sgemm_ceiling()
+    print(f"sgemm ceiling (numpy, 4096^3 float32): {ceiling:.0f} GFLOP/s")
+    print(f"{'3x3 conv, batch 1':<22}{'direct':>16}{'winograd':>16}{'torch':>16}{'wino/torch':>12}{'wino/direct':>13}")
+    for channels, side in LAYER_CASES:
+        x, w = random_array((1, channels, side, side)), random_array((channels, channels, 3, 3)) / 255.0
+        b, y = np.zeros(channels, np.float32), np.empty((1, channels, side, side), np.float32)
+        flops = 2 * channels * channels * 9 * side * side
+        times = {
+            "direct": best_of(lambda: call("ConvForward", x, w, b, y), repeat=5),
+            "winograd": best_of(lambda: call("WinogradConvForward", x, w, b, y), repeat=5),
+        }
+        if torch is not None:
+            tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+            with torch.no_grad():
+                times["torch"] = best_of(lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=1), repeat=5)
+        cells = "".join(
+            f"{times[k] * 1e3:>7.2f}ms{flops / times[k] / 1e9:>5.0f}GF" if k in times else f"{'-':>16}"
+            for k in ("direct", "winograd", "torch")
+        )
+        print(
+            f"{f'{channels}->{channels} at {side}x{side}':<22}{cells}"
+            f"{ratio(times['winograd'], times.get('torch')):>12}{ratio(times['winograd'], times['direct']):>13}"
+        )
+
+
 EXPORT_LR = (150, 225)  # LR height, width: notebook 05's sample image
 
 
@@ -440,6 +510,7 @@ if __name__ == "__main__":
     parser.add_argument("--train", action="store_true", help="training steps only (incl. without host blocking)")
     parser.add_argument("--export", action="store_true", help="checkpoint vs MINDIR (in process, child) vs ONNX")
     parser.add_argument("--kernel-memory", action="store_true", help="the kernel's resident memory over new shapes")
+    parser.add_argument("--layers", action="store_true", help="one 3x3 conv per layer type: direct, Winograd, torch")
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine-worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
@@ -457,6 +528,8 @@ if __name__ == "__main__":
         bench_export(args.rounds or 3)
     elif args.kernel_memory:
         bench_kernel_memory()
+    elif args.layers:
+        bench_layers()
     elif args.memory_worker:
         memory_worker(args.memory_worker)
     else:

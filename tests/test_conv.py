@@ -35,8 +35,8 @@ def test_forward_and_backward_match_nn_conv2d_on_random_shapes(seed):
     n, c, o = int(rng.integers(1, 4)), int(rng.choice([1, 3, 8, 64])), int(rng.choice([3, 16, 64, 256]))
     h, w, k = int(rng.integers(5, 40)), int(rng.integers(5, 40)), int(rng.choice([1, 3, 5]))
     ms.set_seed(seed)
-    fast = make_conv(c, o, k, kernel="fast")
-    assert isinstance(fast, FastConv2d)
+    fast = make_conv(c, o, k, kernel="direct")
+    assert isinstance(fast, FastConv2d) and not fast.winograd
     x = ms.Tensor(rng.standard_normal((n, c, h, w)).astype(np.float32))
     dy = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
 
@@ -64,7 +64,7 @@ def test_fused_block_forms_match_stock_ops(seed):
     h, w = int(rng.integers(5, 30)), int(rng.integers(5, 30))
     scale = ms.Tensor([float(rng.choice([1.0, 0.1]))], ms.float32)
     ms.set_seed(seed)
-    fast = make_conv(c, o, 3, kernel="fast")
+    fast = make_conv(c, o, 3, kernel="direct")
     x = ms.Tensor(rng.standard_normal((n, c, h, w)).astype(np.float32))
     skip = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
     dy = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
@@ -97,13 +97,13 @@ def test_same_parameters_and_same_losses_over_adam_steps():
     ms.set_seed(7)
     stock = build_model(arch, "stock")
     ms.set_seed(7)
-    fast = build_model(arch, "fast")
+    fast = build_model(arch, "direct")
     names = [(p.name, p.shape) for p in stock.get_parameters()]
     assert names == [(p.name, p.shape) for p in fast.get_parameters()]
     assert all(np.array_equal(a.asnumpy(), b.asnumpy()) for a, b in zip(stock.get_parameters(), fast.get_parameters()))
     rng = np.random.default_rng(0)
     ms.set_seed(7)
-    fast_graph = build_model(arch, "fast")
+    fast_graph = build_model(arch, "direct")
     # Two patch sizes, alternating: the trainer's dynamic-shape graph must serve both.
     batches = [
         (
@@ -126,6 +126,77 @@ def test_same_parameters_and_same_losses_over_adam_steps():
     np.testing.assert_allclose(losses["fast"], losses["stock"], rtol=1e-5)
     np.testing.assert_allclose(losses["fast, graph"], losses["stock"], rtol=1e-5)
     assert losses["fast"][-1] < losses["fast"][0]
+
+
+# Winograd F(4x4, 3x3) against the direct kernel. Its transforms add and subtract multiples of up to 8 of the
+# tile values, so its float32 error is larger than direct's: measured up to about 1e-5 of the output's largest value
+# on these shapes (docs/benchmarks.md), checked here at 5e-5.
+WINOGRAD_TOLERANCE = 5e-5
+
+
+@needs_fast
+@pytest.mark.parametrize("seed", range(4))
+def test_winograd_forward_fused_forms_and_backward_match_direct(seed):
+    rng = np.random.default_rng(200 + seed)
+    n, c, o = int(rng.integers(1, 3)), int(rng.choice([16, 24, 64, 256])), int(rng.choice([16, 40, 64, 256]))
+    h, w = int(rng.integers(3, 30)), int(rng.integers(3, 30))  # mostly not multiples of the 4x4 output tile
+    ms.set_seed(seed)
+    wino = make_conv(c, o, 3, kernel="winograd")
+    direct = FastConv2d(wino, winograd=False)  # the same parameters on the direct kernel
+    assert wino.winograd and not direct.winograd
+    x = ms.Tensor(rng.standard_normal((n, c, h, w)).astype(np.float32))
+    skip = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
+    scale = ms.Tensor([0.1], ms.float32)
+    forms = {
+        "plain": lambda f: lambda x, wt, b, s: f.conv2d(x, wt, b),
+        "relu": lambda f: lambda x, wt, b, s: f.conv2d_relu(x, wt, b),
+        "residual": lambda f: lambda x, wt, b, s: f.conv2d_residual(x, wt, b, s, scale),
+    }
+    args = (x, wino.weight, wino.bias, skip)
+    for form, make in forms.items():
+        expected, got = make(direct)(*args).asnumpy(), make(wino)(*args).asnumpy()
+        assert _rel(expected, got) <= WINOGRAD_TOLERANCE, form
+        grads = [ms.grad(lambda *a, f=make(k): (f(*a) * dy).sum(), grad_position=0)(*args) for k in (direct, wino)]
+        assert _rel(grads[0].asnumpy(), grads[1].asnumpy()) <= WINOGRAD_TOLERANCE, (form, "dx")
+
+
+def test_the_algorithm_is_chosen_per_layer():
+    if FAST_CONV_LIBRARY is None:
+        pytest.skip(f"fast conv unavailable: {FAST_CONV_UNAVAILABLE}")
+    assert make_conv(64, 64, 3, kernel="auto").winograd
+    assert not make_conv(3, 64, 3, kernel="auto").winograd  # the RGB head: 3 channels would be padded to 16
+    assert not make_conv(64, 3, 3, kernel="fast").winograd  # the tail
+    assert not make_conv(64, 64, 5, kernel="winograd").winograd  # F(4x4, 3x3) is for 3x3 filters only
+    assert not make_conv(64, 64, 3, kernel="direct").winograd
+    assert make_conv(3, 64, 3, kernel="winograd").winograd  # asked for explicitly
+
+
+@needs_fast
+def test_winograd_training_losses_match_direct_over_20_adam_steps():
+    arch = Architecture(scale=2, n_resblocks=2, n_feats=32)
+    rng = np.random.default_rng(3)
+    batches = [
+        (
+            ms.Tensor(rng.uniform(0, 255, (4, 3, 13, 11)).astype(np.float32)),
+            ms.Tensor(rng.uniform(0, 255, (4, 3, 26, 22)).astype(np.float32)),
+        )
+        for _ in range(4)
+    ]
+    losses = {}
+    for algorithm in ("direct", "winograd"):
+        ms.set_seed(11)
+        model = build_model(arch, algorithm)
+        assert any(getattr(c, "winograd", False) for _, c in model.cells_and_names()) == (algorithm == "winograd")
+        opt = nn.Adam(model.trainable_params(), learning_rate=1e-3)
+        step = compile_dynamic(ms.value_and_grad(nn.WithLossCell(model, nn.L1Loss()), None, opt.parameters), 3, 2)
+        losses[algorithm] = []
+        for i in range(20):
+            loss, grads = step(*batches[i % 4])
+            opt(grads)
+            losses[algorithm].append(float(loss.asnumpy()))
+    np.testing.assert_allclose(losses["winograd"], losses["direct"], rtol=1e-4)
+    assert losses["winograd"][-1] < losses["winograd"][0]
 
 
 @needs_fast

@@ -411,7 +411,9 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, rn
     result = run_cli(*train)
     _one_line_error(result, disk / "run", "No space left on device")
     left = sorted(p.name for p in (disk / "run").iterdir())
-    assert left == ["latest.ckpt", "run.json"], left  # no temporary checkpoint, no lock
+    # no temporary checkpoint, no lock; TensorBoard's event log (tb/) is append-only, and its readers skip a
+    # truncated last record
+    assert [n for n in left if n != "tb"] == ["latest.ckpt", "run.json"], left
     from edsr_lib.weights import read_checkpoint
 
     read_checkpoint(disk / "run" / "latest.ckpt")  # whole: its CRC checks

@@ -21,6 +21,7 @@
 #include <oneapi/dnnl/dnnl_threadpool_iface.hpp>
 #include <sched.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <condition_variable>
@@ -384,6 +385,262 @@ int Forward(Kind kind, int nparam, void **params, int *ndims, int64_t **shapes, 
   return Run(kind, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
 }
 
+// ---- Winograd F(4x4, 3x3) --------------------------------------------------------------------------------------
+//
+// For stride-1, pad-1 3x3 convolutions (every EDSR body conv): each 4x4 block of outputs comes from a 6x6 input
+// tile with 36 multiplications per channel pair instead of 144 (Lavin and Gray 2016). Per call:
+//   1. x (NCHW) is copied into a zero-bordered NHWC buffer with channels padded to a multiple of 16;
+//   2. the filters are transformed, U[36][C][O] = G g G^T (under 1% of the work, so done on every call, which also
+//      makes a training step's updated weights safe without any cache);
+//   3. for chunks of tiles: the input transform V[36][tiles][C] = B^T d B, one batched oneDNN matmul
+//      M[36] = V[36] U[36], and the output transform A^T M A, written straight into y (NCHW) with the bias and
+//      the ReLU or residual (y * scale + skip) applied on the way.
+// Every transform runs 16 channels at a time in plain loops the compiler vectorises (-O3 -march=native).
+// Backward data is the same convolution of dy with the filters flipped and transposed (O and C swapped).
+
+constexpr int kLanes = 16;
+constexpr int kAlpha = 6, kTile = 4;
+constexpr int64_t kChunkBytes = int64_t(2) << 20;  // one chunk's transformed tiles (V): about L2-sized
+
+int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The batched GEMM M[b] = V[b] U[b] for b < 36, as a oneDNN matmul primitive per shape.
+struct Gemm {
+  dnnl_primitive_t primitive = nullptr;
+  dnnl_memory_t a = nullptr, b = nullptr, c = nullptr;
+  ~Gemm() {
+    for (auto m : {a, b, c})
+      if (m) dnnl_memory_destroy(m);
+    if (primitive) dnnl_primitive_destroy(primitive);
+  }
+};
+
+Gemm *BuildGemm(int64_t rows, int64_t inner, int64_t cols) {
+  Runtime *rt = GetRuntime();
+  if (!rt) return nullptr;
+  dnnl_dims_t a_dims = {kAlpha * kAlpha, rows, inner}, b_dims = {kAlpha * kAlpha, inner, cols},
+              c_dims = {kAlpha * kAlpha, rows, cols};
+  dnnl_memory_desc_t a_md = nullptr, b_md = nullptr, c_md = nullptr;
+  dnnl_primitive_desc_t pd = nullptr;
+  auto free_descriptors = OnExit([&] {
+    for (auto md : {a_md, b_md, c_md})
+      if (md) dnnl_memory_desc_destroy(md);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+  });
+  CHECK(dnnl_memory_desc_create_with_tag(&a_md, 3, a_dims, dnnl_f32, dnnl_abc));
+  CHECK(dnnl_memory_desc_create_with_tag(&b_md, 3, b_dims, dnnl_f32, dnnl_abc));
+  CHECK(dnnl_memory_desc_create_with_tag(&c_md, 3, c_dims, dnnl_f32, dnnl_abc));
+  CHECK(dnnl_matmul_primitive_desc_create(&pd, rt->engine, a_md, b_md, nullptr, c_md, nullptr));
+  auto gemm = std::make_unique<Gemm>();
+  CHECK(dnnl_primitive_create(&gemm->primitive, pd));
+  CHECK(dnnl_memory_create(&gemm->a, a_md, rt->engine, DNNL_MEMORY_NONE));
+  CHECK(dnnl_memory_create(&gemm->b, b_md, rt->engine, DNNL_MEMORY_NONE));
+  CHECK(dnnl_memory_create(&gemm->c, c_md, rt->engine, DNNL_MEMORY_NONE));
+  return gemm.release();
+}
+
+std::map<std::array<int64_t, 3>, std::unique_ptr<Gemm>> gemms;
+
+Gemm *GetGemm(int64_t rows, int64_t inner, int64_t cols) {
+  std::array<int64_t, 3> key = {rows, inner, cols};
+  auto found = gemms.find(key);
+  if (found != gemms.end()) return found->second.get();
+  if (gemms.size() >= kMaxPlans) gemms.clear();
+  Gemm *gemm = BuildGemm(rows, inner, cols);
+  if (!gemm) return nullptr;
+  return gemms.emplace(key, std::unique_ptr<Gemm>(gemm)).first->second.get();
+}
+
+// Buffers of the Winograd path, reused from call to call (as `workspace`); trimmed when large.
+std::array<Slot, 4> wino_workspace;  // padded input, U, V, M
+
+void ParallelFor(int64_t count, const std::function<void(int64_t, int64_t)> &body) {
+  SleepingPool *pool = GetRuntime()->pool.get();
+  const int chunks = pool->get_num_threads();
+  pool->parallel_for(chunks, [&](int chunk, int total) {
+    const int64_t begin = count * chunk / total, end = count * (chunk + 1) / total;
+    if (begin < end) body(begin, end);
+  });
+}
+
+// U[xi][c][o] for one (o, c) filter g (3x3, row-major, read with strides so flipped/transposed filters need no copy).
+inline void FilterTransform(const float *g, int64_t row_stride, int64_t col_stride, float *u, int64_t xi_stride) {
+  float t[kAlpha][3];  // G g
+  for (int j = 0; j < 3; ++j) {
+    const float g0 = g[0 * row_stride + j * col_stride], g1 = g[1 * row_stride + j * col_stride],
+                g2 = g[2 * row_stride + j * col_stride];
+    t[0][j] = g0 / 4.f;
+    t[1][j] = -(g0 + g1 + g2) / 6.f;
+    t[2][j] = -(g0 - g1 + g2) / 6.f;
+    t[3][j] = g0 / 24.f + g1 / 12.f + g2 / 6.f;
+    t[4][j] = g0 / 24.f - g1 / 12.f + g2 / 6.f;
+    t[5][j] = g2;
+  }
+  for (int i = 0; i < kAlpha; ++i) {  // (G g) G^T
+    const float a = t[i][0], b = t[i][1], c = t[i][2];
+    float *row = u + i * kAlpha * xi_stride;
+    row[0 * xi_stride] = a / 4.f;
+    row[1 * xi_stride] = -(a + b + c) / 6.f;
+    row[2 * xi_stride] = -(a - b + c) / 6.f;
+    row[3 * xi_stride] = a / 24.f + b / 12.f + c / 6.f;
+    row[4 * xi_stride] = a / 24.f - b / 12.f + c / 6.f;
+    row[5 * xi_stride] = c;
+  }
+}
+
+// B^T d along one axis, for kLanes channels: in[k] points at kLanes floats, k = 0..5, `step` floats apart.
+inline void InputRows(const float *in, int64_t step, float out[kAlpha][kLanes]) {
+  const float *d0 = in, *d1 = in + step, *d2 = in + 2 * step, *d3 = in + 3 * step, *d4 = in + 4 * step,
+              *d5 = in + 5 * step;
+  for (int v = 0; v < kLanes; ++v) {
+    out[0][v] = 4.f * d0[v] - 5.f * d2[v] + d4[v];
+    out[1][v] = -4.f * (d1[v] + d2[v]) + d3[v] + d4[v];
+    out[2][v] = 4.f * (d1[v] - d2[v]) - d3[v] + d4[v];
+    out[3][v] = -2.f * (d1[v] - d3[v]) - d2[v] + d4[v];
+    out[4][v] = 2.f * (d1[v] - d3[v]) - d2[v] + d4[v];
+    out[5][v] = 4.f * d1[v] - 5.f * d3[v] + d5[v];
+  }
+}
+
+// A^T m along one axis, for kLanes channels.
+inline void OutputRows(const float *in, int64_t step, float out[kTile][kLanes]) {
+  const float *m0 = in, *m1 = in + step, *m2 = in + 2 * step, *m3 = in + 3 * step, *m4 = in + 4 * step,
+              *m5 = in + 5 * step;
+  for (int v = 0; v < kLanes; ++v) {
+    const float p12 = m1[v] + m2[v], n12 = m1[v] - m2[v], p34 = m3[v] + m4[v], n34 = m3[v] - m4[v];
+    out[0][v] = m0[v] + p12 + p34;
+    out[1][v] = n12 + 2.f * n34;
+    out[2][v] = p12 + 4.f * p34;
+    out[3][v] = n12 + 8.f * n34 + m5[v];
+  }
+}
+
+enum Epilogue { kPlain = 0, kRelu = 1, kResidual = 2 };
+
+// y[N,O,H,W] = conv3x3(x[N,C,H,W], filters) (+ bias, then the epilogue). `flip`: the filters are w[C][O] read
+// flipped (backward data: x is dy, C and O are the forward's O and C).
+int WinogradConv(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t c, int64_t h,
+                 int64_t wd, int64_t o, bool flip, Epilogue epilogue, const float *skip, float scale) {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  Runtime *rt = GetRuntime();
+  if (!rt) return kPlanFailed;
+  const int64_t cp = RoundUp(c, kLanes), op = RoundUp(o, kLanes);
+  const int64_t th = (h + kTile - 1) / kTile, tw = (wd + kTile - 1) / kTile, tiles = n * th * tw;
+  const int64_t ph = th * kTile + 2, pw = tw * kTile + 2;  // padded input: a zero border of 1, then whole tiles
+  const int64_t chunk = std::max<int64_t>(16, std::min(tiles, kChunkBytes / (kAlpha * kAlpha * 4 * std::max(cp, op))));
+  const int64_t xis = kAlpha * kAlpha;
+  float *padded = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * n * ph * pw * cp));
+  float *u = static_cast<float *>(wino_workspace[1].Get(sizeof(float) * xis * cp * op));
+  float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * xis * chunk * cp));
+  float *m = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * xis * chunk * op));
+
+  // 1. NCHW -> zero-bordered NHWC with channels padded to cp
+  ParallelFor(n * ph, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t img = r / ph, row = r % ph, src_row = row - 1;
+      float *dst = padded + r * pw * cp;
+      std::fill(dst, dst + pw * cp, 0.f);
+      if (src_row < 0 || src_row >= h) continue;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const float *src = x + ((img * c + ch) * h + src_row) * wd;
+        for (int64_t col = 0; col < wd; ++col) dst[(col + 1) * cp + ch] = src[col];
+      }
+    }
+  });
+  // 2. filters: U[xi][ch][oc], zero for padded channels; oc innermost, so each of the 36 planes is written in order
+  ParallelFor(cp, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch)
+      for (int64_t oc = 0; oc < op; ++oc) {
+        float *dst = u + ch * op + oc;
+        if (oc >= o || ch >= c) {
+          for (int64_t xi = 0; xi < xis; ++xi) dst[xi * cp * op] = 0.f;
+          continue;
+        }
+        // forward: w[oc][ch][i][j]; flipped: w[ch][oc][2-i][2-j] (the forward's filters, transposed)
+        const float *g = flip ? w + (ch * o + oc) * 9 + 8 : w + (oc * c + ch) * 9;
+        FilterTransform(g, flip ? -3 : 3, flip ? -1 : 1, dst, cp * op);
+      }
+  });
+  // 3. chunks of tiles
+  for (int64_t first = 0; first < tiles; first += chunk) {
+    const int64_t count = std::min(chunk, tiles - first);
+    ParallelFor(count, [&](int64_t begin, int64_t end) {
+      float rows[kAlpha][kAlpha][kLanes], cols[kAlpha][kLanes];
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
+        const float *origin = padded + ((img * ph + ty * kTile) * pw + tx * kTile) * cp;
+        for (int64_t ch = 0; ch < cp; ch += kLanes) {
+          for (int j = 0; j < kAlpha; ++j) InputRows(origin + j * cp + ch, pw * cp, rows[j]);  // rows[j][i]
+          for (int i = 0; i < kAlpha; ++i) {
+            InputRows(&rows[0][i][0], kAlpha * kLanes, cols);  // along the row: cols[j'] for row i
+            for (int j = 0; j < kAlpha; ++j) {
+              float *dst = v + ((i * kAlpha + j) * count + t) * cp + ch;
+              for (int l = 0; l < kLanes; ++l) dst[l] = cols[j][l];
+            }
+          }
+        }
+      }
+    });
+    Gemm *gemm = GetGemm(count, cp, op);
+    if (!gemm) return kPlanFailed;
+    dnnl_memory_set_data_handle(gemm->a, v);
+    dnnl_memory_set_data_handle(gemm->b, u);
+    dnnl_memory_set_data_handle(gemm->c, m);
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, gemm->a}, {DNNL_ARG_WEIGHTS, gemm->b}, {DNNL_ARG_DST, gemm->c}};
+    if (dnnl_primitive_execute(gemm->primitive, rt->stream, 3, args) != dnnl_success) return kExecuteFailed;
+    if (dnnl_stream_wait(rt->stream) != dnnl_success) return kWaitFailed;
+    // A^T M A per tile and 16 output channels, then bias and the epilogue, written straight into y (NCHW)
+    ParallelFor(count, [&](int64_t begin, int64_t end) {
+      float rows[kAlpha][kTile][kLanes], line[kAlpha][kLanes], cols[kTile][kLanes];
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
+        const int64_t height = std::min<int64_t>(kTile, h - ty * kTile), width = std::min<int64_t>(kTile, wd - tx * kTile);
+        for (int64_t oc0 = 0; oc0 < o; oc0 += kLanes) {
+          for (int j = 0; j < kAlpha; ++j)  // rows[j][k] = (A^T M)[k][j]
+            OutputRows(m + (j * count + t) * op + oc0, kAlpha * count * op, rows[j]);
+          const int64_t lanes = std::min<int64_t>(kLanes, o - oc0);
+          for (int k = 0; k < height; ++k) {
+            for (int j = 0; j < kAlpha; ++j)
+              for (int l = 0; l < kLanes; ++l) line[j][l] = rows[j][k][l];
+            OutputRows(&line[0][0], kLanes, cols);  // cols[q] = (A^T M A)[k][q]
+            for (int64_t l = 0; l < lanes; ++l) {
+              const int64_t at = ((img * o + oc0 + l) * h + ty * kTile + k) * wd + tx * kTile;
+              const float b = bias ? bias[oc0 + l] : 0.f;
+              for (int q = 0; q < width; ++q) {
+                float value = cols[q][l] + b;
+                if (epilogue == kRelu) value = value > 0.f ? value : 0.f;
+                if (epilogue == kResidual) value = value * scale + skip[at + q];
+                y[at + q] = value;
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+  for (auto &slot : wino_workspace) slot.Trim();
+  return kOk;
+}
+
+// Inputs as the direct entry points receive them; the epilogue's extra inputs for the residual form.
+int WinogradForward(Epilogue epilogue, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  const int expected = epilogue == kResidual ? 6 : 4;
+  if (nparam != expected || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
+  const int64_t *x = shapes[0], *w = shapes[1];
+  if (w[2] != 3 || w[3] != 3) return kBadArguments;
+  const float *skip = nullptr;
+  float scale = 1.f;
+  if (epilogue == kResidual) {
+    const int64_t *s = shapes[3];
+    if (ndims[3] != 4 || s[0] != x[0] || s[1] != w[0] || s[2] != x[2] || s[3] != x[3]) return kShapeMismatch;
+    skip = static_cast<const float *>(params[3]);
+    scale = *static_cast<const float *>(params[4]);
+  }
+  return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                      static_cast<const float *>(params[2]), static_cast<float *>(params[nparam - 1]), x[0], x[1],
+                      x[2], x[3], w[0], false, epilogue, skip, scale);
+}
+
 }  // namespace
 
 extern "C" {
@@ -438,6 +695,31 @@ std::vector<int64_t> ConvResidualForwardInferShape(int *ndims, int64_t **shapes,
   return ConvForwardInferShape(ndims, shapes, extra);
 }
 
+// Winograd F(4x4, 3x3) forms of the forward and backward-data entry points (3x3 filters only).
+int WinogradConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  return WinogradForward(kPlain, nparam, params, ndims, shapes, dtypes);
+}
+
+int WinogradConvReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                            void *) {
+  return WinogradForward(kRelu, nparam, params, ndims, shapes, dtypes);
+}
+
+int WinogradConvResidualForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                                void *) {
+  return WinogradForward(kResidual, nparam, params, ndims, shapes, dtypes);
+}
+
+int WinogradConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                             void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
+  const int64_t *dy = shapes[0], *w = shapes[1];
+  if (w[2] != 3 || w[3] != 3) return kBadArguments;
+  return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), nullptr,
+                      static_cast<float *>(params[2]), dy[0], dy[1], dy[2], dy[3], w[1], true, kPlain, nullptr, 1.f);
+}
+
 std::vector<int64_t> ConvBackwardDataInferShape(int *, int64_t **shapes, void *) {
   const int64_t *dy = shapes[0], *w = shapes[1];
   if (dy[0] == -2) return {-2};
@@ -447,6 +729,22 @@ std::vector<int64_t> ConvBackwardDataInferShape(int *, int64_t **shapes, void *)
 std::vector<std::vector<int64_t>> ConvBackwardWeightsInferShape(int *, int64_t **shapes, void *) {
   const int64_t *w = shapes[2];  // weights are never dynamic
   return {{w[0], w[1], w[2], w[3]}, {w[0]}};
+}
+
+std::vector<int64_t> WinogradConvForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ConvForwardInferShape(ndims, shapes, extra);
+}
+
+std::vector<int64_t> WinogradConvReluForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ConvForwardInferShape(ndims, shapes, extra);
+}
+
+std::vector<int64_t> WinogradConvResidualForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ConvForwardInferShape(ndims, shapes, extra);
+}
+
+std::vector<int64_t> WinogradConvBackwardDataInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ConvBackwardDataInferShape(ndims, shapes, extra);
 }
 
 }  // extern "C"

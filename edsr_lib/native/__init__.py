@@ -33,6 +33,9 @@ from ..files import atomic_write, check_archive_member, user_cache_dir
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "onednn_conv.cpp"
 LIBRARY_NAME = "onednn_conv.so"
+# -march=native: the Winograd transforms are loops the compiler vectorises for this CPU (the build key includes the
+# CPU and these flags, so a library never runs on another kind of machine).
+COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 # oneDNN 3.13 headers; only the stable public C API is used, which MindSpore 2.10's libdnnl.so.3 (3.10) provides.
 HEADERS_REQUIREMENT = "onednn-devel==2026.1.0"
 
@@ -141,6 +144,7 @@ def build_key():
         stamp.encode(),
         cpu_description().encode(),
         HEADERS_REQUIREMENT.encode(),
+        " ".join(COMPILE_FLAGS).encode(),
     ]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
@@ -182,8 +186,8 @@ def build(force=False):
     lib = _mindspore_lib()
 
     def compile_into(tmp):
-        command = [_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{include}", str(SOURCE),
-                   "-o", tmp, f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]  # fmt: skip
+        command = [_compiler(), *COMPILE_FLAGS, f"-I{include}", str(SOURCE), "-o", tmp, f"-L{lib}",
+                   "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise subprocess.SubprocessError((result.stderr.strip().splitlines() or ["unknown error"])[0])
