@@ -401,6 +401,8 @@ int Forward(Kind kind, int nparam, void **params, int *ndims, int64_t **shapes, 
 constexpr int kLanes = 16;
 constexpr int kAlpha = 6, kTile = 4;
 constexpr int64_t kChunkBytes = int64_t(2) << 20;  // one chunk's transformed tiles (V): about L2-sized
+constexpr int64_t kSmallFilters = 128 * 128;       // C x O up to which each thread runs its own chunks
+constexpr int64_t kSmallChunk = 64;                // tiles per chunk then (16 to 128: within 20%)
 
 int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -463,31 +465,6 @@ void ParallelFor(int64_t count, const std::function<void(int64_t, int64_t)> &bod
   });
 }
 
-// U[xi][c][o] for one (o, c) filter g (3x3, row-major, read with strides so flipped/transposed filters need no copy).
-inline void FilterTransform(const float *g, int64_t row_stride, int64_t col_stride, float *u, int64_t xi_stride) {
-  float t[kAlpha][3];  // G g
-  for (int j = 0; j < 3; ++j) {
-    const float g0 = g[0 * row_stride + j * col_stride], g1 = g[1 * row_stride + j * col_stride],
-                g2 = g[2 * row_stride + j * col_stride];
-    t[0][j] = g0 / 4.f;
-    t[1][j] = -(g0 + g1 + g2) / 6.f;
-    t[2][j] = -(g0 - g1 + g2) / 6.f;
-    t[3][j] = g0 / 24.f + g1 / 12.f + g2 / 6.f;
-    t[4][j] = g0 / 24.f - g1 / 12.f + g2 / 6.f;
-    t[5][j] = g2;
-  }
-  for (int i = 0; i < kAlpha; ++i) {  // (G g) G^T
-    const float a = t[i][0], b = t[i][1], c = t[i][2];
-    float *row = u + i * kAlpha * xi_stride;
-    row[0 * xi_stride] = a / 4.f;
-    row[1 * xi_stride] = -(a + b + c) / 6.f;
-    row[2 * xi_stride] = -(a - b + c) / 6.f;
-    row[3 * xi_stride] = a / 24.f + b / 12.f + c / 6.f;
-    row[4 * xi_stride] = a / 24.f - b / 12.f + c / 6.f;
-    row[5 * xi_stride] = c;
-  }
-}
-
 // B^T d along one axis, for kLanes channels: in[k] points at kLanes floats, k = 0..5, `step` floats apart.
 inline void InputRows(const float *in, int64_t step, float out[kAlpha][kLanes]) {
   const float *d0 = in, *d1 = in + step, *d2 = in + 2 * step, *d3 = in + 3 * step, *d4 = in + 4 * step,
@@ -527,96 +504,181 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
   const int64_t cp = RoundUp(c, kLanes), op = RoundUp(o, kLanes);
   const int64_t th = (h + kTile - 1) / kTile, tw = (wd + kTile - 1) / kTile, tiles = n * th * tw;
   const int64_t ph = th * kTile + 2, pw = tw * kTile + 2;  // padded input: a zero border of 1, then whole tiles
-  const int64_t chunk = std::max<int64_t>(16, std::min(tiles, kChunkBytes / (kAlpha * kAlpha * 4 * std::max(cp, op))));
+  // Tiles per chunk: about kChunkBytes of V, but at least 4 C O / (C + O), or re-reading U for every chunk would cost
+  // more memory traffic than V and M themselves.
+  const int64_t by_size = kChunkBytes / (kAlpha * kAlpha * 4 * std::max(cp, op));
+  const int64_t chunk = std::min(tiles, std::max<int64_t>({16, by_size, 4 * cp * op / (cp + op)}));
   const int64_t xis = kAlpha * kAlpha;
-  float *padded = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * n * ph * pw * cp));
   float *u = static_cast<float *>(wino_workspace[1].Get(sizeof(float) * xis * cp * op));
-  float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * xis * chunk * cp));
-  float *m = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * xis * chunk * op));
 
-  // 1. NCHW -> zero-bordered NHWC with channels padded to cp
-  ParallelFor(n * ph, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t img = r / ph, row = r % ph, src_row = row - 1;
-      float *dst = padded + r * pw * cp;
+  // One padded row (padded row index `row` of image `img`: a zero border of 1, then whole tiles) as NHWC with
+  // channels padded to cp, through 16 x 16 (channel x column) blocks so that reads and writes are runs of 16 floats.
+  auto pack_row = [&](int64_t img, int64_t row, float *dst) {
+    const int64_t src_row = row - 1;
+    if (src_row < 0 || src_row >= h) {
       std::fill(dst, dst + pw * cp, 0.f);
-      if (src_row < 0 || src_row >= h) continue;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const float *src = x + ((img * c + ch) * h + src_row) * wd;
-        for (int64_t col = 0; col < wd; ++col) dst[(col + 1) * cp + ch] = src[col];
+      return;
+    }
+    float block[kLanes][kLanes];
+    std::fill(dst, dst + cp, 0.f);                       // the left border column
+    std::fill(dst + (wd + 1) * cp, dst + pw * cp, 0.f);  // right border and the last tile's padding
+    for (int64_t ch0 = 0; ch0 < cp; ch0 += kLanes) {
+      const int64_t channels = std::max<int64_t>(0, std::min<int64_t>(kLanes, c - ch0));
+      for (int64_t col0 = 0; col0 < wd; col0 += kLanes) {
+        const int64_t cols = std::min<int64_t>(kLanes, wd - col0);
+        for (int64_t l = 0; l < kLanes; ++l) {
+          if (l < channels) {
+            const float *src = x + ((img * c + ch0 + l) * h + src_row) * wd + col0;
+            for (int64_t q = 0; q < cols; ++q) block[q][l] = src[q];
+          } else {
+            for (int64_t q = 0; q < cols; ++q) block[q][l] = 0.f;
+          }
+        }
+        for (int64_t q = 0; q < cols; ++q) std::copy(block[q], block[q] + kLanes, dst + (col0 + q + 1) * cp + ch0);
       }
     }
-  });
-  // 2. filters: U[xi][ch][oc], zero for padded channels; oc innermost, so each of the 36 planes is written in order
+  };
+  // 2. filters: U[xi][ch][oc], zero for padded channels, 16 output channels at a time (36 runs of 16 floats each)
   ParallelFor(cp, [&](int64_t begin, int64_t end) {
+    float g[9][kLanes], t[kAlpha][3][kLanes], out[kAlpha][kAlpha][kLanes];
     for (int64_t ch = begin; ch < end; ++ch)
-      for (int64_t oc = 0; oc < op; ++oc) {
-        float *dst = u + ch * op + oc;
-        if (oc >= o || ch >= c) {
-          for (int64_t xi = 0; xi < xis; ++xi) dst[xi * cp * op] = 0.f;
-          continue;
+      for (int64_t oc0 = 0; oc0 < op; oc0 += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          const int64_t oc = oc0 + l;
+          for (int k = 0; k < 9; ++k) {
+            // forward: w[oc][ch][i][j]; flipped: w[ch][oc][2-i][2-j] (the forward's filters, transposed)
+            g[k][l] = oc >= o || ch >= c ? 0.f : flip ? w[(ch * o + oc) * 9 + 8 - k] : w[(oc * c + ch) * 9 + k];
+          }
         }
-        // forward: w[oc][ch][i][j]; flipped: w[ch][oc][2-i][2-j] (the forward's filters, transposed)
-        const float *g = flip ? w + (ch * o + oc) * 9 + 8 : w + (oc * c + ch) * 9;
-        FilterTransform(g, flip ? -3 : 3, flip ? -1 : 1, dst, cp * op);
+        for (int j = 0; j < 3; ++j)  // G g
+          for (int l = 0; l < kLanes; ++l) {
+            const float g0 = g[j][l], g1 = g[3 + j][l], g2 = g[6 + j][l];
+            t[0][j][l] = g0 / 4.f;
+            t[1][j][l] = -(g0 + g1 + g2) / 6.f;
+            t[2][j][l] = -(g0 - g1 + g2) / 6.f;
+            t[3][j][l] = g0 / 24.f + g1 / 12.f + g2 / 6.f;
+            t[4][j][l] = g0 / 24.f - g1 / 12.f + g2 / 6.f;
+            t[5][j][l] = g2;
+          }
+        for (int i = 0; i < kAlpha; ++i)  // (G g) G^T
+          for (int l = 0; l < kLanes; ++l) {
+            const float a = t[i][0][l], b = t[i][1][l], c2 = t[i][2][l];
+            out[i][0][l] = a / 4.f;
+            out[i][1][l] = -(a + b + c2) / 6.f;
+            out[i][2][l] = -(a - b + c2) / 6.f;
+            out[i][3][l] = a / 24.f + b / 12.f + c2 / 6.f;
+            out[i][4][l] = a / 24.f - b / 12.f + c2 / 6.f;
+            out[i][5][l] = c2;
+          }
+        for (int xi = 0; xi < xis; ++xi)
+          std::copy(out[xi / kAlpha][xi % kAlpha], out[xi / kAlpha][xi % kAlpha] + kLanes, u + (xi * cp + ch) * op + oc0);
       }
   });
-  // 3. chunks of tiles
-  for (int64_t first = 0; first < tiles; first += chunk) {
-    const int64_t count = std::min(chunk, tiles - first);
-    ParallelFor(count, [&](int64_t begin, int64_t end) {
-      float rows[kAlpha][kAlpha][kLanes], cols[kAlpha][kLanes];
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
-        const float *origin = padded + ((img * ph + ty * kTile) * pw + tx * kTile) * cp;
-        for (int64_t ch = 0; ch < cp; ch += kLanes) {
-          for (int j = 0; j < kAlpha; ++j) InputRows(origin + j * cp + ch, pw * cp, rows[j]);  // rows[j][i]
-          for (int i = 0; i < kAlpha; ++i) {
-            InputRows(&rows[0][i][0], kAlpha * kLanes, cols);  // along the row: cols[j'] for row i
-            for (int j = 0; j < kAlpha; ++j) {
-              float *dst = v + ((i * kAlpha + j) * count + t) * cp + ch;
-              for (int l = 0; l < kLanes; ++l) dst[l] = cols[j][l];
-            }
+  // B^T d B of tiles first + [begin, end) into V rows [begin, end) of a chunk of `count` tiles. `rows_of(img)`: the
+  // packed rows holding that image's tiles and the padded row index of its first row.
+  auto input_transform = [&](int64_t first, int64_t count, int64_t begin, int64_t end, float *v, auto rows_of) {
+    float rows[kAlpha][kAlpha][kLanes], cols[kAlpha][kLanes];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
+      const auto [packed, row0] = rows_of(img);
+      const float *origin = packed + ((ty * kTile - row0) * pw + tx * kTile) * cp;
+      for (int64_t ch = 0; ch < cp; ch += kLanes) {
+        for (int j = 0; j < kAlpha; ++j) InputRows(origin + j * cp + ch, pw * cp, rows[j]);  // rows[j][i]
+        for (int i = 0; i < kAlpha; ++i) {
+          InputRows(&rows[0][i][0], kAlpha * kLanes, cols);  // along the row: cols[j'] for row i
+          for (int j = 0; j < kAlpha; ++j) {
+            float *dst = v + ((i * kAlpha + j) * count + t) * cp + ch;
+            for (int l = 0; l < kLanes; ++l) dst[l] = cols[j][l];
           }
         }
       }
-    });
-    Gemm *gemm = GetGemm(count, cp, op);
-    if (!gemm) return kPlanFailed;
-    dnnl_memory_set_data_handle(gemm->a, v);
-    dnnl_memory_set_data_handle(gemm->b, u);
-    dnnl_memory_set_data_handle(gemm->c, m);
-    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, gemm->a}, {DNNL_ARG_WEIGHTS, gemm->b}, {DNNL_ARG_DST, gemm->c}};
-    if (dnnl_primitive_execute(gemm->primitive, rt->stream, 3, args) != dnnl_success) return kExecuteFailed;
-    if (dnnl_stream_wait(rt->stream) != dnnl_success) return kWaitFailed;
-    // A^T M A per tile and 16 output channels, then bias and the epilogue, written straight into y (NCHW)
-    ParallelFor(count, [&](int64_t begin, int64_t end) {
-      float rows[kAlpha][kTile][kLanes], line[kAlpha][kLanes], cols[kTile][kLanes];
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
-        const int64_t height = std::min<int64_t>(kTile, h - ty * kTile), width = std::min<int64_t>(kTile, wd - tx * kTile);
-        for (int64_t oc0 = 0; oc0 < o; oc0 += kLanes) {
-          for (int j = 0; j < kAlpha; ++j)  // rows[j][k] = (A^T M)[k][j]
-            OutputRows(m + (j * count + t) * op + oc0, kAlpha * count * op, rows[j]);
-          const int64_t lanes = std::min<int64_t>(kLanes, o - oc0);
-          for (int k = 0; k < height; ++k) {
-            for (int j = 0; j < kAlpha; ++j)
-              for (int l = 0; l < kLanes; ++l) line[j][l] = rows[j][k][l];
-            OutputRows(&line[0][0], kLanes, cols);  // cols[q] = (A^T M A)[k][q]
-            for (int64_t l = 0; l < lanes; ++l) {
-              const int64_t at = ((img * o + oc0 + l) * h + ty * kTile + k) * wd + tx * kTile;
-              const float b = bias ? bias[oc0 + l] : 0.f;
-              for (int q = 0; q < width; ++q) {
-                float value = cols[q][l] + b;
-                if (epilogue == kRelu) value = value > 0.f ? value : 0.f;
-                if (epilogue == kResidual) value = value * scale + skip[at + q];
-                y[at + q] = value;
-              }
-            }
-          }
+    }
+  };
+  // A^T M A of chunk row t (tile first + t) for output channels oc0..oc0+15, then bias and the epilogue, written
+  // straight into y (NCHW).
+  auto output_transform = [&](int64_t first, int64_t count, int64_t t, int64_t oc0, const float *m) {
+    float rows[kAlpha][kTile][kLanes], line[kAlpha][kLanes], cols[kTile][kLanes];
+    const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
+    const int64_t height = std::min<int64_t>(kTile, h - ty * kTile);
+    const int64_t width = std::min<int64_t>(kTile, wd - tx * kTile);
+    for (int j = 0; j < kAlpha; ++j)  // rows[j][k] = (A^T M)[k][j]
+      OutputRows(m + (j * count + t) * op + oc0, kAlpha * count * op, rows[j]);
+    const int64_t lanes = std::min<int64_t>(kLanes, o - oc0);
+    for (int k = 0; k < height; ++k) {
+      for (int j = 0; j < kAlpha; ++j)
+        for (int l = 0; l < kLanes; ++l) line[j][l] = rows[j][k][l];
+      OutputRows(&line[0][0], kLanes, cols);  // cols[q] = (A^T M A)[k][q]
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t at = ((img * o + oc0 + l) * h + ty * kTile + k) * wd + tx * kTile;
+        const float b = bias ? bias[oc0 + l] : 0.f;
+        for (int q = 0; q < width; ++q) {
+          float value = cols[q][l] + b;
+          if (epilogue == kRelu) value = value > 0.f ? value : 0.f;
+          if (epilogue == kResidual) value = value * scale + skip[at + q];
+          y[at + q] = value;
         }
       }
+    }
+  };
+  if (cp * op <= kSmallFilters) {
+    // 3a. Few channels: every thread runs its own chunks (whole rows of tiles, about kSmallChunk tiles) through
+    // packing, the input transform, a single-threaded sgemm per xi and the output transform, so that the packed
+    // rows, V, M and U stay in its core's cache.
+    const int threads = rt->pool->get_num_threads();
+    const int64_t group = std::min(th, std::max<int64_t>(1, kSmallChunk / tw)), groups = (th + group - 1) / group;
+    const int64_t most = group * tw, chunks = n * groups, rows = group * kTile + 2;
+    float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * threads * xis * most * cp));
+    float *m = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * threads * xis * most * op));
+    float *packed = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * threads * rows * pw * cp));
+    std::atomic<int> failed{0};
+    rt->pool->parallel_for(threads, [&](int thread, int total) {
+      float *tv = v + thread * xis * most * cp, *tm = m + thread * xis * most * op;
+      float *tp = packed + thread * rows * pw * cp;
+      for (int64_t index = chunks * thread / total; index < chunks * (thread + 1) / total; ++index) {
+        const int64_t img = index / groups, ty0 = index % groups * group, ty1 = std::min(th, ty0 + group);
+        const int64_t first = (img * th + ty0) * tw, count = (ty1 - ty0) * tw;
+        for (int64_t r = 0; r < (ty1 - ty0) * kTile + 2; ++r) pack_row(img, ty0 * kTile + r, tp + r * pw * cp);
+        input_transform(first, count, 0, count, tv,
+                        [&](int64_t) { return std::pair<const float *, int64_t>(tp, ty0 * kTile); });
+        for (int64_t xi = 0; xi < xis; ++xi) {
+          if (dnnl_threadpool_interop_sgemm('N', 'N', count, op, cp, 1.f, tv + xi * count * cp, cp,
+                                            u + xi * cp * op, op, 0.f, tm + xi * count * op, op,
+                                            nullptr) != dnnl_success)
+            failed = 1;
+        }
+        for (int64_t oc0 = 0; oc0 < o; oc0 += kLanes)
+          for (int64_t t = 0; t < count; ++t) output_transform(first, count, t, oc0, tm);
+      }
     });
+    if (failed) return kExecuteFailed;
+  } else {
+    // 3b. Many channels: the whole input packed once, then large chunks of tiles, one batched matmul each on all
+    // threads (U is too big to stay in a cache, so it should be read as few times as possible).
+    float *padded = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * n * ph * pw * cp));
+    ParallelFor(n * ph, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) pack_row(r / ph, r % ph, padded + r * pw * cp);
+    });
+    auto whole_image = [&](int64_t img) { return std::pair<const float *, int64_t>(padded + img * ph * pw * cp, 0); };
+    float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * xis * chunk * cp));
+    float *m = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * xis * chunk * op));
+    for (int64_t first = 0; first < tiles; first += chunk) {
+      const int64_t count = std::min(chunk, tiles - first);
+      ParallelFor(count, [&](int64_t begin, int64_t end) { input_transform(first, count, begin, end, v, whole_image); });
+      Gemm *gemm = GetGemm(count, cp, op);
+      if (!gemm) return kPlanFailed;
+      dnnl_memory_set_data_handle(gemm->a, v);
+      dnnl_memory_set_data_handle(gemm->b, u);
+      dnnl_memory_set_data_handle(gemm->c, m);
+      dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, gemm->a}, {DNNL_ARG_WEIGHTS, gemm->b}, {DNNL_ARG_DST, gemm->c}};
+      if (dnnl_primitive_execute(gemm->primitive, rt->stream, 3, args) != dnnl_success) return kExecuteFailed;
+      if (dnnl_stream_wait(rt->stream) != dnnl_success) return kWaitFailed;
+      // output channel blocks outermost: the 16 planes x 4 rows being written stay in L1 along a row of tiles
+      const int64_t blocks = (o + kLanes - 1) / kLanes;
+      ParallelFor(blocks * count, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item)
+          output_transform(first, count, item % count, item / count * kLanes, m);
+      });
+    }
   }
   for (auto &slot : wino_workspace) slot.Trim();
   return kOk;
