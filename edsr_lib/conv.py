@@ -69,6 +69,21 @@ class _FastKernels:
             dx, dw, db = conv_grads(x, w, dout * scale)
             return dx, dw, db, dout, ops.zeros_like(scale)
 
+        def block_bprop(x, w1, b1, w2, b2, scale, out, dout):
+            # recomputes the intermediate: the Trainer's train mode runs the block as two ops instead (no recompute)
+            mid = self.forward_relu(x, w1, b1)
+            dmid, dw2, db2 = conv_grads(mid, w2, dout * scale)
+            dx, dw1, db1 = conv_grads(x, w1, ops.select(mid > 0, dmid, ops.zeros_like(dmid)))
+            return dx + dout, dw1, db1, dw2, db2, ops.zeros_like(scale)
+
+        # A whole residual block in one op, for inference.
+        self.block = custom(
+            f"{prefix}ResBlockForward",
+            ["x", "w1", "b1", "w2", "b2", "scale"],
+            ["y"],
+            lambda x, *rest: x,
+            block_bprop,
+        )
         self.forward = custom(f"{prefix}ConvForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, forward_bprop)
         self.forward_relu = custom(f"{prefix}ConvReluForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, relu_bprop)
         self.forward_residual = custom(
@@ -113,10 +128,11 @@ class FastConv2d(nn.Cell):
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
         self.winograd = bool(winograd)
         kernels = _fast_kernels(self.winograd)
-        self.conv2d, self.conv2d_relu, self.conv2d_residual = (
+        self.conv2d, self.conv2d_relu, self.conv2d_residual, self.block = (
             kernels.forward,
             kernels.forward_relu,
             kernels.forward_residual,
+            kernels.block,
         )
 
     def construct(self, x):

@@ -197,11 +197,15 @@ class ResBlock(nn.Cell):
             ]
         )
         self.res_scale = float(res_scale)
-        # The kit's CPU convolution runs the block as two ops (conv+ReLU, conv*res_scale+x) instead of five.
+        # The kit's CPU convolution runs the block as two ops (conv+ReLU, conv*res_scale+x) instead of five in
+        # training, and as one op in inference.
         self.fused = isinstance(self.body[0], FastConv2d) and isinstance(self.body[2], FastConv2d)
         self.res_scale_tensor = Tensor([self.res_scale], ms.float32)
 
     def construct(self, x):
+        if self.fused and not self.training:
+            first, second = self.body[0], self.body[2]
+            return first.block(x, first.weight, first.bias, second.weight, second.bias, self.res_scale_tensor)
         if self.fused:
             return self.body[2].residual(self.body[0].relu(x), x, self.res_scale_tensor)
         res = self.body(x)

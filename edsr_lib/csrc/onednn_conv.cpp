@@ -10,8 +10,10 @@
 //   ConvForward(x[N,C,H,W], w[O,C,K,K], b[O]) -> y[N,O,H,W]
 //   ConvReluForward(x, w, b) -> relu(y)                                   (ReLU fused as a oneDNN post-op)
 //   ConvResidualForward(x, w, b, skip[N,O,H,W], scale[1]) -> y * scale + skip   (EDSR's residual block tail)
+//   ResBlockForward(x, w1, b1, w2, b2, scale) -> x + scale * conv(relu(conv(x)))  (a whole residual block, inference)
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
 //   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
+// and Winograd forms of the forward, block and backward-data entry points (`Winograd<name>`, 3x3 only),
 // each with its `<name>InferShape`: MindSpore calls these C++ shape functions (not Python ones) when it runs a graph
 // whose N, H and W are only known at run time, so one compiled graph serves every image size.
 // The fused forms exist because each MindSpore op between two convolutions costs ~0.3-0.5 ms of launch overhead
@@ -33,6 +35,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -492,6 +495,17 @@ inline void OutputRows(const float *in, int64_t step, float out[kTile][kLanes]) 
   }
 }
 
+// Transformed filters kept from call to call: inference runs the same weights through every call, so U is reused
+// once the weights are found unchanged (compared in full, about 1% of the convolution); a training step changes
+// them and U is recomputed. At most kFilterCacheBytes in all (baseline EDSR needs 22 MB; the paper model's
+// 256-channel layers are 9.4 MB each, and the ones beyond the budget are transformed on every call).
+constexpr size_t kFilterCacheBytes = size_t(96) << 20;
+struct CachedFilters {
+  std::vector<float> weights, u;
+};
+std::map<std::tuple<const float *, int64_t, int64_t, bool>, CachedFilters> filter_cache;
+size_t filter_cache_bytes = 0;
+
 enum Epilogue { kPlain = 0, kRelu = 1, kResidual = 2 };
 
 // y[N,O,H,W] = conv3x3(x[N,C,H,W], filters) (+ bias, then the epilogue). `flip`: the filters are w[C][O] read
@@ -509,7 +523,23 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
   const int64_t by_size = kChunkBytes / (kAlpha * kAlpha * 4 * std::max(cp, op));
   const int64_t chunk = std::min(tiles, std::max<int64_t>({16, by_size, 4 * cp * op / (cp + op)}));
   const int64_t xis = kAlpha * kAlpha;
-  float *u = static_cast<float *>(wino_workspace[1].Get(sizeof(float) * xis * cp * op));
+  const size_t weight_count = size_t(o) * c * 9, u_count = size_t(xis) * cp * op;
+  const auto key = std::make_tuple(w, c, o, flip);
+  auto cached = filter_cache.find(key);
+  const bool reuse = cached != filter_cache.end() && cached->second.weights.size() == weight_count &&
+                     std::equal(w, w + weight_count, cached->second.weights.begin());
+  const bool keep = !reuse && filter_cache_bytes + sizeof(float) * (weight_count + u_count) <= kFilterCacheBytes;
+  if (!reuse && cached != filter_cache.end()) {  // the weights changed (training): transform them again in place
+    filter_cache_bytes -= sizeof(float) * (cached->second.weights.size() + cached->second.u.size());
+    filter_cache.erase(cached);
+    cached = filter_cache.end();
+  }
+  if (keep) {
+    cached = filter_cache.emplace(key, CachedFilters{std::vector<float>(w, w + weight_count), std::vector<float>(u_count)}).first;
+    filter_cache_bytes += sizeof(float) * (weight_count + u_count);
+  }
+  float *u = cached != filter_cache.end() ? cached->second.u.data()
+                                         : static_cast<float *>(wino_workspace[1].Get(sizeof(float) * u_count));
 
   // One padded row (padded row index `row` of image `img`: a zero border of 1, then whole tiles) as NHWC with
   // channels padded to cp, through 16 x 16 (channel x column) blocks so that reads and writes are runs of 16 floats.
@@ -539,7 +569,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
     }
   };
   // 2. filters: U[xi][ch][oc], zero for padded channels, 16 output channels at a time (36 runs of 16 floats each)
-  ParallelFor(cp, [&](int64_t begin, int64_t end) {
+  if (!reuse) ParallelFor(cp, [&](int64_t begin, int64_t end) {
     float g[9][kLanes], t[kAlpha][3][kLanes], out[kAlpha][kAlpha][kLanes];
     for (int64_t ch = begin; ch < end; ++ch)
       for (int64_t oc0 = 0; oc0 < op; oc0 += kLanes) {
@@ -703,6 +733,37 @@ int WinogradForward(Epilogue epilogue, int nparam, void **params, int *ndims, in
                       x[2], x[3], w[0], false, epilogue, skip, scale);
 }
 
+// A residual block for inference in one call: y = x + scale * conv2(relu(conv1(x))), the intermediate kept in
+// the kit's own buffer, so MindSpore launches one op per block instead of two and keeps one tensor fewer alive.
+// Inputs x, w1, b1, w2, b2, scale (one float); output y. Both convolutions use Winograd when `winograd`.
+Slot block_intermediate;
+
+int ResBlockForward(bool winograd, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 7 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
+  const int64_t *x = shapes[0], *w1 = shapes[1], *w2 = shapes[3];
+  if (w1[0] != x[1] || w1[1] != x[1] || w2[0] != x[1] || w2[1] != x[1] || w1[2] != w2[2]) return kShapeMismatch;
+  if (winograd && w1[2] != 3) return kBadArguments;
+  const int64_t n = x[0], c = x[1], h = x[2], wd = x[3], count = n * c * h * wd;
+  const float *in = static_cast<const float *>(params[0]);
+  const float scale = *static_cast<const float *>(params[5]);
+  float *out = static_cast<float *>(params[6]);
+  float *mid = static_cast<float *>(block_intermediate.Get(sizeof(float) * count));
+  int status;
+  if (winograd) {
+    status = WinogradConv(in, static_cast<const float *>(params[1]), static_cast<const float *>(params[2]), mid, n, c,
+                          h, wd, c, false, kRelu, nullptr, 1.f);
+    if (status == kOk)
+      status = WinogradConv(mid, static_cast<const float *>(params[3]), static_cast<const float *>(params[4]), out, n,
+                            c, h, wd, c, false, kResidual, in, scale);
+  } else {
+    status = Run(kForwardRelu, {n, c, h, wd, c, w1[2]}, {params[0], params[1], params[2], mid});
+    if (status == kOk) status = Run(kForward, {n, c, h, wd, c, w1[2]}, {mid, params[3], params[4], params[6]});
+    if (status == kOk) ScaleAndAdd(out, in, scale, count);
+  }
+  block_intermediate.Trim();
+  return status;
+}
+
 }  // namespace
 
 extern "C" {
@@ -807,6 +868,25 @@ std::vector<int64_t> WinogradConvResidualForwardInferShape(int *ndims, int64_t *
 
 std::vector<int64_t> WinogradConvBackwardDataInferShape(int *ndims, int64_t **shapes, void *extra) {
   return ConvBackwardDataInferShape(ndims, shapes, extra);
+}
+
+int ResBlockForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return ResBlockForward(false, nparam, params, ndims, shapes, dtypes);
+}
+
+int WinogradResBlockForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                            void *) {
+  return ResBlockForward(true, nparam, params, ndims, shapes, dtypes);
+}
+
+std::vector<int64_t> ResBlockForwardInferShape(int *, int64_t **shapes, void *) {
+  const int64_t *x = shapes[0];
+  if (x[0] == -2) return {-2};
+  return {x[0], x[1], x[2], x[3]};
+}
+
+std::vector<int64_t> WinogradResBlockForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ResBlockForwardInferShape(ndims, shapes, extra);
 }
 
 }  // extern "C"
