@@ -528,12 +528,11 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
   auto cached = filter_cache.find(key);
   const bool reuse = cached != filter_cache.end() && cached->second.weights.size() == weight_count &&
                      std::equal(w, w + weight_count, cached->second.weights.begin());
-  const bool keep = !reuse && filter_cache_bytes + sizeof(float) * (weight_count + u_count) <= kFilterCacheBytes;
   if (!reuse && cached != filter_cache.end()) {  // the weights changed (training): transform them again in place
-    filter_cache_bytes -= sizeof(float) * (cached->second.weights.size() + cached->second.u.size());
-    filter_cache.erase(cached);
-    cached = filter_cache.end();
+    std::copy(w, w + weight_count, cached->second.weights.begin());
   }
+  const bool keep = cached == filter_cache.end() &&
+                    filter_cache_bytes + sizeof(float) * (weight_count + u_count) <= kFilterCacheBytes;
   if (keep) {
     cached = filter_cache.emplace(key, CachedFilters{std::vector<float>(w, w + weight_count), std::vector<float>(u_count)}).first;
     filter_cache_bytes += sizeof(float) * (weight_count + u_count);
