@@ -59,6 +59,8 @@ class _FastKernels:
             dw, db = self.backward_weights(x, dy, w)
             return self.backward_data(dy, w), dw, db
 
+        self.conv_grads = conv_grads
+
         def forward_bprop(x, w, b, out, dout):
             return conv_grads(x, w, dout)
 
@@ -127,7 +129,7 @@ class FastConv2d(nn.Cell):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
         self.winograd = bool(winograd)
-        kernels = _fast_kernels(self.winograd)
+        self.kernels = kernels = _fast_kernels(self.winograd)
         self.conv2d, self.conv2d_relu, self.conv2d_residual, self.block = (
             kernels.forward,
             kernels.forward_relu,
@@ -137,6 +139,25 @@ class FastConv2d(nn.Cell):
 
     def construct(self, x):
         return self.conv2d(x, self.weight, self.bias)
+
+    def shuffled(self, factor):
+        """An op computing pixel_shuffle(conv(x), factor) in one call without storing the conv's output (Winograd
+        only; the upsampler in inference); None where the kernel has no such form."""
+        if not self.winograd or self.weight.shape[0] != factor * factor * self.weight.shape[1]:
+            return None
+
+        def bprop(x, w, b, out, dout):
+            dx, dw, db = self.kernels.conv_grads(x, w, ops.pixel_unshuffle(dout, factor))
+            return dx, dw, db
+
+        return ops.Custom(
+            f"{fast_conv_library()[0]}:WinogradConvShuffleForward",
+            out_shape=None,
+            out_dtype=lambda x, w, b: x,
+            func_type="aot",
+            bprop=bprop,
+            reg_info=_registration("edsr_WinogradConvShuffleForward", ["x", "w", "b"], ["y"]),
+        )
 
     def relu(self, x):
         """relu(conv(x)) in one op."""

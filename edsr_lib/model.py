@@ -214,11 +214,34 @@ class ResBlock(nn.Cell):
         return res + x
 
 
+class Upsampler(nn.SequentialCell):
+    """[conv, PixelShuffle] per factor (the published `tail.0` layout). In inference, on the kit's Winograd kernel,
+    each pair is one op that writes the conv's output already shuffled, so the unshuffled tensor (the largest of the
+    network, r^2 n_feats channels) is never stored."""
+
+    def __init__(self, scale, n_feats, conv_kernel):
+        layers = []
+        for factor in upsampling_factors(scale):
+            layers += [make_conv(n_feats, factor * factor * n_feats, kernel=conv_kernel), nn.PixelShuffle(factor)]
+        super().__init__(layers)
+        self.factors = tuple(upsampling_factors(scale))
+        fused = [
+            layers[2 * i].shuffled(f) if isinstance(layers[2 * i], FastConv2d) else None
+            for i, f in enumerate(self.factors)
+        ]
+        self.convs = tuple(layers[0::2])
+        self.fused_ops = tuple(fused) if None not in fused else ()
+
+    def construct(self, x):
+        if self.fused_ops and not self.training:
+            for op, conv in zip(self.fused_ops, self.convs):
+                x = op(x, conv.weight, conv.bias)
+            return x
+        return super().construct(x)
+
+
 def _upsampler(scale, n_feats, conv_kernel):
-    layers = []
-    for factor in upsampling_factors(scale):
-        layers += [make_conv(n_feats, factor * factor * n_feats, kernel=conv_kernel), nn.PixelShuffle(factor)]
-    return nn.SequentialCell(layers)
+    return Upsampler(scale, n_feats, conv_kernel)
 
 
 class EDSR(nn.Cell):

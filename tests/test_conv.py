@@ -161,6 +161,30 @@ def test_winograd_forward_fused_forms_and_backward_match_direct(seed):
         assert _rel(grads[0].asnumpy(), grads[1].asnumpy()) <= WINOGRAD_TOLERANCE, (form, "dx")
 
 
+@needs_fast
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_the_fused_upsampler_equals_conv_then_pixel_shuffle(scale):
+    """In inference the Winograd upsampler writes each conv's output already pixel-shuffled (one op per stage);
+    in training it runs conv and PixelShuffle. Both, and their gradients, agree."""
+    from edsr_lib.model import Upsampler
+
+    rng = np.random.default_rng(scale)
+    ms.set_seed(scale)
+    up = Upsampler(scale, 16, "winograd")
+    assert len(up.fused_ops) == (2 if scale == 4 else 1)
+    assert Upsampler(scale, 16, "direct").fused_ops == ()
+    x = ms.Tensor(rng.standard_normal((2, 16, 7, 9)).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((2, 16, 7 * scale, 9 * scale)).astype(np.float32))
+    outputs, grads = {}, {}
+    for training in (False, True):
+        up.set_train(training)
+        outputs[training] = up(x).asnumpy()
+        grads[training] = ms.grad(lambda x: (up(x) * dy).sum())(x).asnumpy()
+    assert outputs[False].shape == (2, 16, 7 * scale, 9 * scale)
+    assert _rel(outputs[True], outputs[False]) <= WINOGRAD_TOLERANCE
+    assert _rel(grads[True], grads[False]) <= WINOGRAD_TOLERANCE
+
+
 def test_the_algorithm_is_chosen_per_layer():
     if FAST_CONV_LIBRARY is None:
         pytest.skip(f"fast conv unavailable: {FAST_CONV_UNAVAILABLE}")

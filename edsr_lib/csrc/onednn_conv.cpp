@@ -11,6 +11,7 @@
 //   ConvReluForward(x, w, b) -> relu(y)                                   (ReLU fused as a oneDNN post-op)
 //   ConvResidualForward(x, w, b, skip[N,O,H,W], scale[1]) -> y * scale + skip   (EDSR's residual block tail)
 //   ResBlockForward(x, w1, b1, w2, b2, scale) -> x + scale * conv(relu(conv(x)))  (a whole residual block, inference)
+//   WinogradConvShuffleForward(x, w[r^2 C, C, 3, 3], b) -> pixel_shuffle(conv(x), r)        (the upsampler, inference)
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
 //   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
 // and Winograd forms of the forward, block and backward-data entry points (`Winograd<name>`, 3x3 only),
@@ -509,9 +510,11 @@ size_t filter_cache_bytes = 0;
 enum Epilogue { kPlain = 0, kRelu = 1, kResidual = 2 };
 
 // y[N,O,H,W] = conv3x3(x[N,C,H,W], filters) (+ bias, then the epilogue). `flip`: the filters are w[C][O] read
-// flipped (backward data: x is dy, C and O are the forward's O and C).
+// flipped (backward data: x is dy, C and O are the forward's O and C). `shuffle` r > 1: y is written pixel-shuffled,
+// [N, O / r^2, H r, W r], as the upsampler's PixelShuffle would rearrange it (no epilogue then).
 int WinogradConv(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t c, int64_t h,
-                 int64_t wd, int64_t o, bool flip, Epilogue epilogue, const float *skip, float scale) {
+                 int64_t wd, int64_t o, bool flip, Epilogue epilogue, const float *skip, float scale,
+                 int64_t shuffle = 0) {
   std::lock_guard<std::mutex> lock(pool_mutex);
   Runtime *rt = GetRuntime();
   if (!rt) return kPlanFailed;
@@ -638,8 +641,15 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
         for (int l = 0; l < kLanes; ++l) line[j][l] = rows[j][k][l];
       OutputRows(&line[0][0], kLanes, cols);  // cols[q] = (A^T M A)[k][q]
       for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t at = ((img * o + oc0 + l) * h + ty * kTile + k) * wd + tx * kTile;
-        const float b = bias ? bias[oc0 + l] : 0.f;
+        const int64_t oc = oc0 + l, row = ty * kTile + k, col = tx * kTile;
+        const float b = bias ? bias[oc] : 0.f;
+        if (shuffle > 1) {  // pixel shuffle: channel oc = c r^2 + dy r + dx goes to pixel (row r + dy, col r + dx) of c
+          const int64_t r = shuffle, sub = oc % (r * r);
+          float *dst = y + ((img * (o / (r * r)) + oc / (r * r)) * h * r + row * r + sub / r) * wd * r + col * r + sub % r;
+          for (int q = 0; q < width; ++q) dst[q * r] = cols[q][l] + b;
+          continue;
+        }
+        const int64_t at = ((img * o + oc) * h + row) * wd + col;
         for (int q = 0; q < width; ++q) {
           float value = cols[q][l] + b;
           if (epilogue == kRelu) value = value > 0.f ? value : 0.f;
@@ -730,6 +740,24 @@ int WinogradForward(Epilogue epilogue, int nparam, void **params, int *ndims, in
   return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                       static_cast<const float *>(params[2]), static_cast<float *>(params[nparam - 1]), x[0], x[1],
                       x[2], x[3], w[0], false, epilogue, skip, scale);
+}
+
+// The upsampler's conv followed by its pixel shuffle, in one call: x, w, b -> y [N, O / r^2, H r, W r] with
+// r = sqrt(O / C) (EDSR's upsampler convs have r^2 C outputs). The conv's output is never stored unshuffled.
+int ShuffleFactor(const int64_t *x, const int64_t *w) {
+  for (int64_t r = 2; r <= 4; ++r)
+    if (w[0] == r * r * x[1]) return static_cast<int>(r);
+  return 0;
+}
+
+int WinogradShuffleForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
+  const int64_t *x = shapes[0], *w = shapes[1];
+  const int r = ShuffleFactor(x, w);
+  if (w[2] != 3 || w[3] != 3 || r == 0) return kBadArguments;
+  return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                      static_cast<const float *>(params[2]), static_cast<float *>(params[3]), x[0], x[1], x[2], x[3],
+                      w[0], false, kPlain, nullptr, 1.f, r);
 }
 
 // A residual block for inference in one call: y = x + scale * conv2(relu(conv1(x))), the intermediate kept in
@@ -886,6 +914,19 @@ std::vector<int64_t> ResBlockForwardInferShape(int *, int64_t **shapes, void *) 
 
 std::vector<int64_t> WinogradResBlockForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
   return ResBlockForwardInferShape(ndims, shapes, extra);
+}
+
+int WinogradConvShuffleForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                               void *) {
+  return WinogradShuffleForward(nparam, params, ndims, shapes, dtypes);
+}
+
+std::vector<int64_t> WinogradConvShuffleForwardInferShape(int *, int64_t **shapes, void *) {
+  const int64_t *x = shapes[0], *w = shapes[1];
+  if (x[0] == -2) return {-2};
+  const int64_t r = ShuffleFactor(x, w);
+  auto times = [r](int64_t v) { return v < 0 ? v : v * r; };  // an unknown size stays unknown
+  return {x[0], r ? w[0] / (r * r) : w[0], times(x[2]), times(x[3])};
 }
 
 }  // extern "C"
