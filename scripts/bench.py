@@ -35,6 +35,7 @@ from edsr_lib.data import ArrayCache, SampleImages
 from edsr_lib.imresize import imresize
 from edsr_lib.inference import forward_tiled
 from edsr_lib.pipeline import PatchSource
+from edsr_lib.native import aot_call
 from edsr_lib.runtime import fast_conv_library, setup_device
 
 # kit: what load_model and the Trainer use (conv_algorithm auto); kit-direct / kit-winograd: one algorithm for
@@ -415,19 +416,8 @@ def bench_layers():
         raise SystemExit(f"the kit's CPU convolution is unavailable: {fast_conv_library()[1]}")
     lib = ctypes.CDLL(str(library))
 
-    def call(name, *arrays):  # MindSpore's AOT calling convention, as native.probe_memory uses it
-        dims = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
-        status = getattr(lib, name)(
-            len(arrays),
-            (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays]),
-            (ctypes.c_int * len(arrays))(*[a.ndim for a in arrays]),
-            (ctypes.POINTER(ctypes.c_int64) * len(arrays))(
-                *[ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims]
-            ),
-            (ctypes.c_char_p * len(arrays))(*[b"float32"] * len(arrays)),
-            None,
-            None,
-        )
+    def call(name, *arrays):
+        status = aot_call(lib, name, *arrays)
         assert status == 0, (name, status)
 
     torch = None

@@ -199,6 +199,23 @@ def build(force=False):
     return folder / LIBRARY_NAME, None
 
 
+def aot_call(lib, name, *arrays):
+    """Call entry point `name` of a loaded kernel library (`ctypes.CDLL`) on float32 numpy arrays (inputs, then
+    outputs) as MindSpore calls AOT ops: count, buffers, ranks, shapes, dtypes. Returns the kernel's status (0 = ok)."""
+    import ctypes
+
+    dims = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
+    return getattr(lib, name)(
+        len(arrays),
+        (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays]),
+        (ctypes.c_int * len(arrays))(*[a.ndim for a in arrays]),
+        (ctypes.POINTER(ctypes.c_int64) * len(arrays))(*[ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims]),
+        (ctypes.c_char_p * len(arrays))(*[b"float32"] * len(arrays)),
+        None,
+        None,
+    )
+
+
 def probe_memory(library, shapes=232, keep=32):
     """Run the library's forward convolution on `shapes` distinct input shapes (16 -> 16 channels, 3x3), calling it
     directly as MindSpore would; returns (resident MB after `keep` shapes, after all). The kernel keeps `keep`
@@ -213,19 +230,8 @@ def probe_memory(library, shapes=232, keep=32):
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    def forward(*arrays):  # MindSpore's AOT calling convention: count, buffers, ranks, shapes, dtypes
-        dims = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
-        return lib.ConvForward(
-            len(arrays),
-            (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays]),
-            (ctypes.c_int * len(arrays))(*[a.ndim for a in arrays]),
-            (ctypes.POINTER(ctypes.c_int64) * len(arrays))(
-                *[ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims]
-            ),
-            (ctypes.c_char_p * len(arrays))(*[b"float32"] * len(arrays)),
-            None,
-            None,
-        )
+    def forward(*arrays):
+        return aot_call(lib, "ConvForward", *arrays)
 
     rng = np.random.default_rng(0)
     w, b = rng.standard_normal((16, 16, 3, 3)).astype(np.float32), np.zeros(16, np.float32)
