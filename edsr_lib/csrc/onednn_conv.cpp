@@ -764,6 +764,7 @@ int WinogradShuffleForward(int nparam, void **params, int *ndims, int64_t **shap
 // the kit's own buffer, so MindSpore launches one op per block instead of two and keeps one tensor fewer alive.
 // Inputs x, w1, b1, w2, b2, scale (one float); output y. Both convolutions use Winograd when `winograd`.
 Slot block_intermediate;
+std::mutex block_mutex;  // one block at a time owns the intermediate (each convolution also takes pool_mutex)
 
 int ResBlockForward(bool winograd, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   if (nparam != 7 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
@@ -774,6 +775,7 @@ int ResBlockForward(bool winograd, int nparam, void **params, int *ndims, int64_
   const float *in = static_cast<const float *>(params[0]);
   const float scale = *static_cast<const float *>(params[5]);
   float *out = static_cast<float *>(params[6]);
+  std::lock_guard<std::mutex> lock(block_mutex);
   float *mid = static_cast<float *>(block_intermediate.Get(sizeof(float) * count));
   int status;
   if (winograd) {
