@@ -39,7 +39,7 @@ class _FastKernels:
     out_shape=None: output shapes come from the library's C++ infer functions."""
 
     def __init__(self, library, winograd=False):
-        # Winograd F(4x4, 3x3) replaces the forward and backward-data convolutions; backward weights stays direct.
+        # Winograd F(4x4, 3x3) replaces the forward, backward-data and backward-weights convolutions.
         prefix = "Winograd" if winograd else ""
 
         def custom(function, inputs, outputs, out_dtype, bprop=None):
@@ -53,7 +53,9 @@ class _FastKernels:
             )
 
         self.backward_data = custom(f"{prefix}ConvBackwardData", ["dy", "w"], ["dx"], lambda dy, w: dy)
-        self.backward_weights = custom("ConvBackwardWeights", ["x", "dy", "w"], ["dw", "db"], lambda x, dy, w: (x, x))
+        self.backward_weights = custom(
+            f"{prefix}ConvBackwardWeights", ["x", "dy", "w"], ["dw", "db"], lambda x, dy, w: (x, x)
+        )
 
         def conv_grads(x, w, dy):
             dw, db = self.backward_weights(x, dy, w)

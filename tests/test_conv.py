@@ -157,8 +157,11 @@ def test_winograd_forward_fused_forms_and_backward_match_direct(seed):
     for form, make in forms.items():
         expected, got = make(direct)(*args).asnumpy(), make(wino)(*args).asnumpy()
         assert _rel(expected, got) <= WINOGRAD_TOLERANCE, form
-        grads = [ms.grad(lambda *a, f=make(k): (f(*a) * dy).sum(), grad_position=0)(*args) for k in (direct, wino)]
-        assert _rel(grads[0].asnumpy(), grads[1].asnumpy()) <= WINOGRAD_TOLERANCE, (form, "dx")
+        grads = [
+            ms.grad(lambda *a, f=make(k): (f(*a) * dy).sum(), grad_position=(0, 1, 2))(*args) for k in (direct, wino)
+        ]
+        for name, expected, got in zip(("dx", "dw", "db"), *grads):
+            assert _rel(expected.asnumpy(), got.asnumpy()) <= WINOGRAD_TOLERANCE, (form, name)
 
 
 @needs_fast

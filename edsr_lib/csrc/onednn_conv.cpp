@@ -14,7 +14,8 @@
 //   WinogradConvShuffleForward(x, w[r^2 C, C, 3, 3], b) -> pixel_shuffle(conv(x), r)        (the upsampler, inference)
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
 //   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
-// and Winograd forms of the forward, block and backward-data entry points (`Winograd<name>`, 3x3 only),
+// and Winograd forms of the forward, block, backward-data and backward-weights entry points (`Winograd<name>`,
+// 3x3 only),
 // each with its `<name>InferShape`: MindSpore calls these C++ shape functions (not Python ones) when it runs a graph
 // whose N, H and W are only known at run time, so one compiled graph serves every image size.
 // The fused forms exist because each MindSpore op between two convolutions costs ~0.3-0.5 ms of launch overhead
@@ -400,7 +401,8 @@ int Forward(Kind kind, int nparam, void **params, int *ndims, int64_t **shapes, 
 //      M[36] = V[36] U[36], and the output transform A^T M A, written straight into y (NCHW) with the bias and
 //      the ReLU or residual (y * scale + skip) applied on the way.
 // Every transform runs 16 channels at a time in plain loops the compiler vectorises (-O3 -march=native).
-// Backward data is the same convolution of dy with the filters flipped and transposed (O and C swapped).
+// Backward data is the same convolution of dy with the filters flipped and transposed (O and C swapped); backward
+// weights reads the same identity the other way (WinogradWeightGrad).
 
 constexpr int kLanes = 16;
 constexpr int kAlpha = 6, kTile = 4;
@@ -507,45 +509,18 @@ struct CachedFilters {
 std::map<std::tuple<const float *, int64_t, int64_t, bool>, CachedFilters> filter_cache;
 size_t filter_cache_bytes = 0;
 
-enum Epilogue { kPlain = 0, kRelu = 1, kResidual = 2 };
+// The input side of a 3x3, pad-1 convolution computed in 4x4 output tiles: the geometry, packing rows of the NCHW
+// input into zero-bordered NHWC with channels padded to a multiple of 16, and the input transform V = B^T d B.
+struct Tiles {
+  const float *x;
+  int64_t n, c, h, wd, cp, th, tw, ph, pw;
+  Tiles(const float *x_, int64_t n_, int64_t c_, int64_t h_, int64_t wd_)
+      : x(x_), n(n_), c(c_), h(h_), wd(wd_), cp(RoundUp(c_, kLanes)), th((h_ + kTile - 1) / kTile),
+        tw((wd_ + kTile - 1) / kTile), ph(th * kTile + 2), pw(tw * kTile + 2) {}
 
-// y[N,O,H,W] = conv3x3(x[N,C,H,W], filters) (+ bias, then the epilogue). `flip`: the filters are w[C][O] read
-// flipped (backward data: x is dy, C and O are the forward's O and C). `shuffle` r > 1: y is written pixel-shuffled,
-// [N, O / r^2, H r, W r], as the upsampler's PixelShuffle would rearrange it (no epilogue then).
-int WinogradConv(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t c, int64_t h,
-                 int64_t wd, int64_t o, bool flip, Epilogue epilogue, const float *skip, float scale,
-                 int64_t shuffle = 0) {
-  std::lock_guard<std::mutex> lock(pool_mutex);
-  Runtime *rt = GetRuntime();
-  if (!rt) return kPlanFailed;
-  const int64_t cp = RoundUp(c, kLanes), op = RoundUp(o, kLanes);
-  const int64_t th = (h + kTile - 1) / kTile, tw = (wd + kTile - 1) / kTile, tiles = n * th * tw;
-  const int64_t ph = th * kTile + 2, pw = tw * kTile + 2;  // padded input: a zero border of 1, then whole tiles
-  // Tiles per chunk: about kChunkBytes of V, but at least 4 C O / (C + O), or re-reading U for every chunk would cost
-  // more memory traffic than V and M themselves.
-  const int64_t by_size = kChunkBytes / (kAlpha * kAlpha * 4 * std::max(cp, op));
-  const int64_t chunk = std::min(tiles, std::max<int64_t>({16, by_size, 4 * cp * op / (cp + op)}));
-  const int64_t xis = kAlpha * kAlpha;
-  const size_t weight_count = size_t(o) * c * 9, u_count = size_t(xis) * cp * op;
-  const auto key = std::make_tuple(w, c, o, flip);
-  auto cached = filter_cache.find(key);
-  const bool reuse = cached != filter_cache.end() && cached->second.weights.size() == weight_count &&
-                     std::equal(w, w + weight_count, cached->second.weights.begin());
-  if (!reuse && cached != filter_cache.end()) {  // the weights changed (training): transform them again in place
-    std::copy(w, w + weight_count, cached->second.weights.begin());
-  }
-  const bool keep = cached == filter_cache.end() &&
-                    filter_cache_bytes + sizeof(float) * (weight_count + u_count) <= kFilterCacheBytes;
-  if (keep) {
-    cached = filter_cache.emplace(key, CachedFilters{std::vector<float>(w, w + weight_count), std::vector<float>(u_count)}).first;
-    filter_cache_bytes += sizeof(float) * (weight_count + u_count);
-  }
-  float *u = cached != filter_cache.end() ? cached->second.u.data()
-                                         : static_cast<float *>(wino_workspace[1].Get(sizeof(float) * u_count));
-
-  // One padded row (padded row index `row` of image `img`: a zero border of 1, then whole tiles) as NHWC with
-  // channels padded to cp, through 16 x 16 (channel x column) blocks so that reads and writes are runs of 16 floats.
-  auto pack_row = [&](int64_t img, int64_t row, float *dst) {
+  // One padded row (padded row index `row` of image `img`: a zero border of 1, then whole tiles), through
+  // 16 x 16 (channel x column) blocks so that reads and writes are runs of 16 floats.
+  void PackRow(int64_t img, int64_t row, float *dst) const {
     const int64_t src_row = row - 1;
     if (src_row < 0 || src_row >= h) {
       std::fill(dst, dst + pw * cp, 0.f);
@@ -569,7 +544,67 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
         for (int64_t q = 0; q < cols; ++q) std::copy(block[q], block[q] + kLanes, dst + (col0 + q + 1) * cp + ch0);
       }
     }
-  };
+  }
+
+  // B^T d B of tiles first + [begin, end) into V rows [begin, end) of a chunk of `count` tiles. `rows_of(img)`: the
+  // packed rows holding that image's tiles and the padded row index of their first row.
+  template <class RowsOf>
+  void InputTransform(int64_t first, int64_t count, int64_t begin, int64_t end, float *v, RowsOf rows_of) const {
+    float rows[kAlpha][kAlpha][kLanes], cols[kAlpha][kLanes];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
+      const auto [packed, row0] = rows_of(img);
+      const float *origin = packed + ((ty * kTile - row0) * pw + tx * kTile) * cp;
+      for (int64_t ch = 0; ch < cp; ch += kLanes) {
+        for (int j = 0; j < kAlpha; ++j) InputRows(origin + j * cp + ch, pw * cp, rows[j]);  // rows[j][i]
+        for (int i = 0; i < kAlpha; ++i) {
+          InputRows(&rows[0][i][0], kAlpha * kLanes, cols);  // along the row: cols[j'] for row i
+          for (int j = 0; j < kAlpha; ++j) {
+            float *dst = v + ((i * kAlpha + j) * count + t) * cp + ch;
+            for (int l = 0; l < kLanes; ++l) dst[l] = cols[j][l];
+          }
+        }
+      }
+    }
+  }
+};
+
+enum Epilogue { kPlain = 0, kRelu = 1, kResidual = 2 };
+
+// y[N,O,H,W] = conv3x3(x[N,C,H,W], filters) (+ bias, then the epilogue). `flip`: the filters are w[C][O] read
+// flipped (backward data: x is dy, C and O are the forward's O and C). `shuffle` r > 1: y is written pixel-shuffled,
+// [N, O / r^2, H r, W r], as the upsampler's PixelShuffle would rearrange it (no epilogue then).
+int WinogradConv(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t c, int64_t h,
+                 int64_t wd, int64_t o, bool flip, Epilogue epilogue, const float *skip, float scale,
+                 int64_t shuffle = 0) {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  Runtime *rt = GetRuntime();
+  if (!rt) return kPlanFailed;
+  const Tiles geo(x, n, c, h, wd);
+  const int64_t cp = geo.cp, op = RoundUp(o, kLanes), th = geo.th, tw = geo.tw, tiles = n * th * tw;
+  const int64_t ph = geo.ph, pw = geo.pw;  // padded input: a zero border of 1, then whole tiles
+  // Tiles per chunk: about kChunkBytes of V, but at least 4 C O / (C + O), or re-reading U for every chunk would cost
+  // more memory traffic than V and M themselves.
+  const int64_t by_size = kChunkBytes / (kAlpha * kAlpha * 4 * std::max(cp, op));
+  const int64_t chunk = std::min(tiles, std::max<int64_t>({16, by_size, 4 * cp * op / (cp + op)}));
+  const int64_t xis = kAlpha * kAlpha;
+  const size_t weight_count = size_t(o) * c * 9, u_count = size_t(xis) * cp * op;
+  const auto key = std::make_tuple(w, c, o, flip);
+  auto cached = filter_cache.find(key);
+  const bool reuse = cached != filter_cache.end() && cached->second.weights.size() == weight_count &&
+                     std::equal(w, w + weight_count, cached->second.weights.begin());
+  if (!reuse && cached != filter_cache.end()) {  // the weights changed (training): transform them again in place
+    std::copy(w, w + weight_count, cached->second.weights.begin());
+  }
+  const bool keep = cached == filter_cache.end() &&
+                    filter_cache_bytes + sizeof(float) * (weight_count + u_count) <= kFilterCacheBytes;
+  if (keep) {
+    cached = filter_cache.emplace(key, CachedFilters{std::vector<float>(w, w + weight_count), std::vector<float>(u_count)}).first;
+    filter_cache_bytes += sizeof(float) * (weight_count + u_count);
+  }
+  float *u = cached != filter_cache.end() ? cached->second.u.data()
+                                         : static_cast<float *>(wino_workspace[1].Get(sizeof(float) * u_count));
+
   // 2. filters: U[xi][ch][oc], zero for padded channels, 16 output channels at a time (36 runs of 16 floats each)
   if (!reuse) ParallelFor(cp, [&](int64_t begin, int64_t end) {
     float g[9][kLanes], t[kAlpha][3][kLanes], out[kAlpha][kAlpha][kLanes];
@@ -606,26 +641,6 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
           std::copy(out[xi / kAlpha][xi % kAlpha], out[xi / kAlpha][xi % kAlpha] + kLanes, u + (xi * cp + ch) * op + oc0);
       }
   });
-  // B^T d B of tiles first + [begin, end) into V rows [begin, end) of a chunk of `count` tiles. `rows_of(img)`: the
-  // packed rows holding that image's tiles and the padded row index of its first row.
-  auto input_transform = [&](int64_t first, int64_t count, int64_t begin, int64_t end, float *v, auto rows_of) {
-    float rows[kAlpha][kAlpha][kLanes], cols[kAlpha][kLanes];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
-      const auto [packed, row0] = rows_of(img);
-      const float *origin = packed + ((ty * kTile - row0) * pw + tx * kTile) * cp;
-      for (int64_t ch = 0; ch < cp; ch += kLanes) {
-        for (int j = 0; j < kAlpha; ++j) InputRows(origin + j * cp + ch, pw * cp, rows[j]);  // rows[j][i]
-        for (int i = 0; i < kAlpha; ++i) {
-          InputRows(&rows[0][i][0], kAlpha * kLanes, cols);  // along the row: cols[j'] for row i
-          for (int j = 0; j < kAlpha; ++j) {
-            float *dst = v + ((i * kAlpha + j) * count + t) * cp + ch;
-            for (int l = 0; l < kLanes; ++l) dst[l] = cols[j][l];
-          }
-        }
-      }
-    }
-  };
   // A^T M A of chunk row t (tile first + t) for output channels oc0..oc0+15, then bias and the epilogue, written
   // straight into y (NCHW).
   auto output_transform = [&](int64_t first, int64_t count, int64_t t, int64_t oc0, const float *m) {
@@ -676,8 +691,8 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
       for (int64_t index = chunks * thread / total; index < chunks * (thread + 1) / total; ++index) {
         const int64_t img = index / groups, ty0 = index % groups * group, ty1 = std::min(th, ty0 + group);
         const int64_t first = (img * th + ty0) * tw, count = (ty1 - ty0) * tw;
-        for (int64_t r = 0; r < (ty1 - ty0) * kTile + 2; ++r) pack_row(img, ty0 * kTile + r, tp + r * pw * cp);
-        input_transform(first, count, 0, count, tv,
+        for (int64_t r = 0; r < (ty1 - ty0) * kTile + 2; ++r) geo.PackRow(img, ty0 * kTile + r, tp + r * pw * cp);
+        geo.InputTransform(first, count, 0, count, tv,
                         [&](int64_t) { return std::pair<const float *, int64_t>(tp, ty0 * kTile); });
         for (int64_t xi = 0; xi < xis; ++xi) {
           if (dnnl_threadpool_interop_sgemm('N', 'N', count, op, cp, 1.f, tv + xi * count * cp, cp,
@@ -695,14 +710,14 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
     // threads (U is too big to stay in a cache, so it should be read as few times as possible).
     float *padded = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * n * ph * pw * cp));
     ParallelFor(n * ph, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) pack_row(r / ph, r % ph, padded + r * pw * cp);
+      for (int64_t r = begin; r < end; ++r) geo.PackRow(r / ph, r % ph, padded + r * pw * cp);
     });
     auto whole_image = [&](int64_t img) { return std::pair<const float *, int64_t>(padded + img * ph * pw * cp, 0); };
     float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * xis * chunk * cp));
     float *m = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * xis * chunk * op));
     for (int64_t first = 0; first < tiles; first += chunk) {
       const int64_t count = std::min(chunk, tiles - first);
-      ParallelFor(count, [&](int64_t begin, int64_t end) { input_transform(first, count, begin, end, v, whole_image); });
+      ParallelFor(count, [&](int64_t begin, int64_t end) { geo.InputTransform(first, count, begin, end, v, whole_image); });
       Gemm *gemm = GetGemm(count, cp, op);
       if (!gemm) return kPlanFailed;
       dnnl_memory_set_data_handle(gemm->a, v);
@@ -740,6 +755,120 @@ int WinogradForward(Epilogue epilogue, int nparam, void **params, int *ndims, in
   return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                       static_cast<const float *>(params[2]), static_cast<float *>(params[nparam - 1]), x[0], x[1],
                       x[2], x[3], w[0], false, epilogue, skip, scale);
+}
+
+// Weight gradient by Winograd (the same F(4x4, 3x3) identity read the other way): for every tile,
+// dW += G^T [(A dy A^T) . (B^T x B)] G, where dy is the tile's 4x4 output gradient. The sum over tiles is taken in
+// the transformed domain, one GEMM per xi: M[xi] (O x C) = sum_t D[xi][t]^T V[xi][t]; each thread accumulates its
+// own chunks (as the forward's per-thread path), then the threads' sums are added and transformed back.
+// db = the sum of dy. x[N,C,H,W], dy[N,O,H,W] -> dw[O,C,3,3], db[O].
+int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, int64_t n, int64_t c, int64_t h,
+                       int64_t wd, int64_t o) {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  Runtime *rt = GetRuntime();
+  if (!rt) return kPlanFailed;
+  const Tiles geo(x, n, c, h, wd);
+  const int64_t cp = geo.cp, op = RoundUp(o, kLanes), th = geo.th, tw = geo.tw, pw = geo.pw;
+  const int64_t xis = kAlpha * kAlpha;
+  const int threads = rt->pool->get_num_threads();
+  const int64_t group = std::min(th, std::max<int64_t>(1, kSmallChunk / tw)), groups = (th + group - 1) / group;
+  const int64_t most = group * tw, chunks = n * groups, rows = group * kTile + 2;
+  float *packed = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * threads * rows * pw * cp));
+  float *sums = static_cast<float *>(wino_workspace[1].Get(sizeof(float) * threads * xis * op * cp));
+  float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * threads * xis * most * cp));
+  float *d = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * threads * xis * most * op));
+  std::atomic<int> failed{0};
+  rt->pool->parallel_for(threads, [&](int thread, int total) {
+    float *tp = packed + thread * rows * pw * cp, *tv = v + thread * xis * most * cp;
+    float *td = d + thread * xis * most * op, *acc = sums + thread * xis * op * cp;
+    std::fill(acc, acc + xis * op * cp, 0.f);
+    float tile[kTile][kTile][kLanes], rows4[kAlpha][kTile][kLanes], line[kTile][kLanes], out[kAlpha][kLanes];
+    for (int64_t index = chunks * thread / total; index < chunks * (thread + 1) / total; ++index) {
+      const int64_t img = index / groups, ty0 = index % groups * group, ty1 = std::min(th, ty0 + group);
+      const int64_t first = (img * th + ty0) * tw, count = (ty1 - ty0) * tw;
+      for (int64_t r = 0; r < (ty1 - ty0) * kTile + 2; ++r) geo.PackRow(img, ty0 * kTile + r, tp + r * pw * cp);
+      geo.InputTransform(first, count, 0, count, tv,
+                         [&](int64_t) { return std::pair<const float *, int64_t>(tp, ty0 * kTile); });
+      for (int64_t t = 0; t < count; ++t) {  // D[xi][t][oc] = (A dy A^T) of the tile's 4x4 gradient
+        const int64_t ty = ty0 + t / tw, tx = t % tw;
+        for (int64_t oc0 = 0; oc0 < op; oc0 += kLanes) {
+          for (int i = 0; i < kTile; ++i)
+            for (int q = 0; q < kTile; ++q)
+              for (int l = 0; l < kLanes; ++l) {
+                const int64_t row = ty * kTile + i, col = tx * kTile + q, oc = oc0 + l;
+                tile[i][q][l] = row < h && col < wd && oc < o ? dy[((img * o + oc) * h + row) * wd + col] : 0.f;
+              }
+          for (int q = 0; q < kTile; ++q)  // along the rows: rows4[xi_i][q] = (A d)[xi_i][q]
+            for (int l = 0; l < kLanes; ++l) {
+              const float d0 = tile[0][q][l], d1 = tile[1][q][l], d2 = tile[2][q][l], d3 = tile[3][q][l];
+              rows4[0][q][l] = d0;
+              rows4[1][q][l] = d0 + d1 + d2 + d3;
+              rows4[2][q][l] = d0 - d1 + d2 - d3;
+              rows4[3][q][l] = d0 + 2.f * d1 + 4.f * d2 + 8.f * d3;
+              rows4[4][q][l] = d0 - 2.f * d1 + 4.f * d2 - 8.f * d3;
+              rows4[5][q][l] = d3;
+            }
+          for (int i = 0; i < kAlpha; ++i) {  // then along the columns
+            for (int q = 0; q < kTile; ++q)
+              for (int l = 0; l < kLanes; ++l) line[q][l] = rows4[i][q][l];
+            for (int l = 0; l < kLanes; ++l) {
+              const float d0 = line[0][l], d1 = line[1][l], d2 = line[2][l], d3 = line[3][l];
+              out[0][l] = d0;
+              out[1][l] = d0 + d1 + d2 + d3;
+              out[2][l] = d0 - d1 + d2 - d3;
+              out[3][l] = d0 + 2.f * d1 + 4.f * d2 + 8.f * d3;
+              out[4][l] = d0 - 2.f * d1 + 4.f * d2 - 8.f * d3;
+              out[5][l] = d3;
+            }
+            for (int j = 0; j < kAlpha; ++j)
+              std::copy(out[j], out[j] + kLanes, td + ((i * kAlpha + j) * count + t) * op + oc0);
+          }
+        }
+      }
+      for (int64_t xi = 0; xi < xis; ++xi) {  // acc[xi] (op x cp) += D[xi]^T (op x count) V[xi] (count x cp)
+        if (dnnl_threadpool_interop_sgemm('T', 'N', op, cp, count, 1.f, td + xi * count * op, op,
+                                          tv + xi * count * cp, cp, 1.f, acc + xi * op * cp, cp,
+                                          nullptr) != dnnl_success)
+          failed = 1;
+      }
+    }
+  });
+  if (failed) return kExecuteFailed;
+  // the threads' sums, back from the transformed domain: dw = G^T M G; and db
+  ParallelFor(o, [&](int64_t begin, int64_t end) {
+    float m[kAlpha][kAlpha], half[3][kAlpha];
+    for (int64_t oc = begin; oc < end; ++oc) {
+      for (int64_t ch = 0; ch < c; ++ch) {
+        for (int64_t xi = 0; xi < xis; ++xi) {
+          float total = 0.f;
+          for (int th_ = 0; th_ < threads; ++th_) total += sums[(th_ * xis + xi) * op * cp + oc * cp + ch];
+          m[xi / kAlpha][xi % kAlpha] = total;
+        }
+        for (int j = 0; j < kAlpha; ++j) {  // G^T along the first axis
+          const float m0 = m[0][j], m1 = m[1][j], m2 = m[2][j], m3 = m[3][j], m4 = m[4][j], m5 = m[5][j];
+          half[0][j] = m0 / 4.f - (m1 + m2) / 6.f + (m3 + m4) / 24.f;
+          half[1][j] = (m2 - m1) / 6.f + (m3 - m4) / 12.f;
+          half[2][j] = (m3 + m4 - m1 - m2) / 6.f + m5;
+        }
+        float *dst = dw + (oc * c + ch) * 9;
+        for (int k = 0; k < 3; ++k) {  // and along the second
+          const float m0 = half[k][0], m1 = half[k][1], m2 = half[k][2], m3 = half[k][3], m4 = half[k][4],
+                      m5 = half[k][5];
+          dst[k * 3 + 0] = m0 / 4.f - (m1 + m2) / 6.f + (m3 + m4) / 24.f;
+          dst[k * 3 + 1] = (m2 - m1) / 6.f + (m3 - m4) / 12.f;
+          dst[k * 3 + 2] = (m3 + m4 - m1 - m2) / 6.f + m5;
+        }
+      }
+      double bias_total = 0.0;
+      for (int64_t img = 0; img < n; ++img) {
+        const float *plane = dy + (img * o + oc) * h * wd;
+        for (int64_t i = 0; i < h * wd; ++i) bias_total += plane[i];
+      }
+      db[oc] = static_cast<float>(bias_total);
+    }
+  });
+  for (auto &slot : wino_workspace) slot.Trim();
+  return kOk;
 }
 
 // The upsampler's conv followed by its pixel shuffle, in one call: x, w, b -> y [N, O / r^2, H r, W r] with
@@ -929,6 +1058,21 @@ std::vector<int64_t> WinogradConvShuffleForwardInferShape(int *, int64_t **shape
   const int64_t r = ShuffleFactor(x, w);
   auto times = [r](int64_t v) { return v < 0 ? v : v * r; };  // an unknown size stays unknown
   return {x[0], r ? w[0] / (r * r) : w[0], times(x[2]), times(x[3])};
+}
+
+int WinogradConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                                void *) {
+  // inputs x, dy and w (w only for its shape), outputs dw and db
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
+  const int64_t *x = shapes[0], *dy = shapes[1], *w = shapes[2];
+  if (w[2] != 3 || w[3] != 3) return kBadArguments;
+  return WinogradWeightGrad(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                            static_cast<float *>(params[3]), static_cast<float *>(params[4]), x[0], x[1], x[2], x[3],
+                            dy[1]);
+}
+
+std::vector<std::vector<int64_t>> WinogradConvBackwardWeightsInferShape(int *ndims, int64_t **shapes, void *extra) {
+  return ConvBackwardWeightsInferShape(ndims, shapes, extra);
 }
 
 }  // extern "C"
