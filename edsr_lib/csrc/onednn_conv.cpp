@@ -546,6 +546,26 @@ struct Tiles {
     }
   }
 
+  // Per-thread work in chunks of whole rows of tiles (about kSmallChunk tiles each): `chunks` of at most `most`
+  // tiles, each needing `rows` packed input rows.
+  struct RowChunks {
+    int64_t group, groups, most, chunks, rows;
+  };
+  RowChunks Chunks() const {
+    const int64_t group = std::min(th, std::max<int64_t>(1, kSmallChunk / tw)), groups = (th + group - 1) / group;
+    return {group, groups, group * tw, n * groups, group * kTile + 2};
+  }
+  // Chunk `index`: packs its input rows into `packed` and transforms its tiles into `v`; returns (first tile,
+  // tile count, image, first tile row).
+  std::array<int64_t, 4> PackAndTransform(const RowChunks &chunks, int64_t index, float *packed, float *v) const {
+    const int64_t img = index / chunks.groups, ty0 = index % chunks.groups * chunks.group;
+    const int64_t ty1 = std::min(th, ty0 + chunks.group), first = (img * th + ty0) * tw, count = (ty1 - ty0) * tw;
+    for (int64_t r = 0; r < (ty1 - ty0) * kTile + 2; ++r) PackRow(img, ty0 * kTile + r, packed + r * pw * cp);
+    InputTransform(first, count, 0, count, v,
+                   [&](int64_t) { return std::pair<const float *, int64_t>(packed, ty0 * kTile); });
+    return {first, count, img, ty0};
+  }
+
   // B^T d B of tiles first + [begin, end) into V rows [begin, end) of a chunk of `count` tiles. `rows_of(img)`: the
   // packed rows holding that image's tiles and the padded row index of their first row.
   template <class RowsOf>
@@ -679,8 +699,8 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
     // packing, the input transform, a single-threaded sgemm per xi and the output transform, so that the packed
     // rows, V, M and U stay in its core's cache.
     const int threads = rt->pool->get_num_threads();
-    const int64_t group = std::min(th, std::max<int64_t>(1, kSmallChunk / tw)), groups = (th + group - 1) / group;
-    const int64_t most = group * tw, chunks = n * groups, rows = group * kTile + 2;
+    const Tiles::RowChunks chunked = geo.Chunks();
+    const int64_t most = chunked.most, chunks = chunked.chunks, rows = chunked.rows;
     float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * threads * xis * most * cp));
     float *m = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * threads * xis * most * op));
     float *packed = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * threads * rows * pw * cp));
@@ -689,11 +709,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
       float *tv = v + thread * xis * most * cp, *tm = m + thread * xis * most * op;
       float *tp = packed + thread * rows * pw * cp;
       for (int64_t index = chunks * thread / total; index < chunks * (thread + 1) / total; ++index) {
-        const int64_t img = index / groups, ty0 = index % groups * group, ty1 = std::min(th, ty0 + group);
-        const int64_t first = (img * th + ty0) * tw, count = (ty1 - ty0) * tw;
-        for (int64_t r = 0; r < (ty1 - ty0) * kTile + 2; ++r) geo.PackRow(img, ty0 * kTile + r, tp + r * pw * cp);
-        geo.InputTransform(first, count, 0, count, tv,
-                        [&](int64_t) { return std::pair<const float *, int64_t>(tp, ty0 * kTile); });
+        const auto [first, count, img, ty0] = geo.PackAndTransform(chunked, index, tp, tv);
         for (int64_t xi = 0; xi < xis; ++xi) {
           if (dnnl_threadpool_interop_sgemm('N', 'N', count, op, cp, 1.f, tv + xi * count * cp, cp,
                                             u + xi * cp * op, op, 0.f, tm + xi * count * op, op,
@@ -768,11 +784,11 @@ int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, in
   Runtime *rt = GetRuntime();
   if (!rt) return kPlanFailed;
   const Tiles geo(x, n, c, h, wd);
-  const int64_t cp = geo.cp, op = RoundUp(o, kLanes), th = geo.th, tw = geo.tw, pw = geo.pw;
+  const int64_t cp = geo.cp, op = RoundUp(o, kLanes), tw = geo.tw, pw = geo.pw;
   const int64_t xis = kAlpha * kAlpha;
   const int threads = rt->pool->get_num_threads();
-  const int64_t group = std::min(th, std::max<int64_t>(1, kSmallChunk / tw)), groups = (th + group - 1) / group;
-  const int64_t most = group * tw, chunks = n * groups, rows = group * kTile + 2;
+  const Tiles::RowChunks chunked = geo.Chunks();
+  const int64_t most = chunked.most, chunks = chunked.chunks, rows = chunked.rows;
   float *packed = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * threads * rows * pw * cp));
   float *sums = static_cast<float *>(wino_workspace[1].Get(sizeof(float) * threads * xis * op * cp));
   float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * threads * xis * most * cp));
@@ -784,11 +800,7 @@ int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, in
     std::fill(acc, acc + xis * op * cp, 0.f);
     float tile[kTile][kTile][kLanes], rows4[kAlpha][kTile][kLanes], line[kTile][kLanes], out[kAlpha][kLanes];
     for (int64_t index = chunks * thread / total; index < chunks * (thread + 1) / total; ++index) {
-      const int64_t img = index / groups, ty0 = index % groups * group, ty1 = std::min(th, ty0 + group);
-      const int64_t first = (img * th + ty0) * tw, count = (ty1 - ty0) * tw;
-      for (int64_t r = 0; r < (ty1 - ty0) * kTile + 2; ++r) geo.PackRow(img, ty0 * kTile + r, tp + r * pw * cp);
-      geo.InputTransform(first, count, 0, count, tv,
-                         [&](int64_t) { return std::pair<const float *, int64_t>(tp, ty0 * kTile); });
+      const auto [first, count, img, ty0] = geo.PackAndTransform(chunked, index, tp, tv);
       for (int64_t t = 0; t < count; ++t) {  // D[xi][t][oc] = (A dy A^T) of the tile's 4x4 gradient
         const int64_t ty = ty0 + t / tw, tx = t % tw;
         for (int64_t oc0 = 0; oc0 < op; oc0 += kLanes) {
