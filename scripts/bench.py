@@ -42,7 +42,14 @@ from edsr_lib.runtime import fast_conv_library, setup_device
 # every 3x3 layer; stock: MindSpore's Conv2d; torch: PyTorch.
 ENGINES = ("kit", "kit-direct", "kit-winograd", "stock", "torch")
 KIT_KERNELS = {"kit": "auto", "kit-direct": "direct", "kit-winograd": "winograd"}
-FULL_CASES = [("baseline", 2, 48), ("baseline", 2, 96), ("baseline", 2, 192), ("baseline", 4, 96), ("paper", 2, 48)]
+FULL_CASES = [
+    ("baseline", 2, 48),
+    ("baseline", 2, 96),
+    ("baseline", 2, 192),
+    ("baseline", 4, 96),
+    ("paper", 2, 48),
+    ("paper", 2, 96),
+]
 QUICK_CASES = FULL_CASES[:2]
 
 
