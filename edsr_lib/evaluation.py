@@ -134,8 +134,8 @@ def conventions_for(dataset_name):
     """The conventions compared, the dataset's paper protocol first: Y/border scale for the benchmarks (every SR
     paper since SRCNN), RGB/border scale+6 for DIV2K (EDSR-PyTorch, NTIRE 2017). The first three rows after it
     change one thing from the paper's protocol, the others the channel and border."""
-    paper_channel = "rgb" if str(dataset_name).upper().startswith("DIV2K") else "y"
-    paper_border = "scale+6" if paper_channel == "rgb" else "scale"
+    paper_channel = protocol_for(dataset_name, 1).channel
+    paper_border = "scale+6" if paper_channel == "rgb" else "scale"  # protocol_for's borders, by name
     paper = Convention("paper protocol", paper_channel, paper_border)
     rows = [
         paper,
@@ -192,8 +192,7 @@ def compare_conventions(dataset, model=None, self_ensemble=False, tile=None, sup
                 outputs[key] = super_resolve(make_lr(full, scale, c.lr, c.modcrop))
             hr = modcrop(full, scale) if c.modcrop else full
             sr = outputs[key][: hr.shape[0], : hr.shape[1]]  # without mod-crop the SR is up to scale - 1 larger
-            clipped = np.clip(sr, 0, 255)
-            sr8 = (np.floor(clipped) if c.quantiser == "truncate" else np.round(clipped)).astype(np.uint8)
+            sr8 = np.floor(np.clip(sr, 0, 255)).astype(np.uint8) if c.quantiser == "truncate" else quantize(sr)
             protocol = c.protocol(scale)
             scores[c].append((psnr(sr8, hr, protocol), ssim(sr8, hr, protocol)))
     paper_psnr = float(np.mean([p for p, _ in scores[conventions[0]]]))

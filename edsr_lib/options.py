@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
-from .degradations import Degradation
+from .degradations import Degradation, RealisticRanges
 from .errors import KitError
 from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse_scales
 
@@ -28,6 +28,8 @@ PRECISION_MODES = (
 # The network's fields keep Architecture's defaults: options name them flat (the ModelZoo EDSR's names), and
 # `Options.architecture()` turns them back into an Architecture, which validates them.
 NETWORK_DEFAULTS = {f.name: f.default for f in fields(Architecture)}
+# The realistic degradation's ranges likewise keep RealisticRanges' defaults (Real-ESRGAN's), as realistic_<name>.
+REALISTIC_DEFAULTS = {f.name: f.default for f in fields(RealisticRanges)}
 
 
 def option(default, help_text):
@@ -54,16 +56,26 @@ class Options:
     degradation: str = option(
         "bicubic", "how LR is made from HR: bicubic (BI), bd, bd-bicubic, dn or realistic (see degradations.py)"
     )
-    realistic_blur_sigma: str = option("0.2-3", "realistic: blur sigma range, first stage (HR pixels)")
-    realistic_blur_sigma2: str = option("0.2-1.5", "realistic: blur sigma range, second stage")
-    realistic_resize: str = option("0.15-1.5", "realistic: random resize factor range, first stage")
-    realistic_resize2: str = option("0.3-1.2", "realistic: random resize factor range, second stage")
-    realistic_noise: str = option("1-30", "realistic: Gaussian noise sigma range on 0-255, first stage")
-    realistic_noise2: str = option("1-25", "realistic: Gaussian noise sigma range on 0-255, second stage")
-    realistic_poisson: str = option("0.05-3", "realistic: Poisson noise scale range, first stage")
-    realistic_poisson2: str = option("0.05-2.5", "realistic: Poisson noise scale range, second stage")
-    realistic_jpeg: str = option("30-95", "realistic: JPEG quality range, first stage")
-    realistic_jpeg2: str = option("30-95", "realistic: JPEG quality range, second stage")
+    realistic_blur_sigma: str = option(
+        REALISTIC_DEFAULTS["blur_sigma"], "realistic: blur sigma range, first stage (HR pixels)"
+    )
+    realistic_blur_sigma2: str = option(REALISTIC_DEFAULTS["blur_sigma2"], "realistic: blur sigma range, second stage")
+    realistic_resize: str = option(REALISTIC_DEFAULTS["resize"], "realistic: random resize factor range, first stage")
+    realistic_resize2: str = option(
+        REALISTIC_DEFAULTS["resize2"], "realistic: random resize factor range, second stage"
+    )
+    realistic_noise: str = option(
+        REALISTIC_DEFAULTS["noise"], "realistic: Gaussian noise sigma range on 0-255, first stage"
+    )
+    realistic_noise2: str = option(
+        REALISTIC_DEFAULTS["noise2"], "realistic: Gaussian noise sigma range on 0-255, second stage"
+    )
+    realistic_poisson: str = option(REALISTIC_DEFAULTS["poisson"], "realistic: Poisson noise scale range, first stage")
+    realistic_poisson2: str = option(
+        REALISTIC_DEFAULTS["poisson2"], "realistic: Poisson noise scale range, second stage"
+    )
+    realistic_jpeg: str = option(REALISTIC_DEFAULTS["jpeg"], "realistic: JPEG quality range, first stage")
+    realistic_jpeg2: str = option(REALISTIC_DEFAULTS["jpeg2"], "realistic: JPEG quality range, second stage")
     num_workers: int = option(1, "data loading worker processes")
     # model
     model: str = option("EDSR", "network: EDSR (one scale) or MDSR (several scales in one network)")
