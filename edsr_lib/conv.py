@@ -61,7 +61,7 @@ class _FastKernels:
             dw, db = self.backward_weights(x, dy, w)
             return self.backward_data(dy, w), dw, db
 
-        self.conv_grads = conv_grads
+        self.conv_grads, self.custom = conv_grads, custom
 
         def forward_bprop(x, w, b, out, dout):
             return conv_grads(x, w, dout)
@@ -97,6 +97,14 @@ class _FastKernels:
             lambda x, w, b, skip, scale: x,
             residual_bprop,
         )
+
+    def shuffled(self, factor):
+        """pixel_shuffle(conv(x), factor) as one op (Winograd kernels only), which never stores the conv's output."""
+
+        def bprop(x, w, b, out, dout):
+            return self.conv_grads(x, w, ops.pixel_unshuffle(dout, factor))
+
+        return self.custom("WinogradConvShuffleForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, bprop)
 
 
 @functools.lru_cache(maxsize=2)
@@ -147,19 +155,7 @@ class FastConv2d(nn.Cell):
         only; the upsampler in inference); None where the kernel has no such form."""
         if not self.winograd or self.weight.shape[0] != factor * factor * self.weight.shape[1]:
             return None
-
-        def bprop(x, w, b, out, dout):
-            dx, dw, db = self.kernels.conv_grads(x, w, ops.pixel_unshuffle(dout, factor))
-            return dx, dw, db
-
-        return ops.Custom(
-            f"{fast_conv_library()[0]}:WinogradConvShuffleForward",
-            out_shape=None,
-            out_dtype=lambda x, w, b: x,
-            func_type="aot",
-            bprop=bprop,
-            reg_info=_registration("edsr_WinogradConvShuffleForward", ["x", "w", "b"], ["y"]),
-        )
+        return self.kernels.shuffled(factor)
 
     def relu(self, x):
         """relu(conv(x)) in one op."""
