@@ -236,11 +236,14 @@ def _kill_a_rank_and_watch(command, env, out, victim_rank=1):
         return None
 
     deadline = time.time() + 300
-    while victim() is None or not (out / f"rank_{victim_rank}" / "02_train.ipynb").exists():
+    target = None
+    while target is None or not (out / f"rank_{victim_rank}" / "02_train.ipynb").exists():
         assert time.time() < deadline and launcher.poll() is None, launcher.communicate()[0][-3000:]
+        target = target or victim()
         time.sleep(1)
     time.sleep(5)  # into training
-    victim().kill()
+    # the process found above: looking it up again can miss it (its environ may be unreadable for a moment)
+    target.kill()
     killed = time.time()
     try:
         output, _ = launcher.communicate(timeout=60)
