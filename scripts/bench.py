@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step
     .venv/bin/python scripts/bench.py --quick         # fewer sizes, and one round instead of two
     .venv/bin/python scripts/bench.py --memory        # + time and peak memory of tiled paper-x4 inference (slow)
+    .venv/bin/python scripts/bench.py --memory-full --engines kit,torch   # the same at 2040x1356, tile 256 (slower)
     .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
     .venv/bin/python scripts/bench.py --export        # one image: checkpoint, MINDIR (in process, child), ONNX
     .venv/bin/python scripts/bench.py --kernel-memory # the CPU kernel's resident memory over 232 input shapes
@@ -60,8 +61,9 @@ def new_sizes(count):
 
 
 TRAIN_BATCH, TRAIN_LR_SIZE = 16, 48
-# Tiled inference of the paper x4 model on a quarter of a DIV2K image (output 1020x680), 128-pixel tiles.
-MEMORY_CASE = ("paper", 4, (170, 255), 128)
+# Tiled inference of the paper x4 model on a quarter of a DIV2K image (output 1020x680), 128-pixel tiles; and
+# (--memory-full) on a whole DIV2K-sized image (output 2040x1356), 256-pixel tiles.
+MEMORY_CASES = {"quarter": ("paper", 4, (170, 255), 128), "full": ("paper", 4, (339, 510), 256)}
 
 
 def best_of(fn, repeat=3):
@@ -258,9 +260,9 @@ def engine_worker(name, cases, sizes, train_only=False):
     print(json.dumps(result))
 
 
-def memory_worker(name):
-    """MEMORY_CASE in this (fresh) process; prints one JSON line: seconds, peak RSS and RSS after set-up."""
-    preset, scale, (h, w), tile = MEMORY_CASE
+def memory_worker(name, case):
+    """MEMORY_CASES[case] in this (fresh) process; prints one JSON line: seconds, peak RSS and RSS after set-up."""
+    preset, scale, (h, w), tile = MEMORY_CASES[case]
     network = make_engine(name).network(preset, scale)
     x = random_array((1, 3, h, w))
     start_mb = rss_mb()
@@ -367,9 +369,13 @@ def bench_networks(quick, rounds, sizes):
     )
 
 
-def bench_memory():
-    preset, scale, (h, w), tile = MEMORY_CASE
-    results = {name: run_worker("--memory-worker", name) for name in available_engines()}
+def bench_memory(case="quarter", engines=None):
+    preset, scale, (h, w), tile = MEMORY_CASES[case]
+    unknown = set(engines or ()) - set(ENGINES)
+    if unknown or (engines and "kit" not in engines):
+        raise SystemExit(f"--engines: a comma-separated list including kit, from {', '.join(ENGINES)}")
+    names = [name for name in available_engines() if not engines or name in engines]
+    results = {name: run_worker("--memory-worker", name, "--memory-case", case) for name in names}
     for name, r in results.items():
         print(
             f"tiled {preset} x{scale}, {w}x{h} -> {w * scale}x{h * scale}, tile {tile}, {name}: "
@@ -503,6 +509,11 @@ def bench_export(rounds=3):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument(
+        "--memory-full", action="store_true", help="only the tiled paper x4 case at 2040x1356, tile 256"
+    )
+    parser.add_argument("--memory-case", choices=sorted(MEMORY_CASES), default="quarter", help=argparse.SUPPRESS)
+    parser.add_argument("--engines", help="comma-separated engines for --memory-full (default: all)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, help="times each engine is run, alternating (default 2; 1 with --quick)")
     parser.add_argument("--new-sizes", type=int, default=12, help="unseen input sizes to time (default 12)")
@@ -530,7 +541,9 @@ if __name__ == "__main__":
     elif args.layers:
         bench_layers()
     elif args.memory_worker:
-        memory_worker(args.memory_worker)
+        memory_worker(args.memory_worker, args.memory_case)
+    elif args.memory_full:
+        bench_memory("full", args.engines.split(",") if args.engines else None)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             bench_imresize()
