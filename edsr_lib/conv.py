@@ -14,6 +14,7 @@ import warnings
 
 from mindspore import nn, ops
 from mindspore.ops import CustomRegOp, DataType
+from mindspore.ops.operations._grad_ops import ReluGrad
 
 from .errors import KitError
 from .runtime import current_device, fast_conv_library
@@ -62,12 +63,15 @@ class _FastKernels:
             return self.backward_data(dy, w), dw, db
 
         self.conv_grads, self.custom = conv_grads, custom
+        # MindSpore's own ReLU backward kernel: 1.2 ms on a 16x64x48x48 gradient, where select(out > 0, ...) takes
+        # 6-12 ms on CPU (about 200 ms of a baseline training step)
+        relu_grad = ReluGrad()
 
         def forward_bprop(x, w, b, out, dout):
             return conv_grads(x, w, dout)
 
         def relu_bprop(x, w, b, out, dout):
-            return conv_grads(x, w, ops.select(out > 0, dout, ops.zeros_like(dout)))
+            return conv_grads(x, w, relu_grad(dout, out))
 
         def residual_bprop(x, w, b, skip, scale, out, dout):
             dx, dw, db = conv_grads(x, w, dout * scale)
@@ -77,7 +81,7 @@ class _FastKernels:
             # recomputes the intermediate: the Trainer's train mode runs the block as two ops instead (no recompute)
             mid = self.forward_relu(x, w1, b1)
             dmid, dw2, db2 = conv_grads(mid, w2, dout * scale)
-            dx, dw1, db1 = conv_grads(x, w1, ops.select(mid > 0, dmid, ops.zeros_like(dmid)))
+            dx, dw1, db1 = conv_grads(x, w1, relu_grad(dmid, mid))
             return dx + dout, dw1, db1, dw2, db2, ops.zeros_like(scale)
 
         # A whole residual block in one op, for inference.

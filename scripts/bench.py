@@ -126,6 +126,7 @@ class MindSporeEngine:
         from mindspore import nn
 
         model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=self.kernel)
+        model.set_train(True)
         optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
         loss = nn.WithLossCell(model, nn.L1Loss())
         grad = compile_dynamic(ms.value_and_grad(loss, None, optimizer.parameters), 3, n_inputs=2)
@@ -148,6 +149,7 @@ class MindSporeEngine:
         from edsr_lib.trainer import TrainStep
 
         model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=self.kernel)
+        model.set_train(True)  # as the Trainer does: the train-mode graph (no recomputed block intermediates)
         optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(1e-4, ms.float32))
         graph = ms.jit(TrainStep(model, nn.L1Loss(), optimizer, ms.amp.StaticLossScaler(1.0)))
         lr = ms.Tensor(random_array((TRAIN_BATCH, 3, TRAIN_LR_SIZE, TRAIN_LR_SIZE)))
