@@ -32,10 +32,12 @@ def _add_weights_source(parser):
 
 
 def _add_conv_algorithm(parser):
+    from .conv import CONV_ALGORITHMS
+
     parser.add_argument(
         "--conv_algorithm",
         "--conv-algorithm",
-        choices=("auto", "direct", "winograd"),
+        choices=CONV_ALGORITHMS,
         default="auto",
         help="the CPU convolution's algorithm for 3x3 layers (auto: Winograd where it pays; docs/benchmarks.md)",
     )

@@ -19,9 +19,14 @@ from mindspore.ops.operations._grad_ops import ReluGrad
 from .errors import KitError
 from .runtime import current_device, fast_conv_library
 
-# auto: the kit's CPU kernel on CPU (its algorithm chosen per layer, see `uses_winograd`), stock elsewhere; fast:
-# require the kit's kernel; direct / winograd: the kit's kernel with that algorithm for 3x3 layers; stock: nn.Conv2d.
-CONV_KERNELS = ("auto", "fast", "direct", "winograd", "stock")
+# auto: the kit's CPU kernel on CPU (its algorithm chosen per layer, see `layer_algorithm`), stock elsewhere; fast:
+# require the kit's kernel; direct / winograd (F(4x4, 3x3)) / winograd2x2 (F(2x2, 3x3)): the kit's kernel with that
+# algorithm for 3x3 layers; stock: nn.Conv2d.
+ALGORITHMS = ("direct", "winograd", "winograd2x2")
+CONV_KERNELS = ("auto", "fast", *ALGORITHMS, "stock")
+CONV_ALGORITHMS = ("auto", *ALGORITHMS)  # what users choose (`conv_algorithm`, `--conv_algorithm`)
+# the kernel library's entry points for each algorithm are named <prefix><name>
+_ENTRY_PREFIX = {"direct": "", "winograd": "Winograd", "winograd2x2": "WinogradF2"}
 
 
 def _registration(name, inputs, outputs):
@@ -39,9 +44,9 @@ class _FastKernels:
     """The library's entry points as MindSpore Custom ops, each forward op carrying its backward as its bprop.
     out_shape=None: output shapes come from the library's C++ infer functions."""
 
-    def __init__(self, library, winograd=False):
-        # Winograd F(4x4, 3x3) replaces the forward, backward-data and backward-weights convolutions.
-        prefix = "Winograd" if winograd else ""
+    def __init__(self, library, algorithm="direct"):
+        # Winograd replaces the forward, backward-data and backward-weights convolutions.
+        prefix = _ENTRY_PREFIX[algorithm]
 
         def custom(function, inputs, outputs, out_dtype, bprop=None):
             return ops.Custom(
@@ -62,7 +67,7 @@ class _FastKernels:
             dw, db = self.backward_weights(x, dy, w)
             return self.backward_data(dy, w), dw, db
 
-        self.conv_grads, self.custom = conv_grads, custom
+        self.conv_grads, self.custom, self.prefix = conv_grads, custom, prefix
         # MindSpore's own ReLU backward kernel: 1.2 ms on a 16x64x48x48 gradient, where select(out > 0, ...) takes
         # 6-12 ms on CPU (about 200 ms of a baseline training step)
         relu_grad = ReluGrad()
@@ -108,20 +113,25 @@ class _FastKernels:
         def bprop(x, w, b, out, dout):
             return self.conv_grads(x, w, ops.pixel_unshuffle(dout, factor))
 
-        return self.custom("WinogradConvShuffleForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, bprop)
+        return self.custom(f"{self.prefix}ConvShuffleForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, bprop)
 
 
-@functools.lru_cache(maxsize=2)
-def _fast_kernels(winograd=False):
-    return _FastKernels(fast_conv_library()[0], winograd)
+@functools.lru_cache(maxsize=len(ALGORITHMS))
+def _fast_kernels(algorithm="direct"):
+    return _FastKernels(fast_conv_library()[0], algorithm)
 
 
-def uses_winograd(kernel, in_channels, out_channels, kernel_size):
-    """Whether a layer runs Winograd F(4x4, 3x3): always for 3x3 with `winograd`, never with `direct`; for auto and
-    fast, 3x3 layers with at least 16 channels in and out (the RGB head and tail would pad 3 channels to 16)."""
+def layer_algorithm(kernel, in_channels, out_channels, kernel_size):
+    """The algorithm a layer runs on the kit's kernel: the one asked for (Winograd only for 3x3 filters); for auto
+    and fast, Winograd F(4x4, 3x3) for 3x3 layers with at least 16 channels in and out (the RGB head and tail would
+    pad 3 channels to 16), direct otherwise. F(2x2, 3x3) is never chosen by auto: `bench.py --layers` measures it
+    slower than F(4x4, 3x3) on every EDSR layer, and F(4x4)'s error already keeps published outputs within one level
+    (docs/benchmarks.md); it is there for users who want Winograd's speed-up with a direct convolution's error."""
     if kernel_size != 3 or kernel == "direct":
-        return False
-    return kernel == "winograd" or min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+        return "direct"
+    if kernel in ALGORITHMS:
+        return kernel
+    return "winograd" if min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS else "direct"
 
 
 WINOGRAD_MIN_CHANNELS = 16
@@ -139,11 +149,12 @@ def _warn_fallback_once():
 class FastConv2d(nn.Cell):
     """Stride 1, same padding, odd square kernel, float32, with bias, on the kit's oneDNN kernel."""
 
-    def __init__(self, conv: nn.Conv2d, winograd=False):
+    def __init__(self, conv: nn.Conv2d, algorithm="direct"):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
-        self.winograd = bool(winograd)
-        self.kernels = kernels = _fast_kernels(self.winograd)
+        self.algorithm = algorithm
+        self.winograd = algorithm != "direct"
+        self.kernels = kernels = _fast_kernels(algorithm)
         self.conv2d, self.conv2d_relu, self.conv2d_residual, self.block = (
             kernels.forward,
             kernels.forward_relu,
@@ -173,15 +184,15 @@ class FastConv2d(nn.Cell):
 def make_conv(in_channels, out_channels, kernel_size=3, kernel="auto"):
     """Stride 1, 'same' zero padding, with bias: the only convolution EDSR uses.
 
-    kernel: auto (the fast CPU kernel on CPU when available, else stock), fast (require it), direct or winograd
-    (require it, with that algorithm for 3x3 layers), stock (nn.Conv2d).
+    kernel: auto (the fast CPU kernel on CPU when available, else stock), fast (require it), direct, winograd or
+    winograd2x2 (require it, with that algorithm for 3x3 layers), stock (nn.Conv2d).
     """
     if kernel not in CONV_KERNELS:
         raise KitError(f"conv kernel must be one of {', '.join(CONV_KERNELS)}, got {kernel!r}")
     conv = nn.Conv2d(
         in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=kernel_size // 2, has_bias=True
     )
-    if kernel == "stock" or (kernel in ("auto", "direct", "winograd") and current_device() != "CPU"):
+    if kernel == "stock" or (kernel in ("auto", *ALGORITHMS) and current_device() != "CPU"):
         return conv  # the algorithms are the CPU kernel's; Ascend and GPU run MindSpore's own
     library, reason = fast_conv_library()
     if library is None:
@@ -189,4 +200,4 @@ def make_conv(in_channels, out_channels, kernel_size=3, kernel="auto"):
             raise KitError(f"the fast CPU convolution is unavailable: {reason}")
         _warn_fallback_once()
         return conv
-    return FastConv2d(conv, uses_winograd(kernel, in_channels, out_channels, kernel_size))
+    return FastConv2d(conv, layer_algorithm(kernel, in_channels, out_channels, kernel_size))

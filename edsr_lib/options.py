@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
 from .degradations import Degradation, RealisticRanges
+from .conv import CONV_ALGORITHMS
 from .errors import KitError
 from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse_scales
 
@@ -124,7 +125,9 @@ class Options:
         False, "Ascend: deterministic kernels and HCCL (exact resume); CPU is always deterministic"
     )
     conv_algorithm: str = option(
-        "auto", "CPU 3x3 convolutions: auto (Winograd where it pays), direct or winograd (docs/benchmarks.md)"
+        "auto",
+        "CPU 3x3 convolutions: auto (Winograd where it pays), direct, winograd (F(4x4,3x3)) or winograd2x2 "
+        "(F(2x2,3x3), a direct convolution's error; docs/benchmarks.md)",
     )
     dataset_sink: str = option("auto", "auto, on or off: run print_every steps per device call (Ascend/GPU data sink)")
     allow_large_model: bool = option(False, "allow more than 256 residual blocks or 1024 features")
@@ -156,8 +159,8 @@ class Options:
         if str(self.dataset_sink).lower() not in ("auto", "on", "off", "true", "false"):
             raise KitError(f"dataset_sink must be auto, on or off, got {self.dataset_sink!r}")
         self.conv_algorithm = str(self.conv_algorithm).lower()
-        if self.conv_algorithm not in ("auto", "direct", "winograd"):
-            raise KitError(f"conv_algorithm must be auto, direct or winograd, got {self.conv_algorithm!r}")
+        if self.conv_algorithm not in CONV_ALGORITHMS:
+            raise KitError(f"conv_algorithm must be one of {', '.join(CONV_ALGORITHMS)}, got {self.conv_algorithm!r}")
         self.tensorboard = str(self.tensorboard).lower()
         if self.tensorboard not in ("auto", "on", "off"):
             raise KitError(f"tensorboard must be auto, on or off, got {self.tensorboard!r}")

@@ -7,7 +7,7 @@
     .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
     .venv/bin/python scripts/bench.py --export        # one image: checkpoint, MINDIR (in process, child), ONNX
     .venv/bin/python scripts/bench.py --kernel-memory # the CPU kernel's resident memory over 232 input shapes
-    .venv/bin/python scripts/bench.py --layers        # one 3x3 conv per layer type: direct, Winograd, PyTorch
+    .venv/bin/python scripts/bench.py --layers        # one 3x3 conv per layer type: direct, both Winograds, PyTorch
 
 Network timings compare three engines running the same network on the same CPU: the kit ("kit": MindSpore graphs
 with dynamic shapes and the kit's CPU convolution, what `load_model` and the Trainer use), MindSpore's stock Conv2d in
@@ -421,9 +421,11 @@ def sgemm_ceiling():
 
 
 def bench_layers():
-    """One 3x3 convolution (forward; and backward data, which the kit runs as a forward of flipped filters) per
-    layer type: the kit's direct and Winograd kernels against PyTorch, with the GFLOP/s each reaches counted as a
-    direct convolution's 2 * C * O * 9 * H * W (so Winograd can exceed the sgemm ceiling)."""
+    """One 3x3 convolution (forward; backward data is the same forward of flipped filters) per layer type: the kit's
+    direct kernel and both Winograd variants against PyTorch, with the GFLOP/s each reaches counted as a direct
+    convolution's 2 * C * O * 9 * H * W (so Winograd can exceed the sgemm ceiling), and each Winograd variant's largest
+    difference from a float64 convolution (numpy), relative to the output's largest value: the numbers
+    `layer_algorithm` (edsr_lib/conv.py) chooses by."""
     import ctypes
 
     library = fast_conv_library()[0]
@@ -441,15 +443,21 @@ def bench_layers():
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     ceiling = sgemm_ceiling()
+    kernels = {"direct": "ConvForward", "F(4x4)": "WinogradConvForward", "F(2x2)": "WinogradF2ConvForward"}
     print(f"sgemm ceiling (numpy, 4096^3 float32): {ceiling:.0f} GFLOP/s")
-    print(f"{'3x3 conv, batch 1':<22}{'direct':>16}{'winograd':>16}{'torch':>16}{'wino/torch':>12}{'wino/direct':>13}")
+    print(
+        f"{'3x3 conv, batch 1':<20}"
+        + "".join(f"{name:>15}" for name in (*kernels, "torch"))
+        + f"{'F(4x4)/torch':>13}{'F(2x2)/torch':>13}{'error F(4x4)':>13}{'F(2x2)':>9}{'direct':>9}"
+    )
     for attempt, (channels, side) in enumerate([LAYER_CASES[0], *LAYER_CASES]):  # the first: a warm-up, not shown
         x, w = random_array((1, channels, side, side)), random_array((channels, channels, 3, 3)) / 255.0
-        b, y = np.zeros(channels, np.float32), np.empty((1, channels, side, side), np.float32)
+        b = np.zeros(channels, np.float32)
+        outputs = {name: np.empty((1, channels, side, side), np.float32) for name in kernels}
         flops = 2 * channels * channels * 9 * side * side
         times = {
-            "direct": best_of(lambda: call("ConvForward", x, w, b, y), repeat=5),
-            "winograd": best_of(lambda: call("WinogradConvForward", x, w, b, y), repeat=5),
+            name: best_of(lambda: call(function, x, w, b, outputs[name]), repeat=5)
+            for name, function in kernels.items()
         }
         if torch is not None:
             tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
@@ -457,14 +465,29 @@ def bench_layers():
                 times["torch"] = best_of(lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=1), repeat=5)
         if attempt == 0:
             continue
+        exact = conv3x3_float64(x, w)
+        errors = {name: np.abs(out - exact).max() / np.abs(exact).max() for name, out in outputs.items()}
         cells = "".join(
-            f"{times[k] * 1e3:>7.2f}ms{flops / times[k] / 1e9:>5.0f}GF" if k in times else f"{'-':>16}"
-            for k in ("direct", "winograd", "torch")
+            f"{times[k] * 1e3:>6.2f}ms{flops / times[k] / 1e9:>5.0f}GF" if k in times else f"{'-':>15}"
+            for k in (*kernels, "torch")
         )
         print(
-            f"{f'{channels}->{channels} at {side}x{side}':<22}{cells}"
-            f"{ratio(times['winograd'], times.get('torch')):>12}{ratio(times['winograd'], times['direct']):>13}"
+            f"{f'{channels}->{channels} at {side}x{side}':<20}{cells}"
+            f"{ratio(times['F(4x4)'], times.get('torch')):>13}{ratio(times['F(2x2)'], times.get('torch')):>13}"
+            f"{errors['F(4x4)']:>13.1e}{errors['F(2x2)']:>9.1e}{errors['direct']:>9.1e}"
         )
+
+
+def conv3x3_float64(x, w):
+    """A 3x3, pad-1 convolution of one image in float64 (numpy, one matrix product per filter tap): the reference
+    the kernels' float32 errors are measured against."""
+    c, h, wd = x.shape[1:]
+    padded = np.pad(x[0].astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((w.shape[0], h * wd))
+    for i in range(3):
+        for j in range(3):
+            out += w[:, :, i, j].astype(np.float64) @ padded[:, i : i + h, j : j + wd].reshape(c, -1)
+    return out.reshape(1, -1, h, wd)
 
 
 EXPORT_LR = (150, 225)  # LR height, width: notebook 05's sample image
@@ -522,7 +545,11 @@ if __name__ == "__main__":
     parser.add_argument("--train", action="store_true", help="training steps only (incl. without host blocking)")
     parser.add_argument("--export", action="store_true", help="checkpoint vs MINDIR (in process, child) vs ONNX")
     parser.add_argument("--kernel-memory", action="store_true", help="the kernel's resident memory over new shapes")
-    parser.add_argument("--layers", action="store_true", help="one 3x3 conv per layer type: direct, Winograd, torch")
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="one 3x3 conv per layer type: direct, Winograd F(4x4) and F(2x2), torch, with errors",
+    )
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine-worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)

@@ -128,22 +128,25 @@ def test_same_parameters_and_same_losses_over_adam_steps():
     assert losses["fast"][-1] < losses["fast"][0]
 
 
-# Winograd F(4x4, 3x3) against the direct kernel. Its transforms add and subtract multiples of up to 8 of the
-# tile values, so its float32 error is larger than direct's: measured up to about 1e-5 of the output's largest value
-# on these shapes (docs/benchmarks.md), checked here at 5e-5.
-WINOGRAD_TOLERANCE = 5e-5
+# Winograd against the direct kernel. F(4x4, 3x3)'s transforms add and subtract multiples of up to 8 of the tile
+# values, so its float32 error is larger than direct's: measured up to about 1e-5 of the output's largest value on
+# these shapes (docs/benchmarks.md), checked here at 5e-5. F(2x2, 3x3)'s use only +-1 and 1/2: checked at 5e-6, about
+# the direct kernel's own error against MindSpore's convolution.
+WINOGRAD_TOLERANCE = {"winograd": 5e-5, "winograd2x2": 5e-6}
 
 
 @needs_fast
+@pytest.mark.parametrize("algorithm", ["winograd", "winograd2x2"])
 @pytest.mark.parametrize("seed", range(4))
-def test_winograd_forward_fused_forms_and_backward_match_direct(seed):
+def test_winograd_forward_fused_forms_and_backward_match_direct(seed, algorithm):
     rng = np.random.default_rng(200 + seed)
+    tolerance = WINOGRAD_TOLERANCE[algorithm]
     n, c, o = int(rng.integers(1, 3)), int(rng.choice([16, 24, 64, 256])), int(rng.choice([16, 40, 64, 256]))
     h, w = int(rng.integers(3, 30)), int(rng.integers(3, 30))  # mostly not multiples of the 4x4 output tile
     ms.set_seed(seed)
-    wino = make_conv(c, o, 3, kernel="winograd")
-    direct = FastConv2d(wino, winograd=False)  # the same parameters on the direct kernel
-    assert wino.winograd and not direct.winograd
+    wino = make_conv(c, o, 3, kernel=algorithm)
+    direct = FastConv2d(wino, "direct")  # the same parameters on the direct kernel
+    assert wino.algorithm == algorithm and wino.winograd and not direct.winograd
     x = ms.Tensor(rng.standard_normal((n, c, h, w)).astype(np.float32))
     skip = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
     dy = ms.Tensor(rng.standard_normal((n, o, h, w)).astype(np.float32))
@@ -156,24 +159,25 @@ def test_winograd_forward_fused_forms_and_backward_match_direct(seed):
     args = (x, wino.weight, wino.bias, skip)
     for form, make in forms.items():
         expected, got = make(direct)(*args).asnumpy(), make(wino)(*args).asnumpy()
-        assert _rel(expected, got) <= WINOGRAD_TOLERANCE, form
+        assert _rel(expected, got) <= tolerance, form
         grads = [
             ms.grad(lambda *a, f=make(k): (f(*a) * dy).sum(), grad_position=(0, 1, 2))(*args) for k in (direct, wino)
         ]
         for name, expected, got in zip(("dx", "dw", "db"), *grads):
-            assert _rel(expected.asnumpy(), got.asnumpy()) <= WINOGRAD_TOLERANCE, (form, name)
+            assert _rel(expected.asnumpy(), got.asnumpy()) <= tolerance, (form, name)
 
 
 @needs_fast
+@pytest.mark.parametrize("algorithm", ["winograd", "winograd2x2"])
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_the_fused_upsampler_equals_conv_then_pixel_shuffle(scale):
+def test_the_fused_upsampler_equals_conv_then_pixel_shuffle(scale, algorithm):
     """In inference the Winograd upsampler writes each conv's output already pixel-shuffled (one op per stage);
     in training it runs conv and PixelShuffle. Both, and their gradients, agree."""
     from edsr_lib.model import Upsampler
 
     rng = np.random.default_rng(scale)
     ms.set_seed(scale)
-    up = Upsampler(scale, 16, "winograd")
+    up = Upsampler(scale, 16, algorithm)
     assert len(up.fused_ops) == (2 if scale == 4 else 1)
     assert Upsampler(scale, 16, "direct").fused_ops == ()
     x = ms.Tensor(rng.standard_normal((2, 16, 7, 9)).astype(np.float32))
@@ -184,8 +188,8 @@ def test_the_fused_upsampler_equals_conv_then_pixel_shuffle(scale):
         outputs[training] = up(x).asnumpy()
         grads[training] = ms.grad(lambda x: (up(x) * dy).sum())(x).asnumpy()
     assert outputs[False].shape == (2, 16, 7 * scale, 9 * scale)
-    assert _rel(outputs[True], outputs[False]) <= WINOGRAD_TOLERANCE
-    assert _rel(grads[True], grads[False]) <= WINOGRAD_TOLERANCE
+    assert _rel(outputs[True], outputs[False]) <= WINOGRAD_TOLERANCE[algorithm]
+    assert _rel(grads[True], grads[False]) <= WINOGRAD_TOLERANCE[algorithm]
 
 
 def test_the_algorithm_is_chosen_per_layer():
@@ -197,6 +201,9 @@ def test_the_algorithm_is_chosen_per_layer():
     assert not make_conv(64, 64, 5, kernel="winograd").winograd  # F(4x4, 3x3) is for 3x3 filters only
     assert not make_conv(64, 64, 3, kernel="direct").winograd
     assert make_conv(3, 64, 3, kernel="winograd").winograd  # asked for explicitly
+    assert make_conv(64, 64, 3, kernel="auto").algorithm == "winograd"  # F(4x4, 3x3): faster on every EDSR layer
+    assert make_conv(64, 64, 3, kernel="winograd2x2").algorithm == "winograd2x2"
+    assert make_conv(64, 64, 5, kernel="winograd2x2").algorithm == "direct"
 
 
 @needs_fast
@@ -211,10 +218,11 @@ def test_winograd_training_losses_match_direct_over_20_adam_steps():
         for _ in range(4)
     ]
     losses = {}
-    for algorithm in ("direct", "winograd"):
+    for algorithm in ("direct", "winograd", "winograd2x2"):
         ms.set_seed(11)
         model = build_model(arch, algorithm)
-        assert any(getattr(c, "winograd", False) for _, c in model.cells_and_names()) == (algorithm == "winograd")
+        used = {c.algorithm for _, c in model.cells_and_names() if isinstance(c, FastConv2d)}
+        assert used == {algorithm}  # asked for explicitly: every 3x3 layer
         opt = nn.Adam(model.trainable_params(), learning_rate=1e-3)
         step = compile_dynamic(ms.value_and_grad(nn.WithLossCell(model, nn.L1Loss()), None, opt.parameters), 3, 2)
         losses[algorithm] = []
@@ -223,6 +231,7 @@ def test_winograd_training_losses_match_direct_over_20_adam_steps():
             opt(grads)
             losses[algorithm].append(float(loss.asnumpy()))
     np.testing.assert_allclose(losses["winograd"], losses["direct"], rtol=1e-4)
+    np.testing.assert_allclose(losses["winograd2x2"], losses["direct"], rtol=1e-4)
     assert losses["winograd"][-1] < losses["winograd"][0]
 
 

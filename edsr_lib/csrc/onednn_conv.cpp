@@ -14,8 +14,8 @@
 //   WinogradConvShuffleForward(x, w[r^2 C, C, 3, 3], b) -> pixel_shuffle(conv(x), r)        (the upsampler, inference)
 //   ConvBackwardData(dy[N,O,H,W], w[O,C,K,K]) -> dx[N,C,H,W]
 //   ConvBackwardWeights(x[N,C,H,W], dy[N,O,H,W], w[O,C,K,K]) -> dw[O,C,K,K], db[O]   (w for its shape only)
-// and Winograd forms of the forward, block, backward-data and backward-weights entry points (`Winograd<name>`,
-// 3x3 only),
+// and Winograd forms of the forward, block, upsampler, backward-data and backward-weights entry points, 3x3 only:
+// `Winograd<name>` by F(4x4, 3x3), `WinogradF2<name>` by F(2x2, 3x3),
 // each with its `<name>InferShape`: MindSpore calls these C++ shape functions (not Python ones) when it runs a graph
 // whose N, H and W are only known at run time, so one compiled graph serves every image size.
 // The fused forms exist because each MindSpore op between two convolutions costs ~0.3-0.5 ms of launch overhead
@@ -38,6 +38,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -390,29 +391,30 @@ int Forward(Kind kind, int nparam, void **params, int *ndims, int64_t **shapes, 
   return Run(kind, {x[0], x[1], x[2], x[3], w[0], w[2]}, {params[0], params[1], params[2], params[3]});
 }
 
-// ---- Winograd F(4x4, 3x3) --------------------------------------------------------------------------------------
+// ---- Winograd F(4x4, 3x3) and F(2x2, 3x3) -----------------------------------------------------------------------
 //
 // For stride-1, pad-1 3x3 convolutions (every EDSR body conv): each 4x4 block of outputs comes from a 6x6 input
-// tile with 36 multiplications per channel pair instead of 144 (Lavin and Gray 2016). Per call:
+// tile with 36 multiplications per channel pair instead of 144 (Lavin and Gray 2016); F(2x2, 3x3), each 2x2 block
+// from a 4x4 tile, 16 instead of 36. The code below is written once for both (a template on the variant's
+// transforms, F4x4 or F2x2, and its kTile and kAlpha = kTile + 2). Per call:
 //   1. x (NCHW) is copied into a zero-bordered NHWC buffer with channels padded to a multiple of 16;
-//   2. the filters are transformed, U[36][C][O] = G g G^T (under 1% of the work, so done on every call, which also
-//      makes a training step's updated weights safe without any cache);
-//   3. for chunks of tiles: the input transform V[36][tiles][C] = B^T d B, one batched oneDNN matmul
-//      M[36] = V[36] U[36], and the output transform A^T M A, written straight into y (NCHW) with the bias and
-//      the ReLU or residual (y * scale + skip) applied on the way.
+//   2. the filters are transformed, U[kAlpha^2][C][O] = G g G^T (under 1% of the work; kept while the weights are
+//      unchanged, see CachedFilters);
+//   3. for chunks of tiles: the input transform V[kAlpha^2][tiles][C] = B^T d B, one batched oneDNN matmul
+//      M[kAlpha^2] = V[kAlpha^2] U[kAlpha^2], and the output transform A^T M A, written straight into y (NCHW)
+//      with the bias and the ReLU or residual (y * scale + skip) applied on the way.
 // Every transform runs 16 channels at a time in plain loops the compiler vectorises (-O3 -march=native).
 // Backward data is the same convolution of dy with the filters flipped and transposed (O and C swapped); backward
 // weights reads the same identity the other way (WinogradWeightGrad).
 
 constexpr int kLanes = 16;
-constexpr int kAlpha = 6, kTile = 4;
 constexpr int64_t kChunkBytes = int64_t(2) << 20;  // one chunk's transformed tiles (V): about L2-sized
 constexpr int64_t kSmallFilters = 128 * 128;       // C x O up to which each thread runs its own chunks
 constexpr int64_t kSmallChunk = 64;                // tiles per chunk then (16 to 128: within 20%)
 
 int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// The batched GEMM M[b] = V[b] U[b] for b < 36, as a oneDNN matmul primitive per shape.
+// The batched GEMM M[b] = V[b] U[b] for b < kAlpha^2, as a oneDNN matmul primitive per shape.
 struct Gemm {
   dnnl_primitive_t primitive = nullptr;
   dnnl_memory_t a = nullptr, b = nullptr, c = nullptr;
@@ -423,11 +425,10 @@ struct Gemm {
   }
 };
 
-Gemm *BuildGemm(int64_t rows, int64_t inner, int64_t cols) {
+Gemm *BuildGemm(int64_t batch, int64_t rows, int64_t inner, int64_t cols) {
   Runtime *rt = GetRuntime();
   if (!rt) return nullptr;
-  dnnl_dims_t a_dims = {kAlpha * kAlpha, rows, inner}, b_dims = {kAlpha * kAlpha, inner, cols},
-              c_dims = {kAlpha * kAlpha, rows, cols};
+  dnnl_dims_t a_dims = {batch, rows, inner}, b_dims = {batch, inner, cols}, c_dims = {batch, rows, cols};
   dnnl_memory_desc_t a_md = nullptr, b_md = nullptr, c_md = nullptr;
   dnnl_primitive_desc_t pd = nullptr;
   auto free_descriptors = OnExit([&] {
@@ -447,14 +448,14 @@ Gemm *BuildGemm(int64_t rows, int64_t inner, int64_t cols) {
   return gemm.release();
 }
 
-std::map<std::array<int64_t, 3>, std::unique_ptr<Gemm>> gemms;
+std::map<std::array<int64_t, 4>, std::unique_ptr<Gemm>> gemms;
 
-Gemm *GetGemm(int64_t rows, int64_t inner, int64_t cols) {
-  std::array<int64_t, 3> key = {rows, inner, cols};
+Gemm *GetGemm(int64_t batch, int64_t rows, int64_t inner, int64_t cols) {
+  std::array<int64_t, 4> key = {batch, rows, inner, cols};
   auto found = gemms.find(key);
   if (found != gemms.end()) return found->second.get();
   if (gemms.size() >= kMaxPlans) gemms.clear();
-  Gemm *gemm = BuildGemm(rows, inner, cols);
+  Gemm *gemm = BuildGemm(batch, rows, inner, cols);
   if (!gemm) return nullptr;
   return gemms.emplace(key, std::unique_ptr<Gemm>(gemm)).first->second.get();
 }
@@ -471,32 +472,109 @@ void ParallelFor(int64_t count, const std::function<void(int64_t, int64_t)> &bod
   });
 }
 
-// B^T d along one axis, for kLanes channels: in[k] points at kLanes floats, k = 0..5, `step` floats apart.
-inline void InputRows(const float *in, int64_t step, float out[kAlpha][kLanes]) {
-  const float *d0 = in, *d1 = in + step, *d2 = in + 2 * step, *d3 = in + 3 * step, *d4 = in + 4 * step,
-              *d5 = in + 5 * step;
-  for (int v = 0; v < kLanes; ++v) {
-    out[0][v] = 4.f * d0[v] - 5.f * d2[v] + d4[v];
-    out[1][v] = -4.f * (d1[v] + d2[v]) + d3[v] + d4[v];
-    out[2][v] = 4.f * (d1[v] - d2[v]) - d3[v] + d4[v];
-    out[3][v] = -2.f * (d1[v] - d3[v]) - d2[v] + d4[v];
-    out[4][v] = 2.f * (d1[v] - d3[v]) - d2[v] + d4[v];
-    out[5][v] = 4.f * d1[v] - 5.f * d3[v] + d5[v];
+// The two Winograd variants' transforms along one axis, each for kLanes channels: `in + k * step` points at the
+// k-th kLanes floats, `out + k * out_step` receives the k-th result.
+//   Input:  B^T d (kAlpha values from kAlpha);  Output: A^T m (kTile from kAlpha);
+//   Filter: G g (kAlpha from 3);  Grad: A dy (kAlpha from kTile, backward weights);  FilterBack: G^T m (3 from kAlpha).
+// F(4x4, 3x3) (Lavin and Gray's points 0, +-1, +-2, infinity): 36 multiplications per 16 outputs instead of 144.
+struct F4x4 {
+  static constexpr int kAlpha = 6, kTile = 4;
+  static void Input(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *d0 = in, *d1 = in + step, *d2 = in + 2 * step, *d3 = in + 3 * step, *d4 = in + 4 * step,
+                *d5 = in + 5 * step;
+    for (int v = 0; v < kLanes; ++v) {
+      out[v] = 4.f * d0[v] - 5.f * d2[v] + d4[v];
+      out[out_step + v] = -4.f * (d1[v] + d2[v]) + d3[v] + d4[v];
+      out[2 * out_step + v] = 4.f * (d1[v] - d2[v]) - d3[v] + d4[v];
+      out[3 * out_step + v] = -2.f * (d1[v] - d3[v]) - d2[v] + d4[v];
+      out[4 * out_step + v] = 2.f * (d1[v] - d3[v]) - d2[v] + d4[v];
+      out[5 * out_step + v] = 4.f * d1[v] - 5.f * d3[v] + d5[v];
+    }
   }
-}
+  static void Output(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *m0 = in, *m1 = in + step, *m2 = in + 2 * step, *m3 = in + 3 * step, *m4 = in + 4 * step,
+                *m5 = in + 5 * step;
+    for (int v = 0; v < kLanes; ++v) {
+      const float p12 = m1[v] + m2[v], n12 = m1[v] - m2[v], p34 = m3[v] + m4[v], n34 = m3[v] - m4[v];
+      out[v] = m0[v] + p12 + p34;
+      out[out_step + v] = n12 + 2.f * n34;
+      out[2 * out_step + v] = p12 + 4.f * p34;
+      out[3 * out_step + v] = n12 + 8.f * n34 + m5[v];
+    }
+  }
+  static void Filter(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *g0 = in, *g1 = in + step, *g2 = in + 2 * step;
+    for (int v = 0; v < kLanes; ++v) {
+      out[v] = g0[v] / 4.f;
+      out[out_step + v] = -(g0[v] + g1[v] + g2[v]) / 6.f;
+      out[2 * out_step + v] = -(g0[v] - g1[v] + g2[v]) / 6.f;
+      out[3 * out_step + v] = g0[v] / 24.f + g1[v] / 12.f + g2[v] / 6.f;
+      out[4 * out_step + v] = g0[v] / 24.f - g1[v] / 12.f + g2[v] / 6.f;
+      out[5 * out_step + v] = g2[v];
+    }
+  }
+  static void Grad(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *d0 = in, *d1 = in + step, *d2 = in + 2 * step, *d3 = in + 3 * step;
+    for (int v = 0; v < kLanes; ++v) {
+      out[v] = d0[v];
+      out[out_step + v] = d0[v] + d1[v] + d2[v] + d3[v];
+      out[2 * out_step + v] = d0[v] - d1[v] + d2[v] - d3[v];
+      out[3 * out_step + v] = d0[v] + 2.f * d1[v] + 4.f * d2[v] + 8.f * d3[v];
+      out[4 * out_step + v] = d0[v] - 2.f * d1[v] + 4.f * d2[v] - 8.f * d3[v];
+      out[5 * out_step + v] = d3[v];
+    }
+  }
+  static void FilterBack(const float *m, float *out) {  // one channel pair: m[kAlpha] -> out[3]
+    out[0] = m[0] / 4.f - (m[1] + m[2]) / 6.f + (m[3] + m[4]) / 24.f;
+    out[1] = (m[2] - m[1]) / 6.f + (m[3] - m[4]) / 12.f;
+    out[2] = (m[3] + m[4] - m[1] - m[2]) / 6.f + m[5];
+  }
+};
 
-// A^T m along one axis, for kLanes channels.
-inline void OutputRows(const float *in, int64_t step, float out[kTile][kLanes]) {
-  const float *m0 = in, *m1 = in + step, *m2 = in + 2 * step, *m3 = in + 3 * step, *m4 = in + 4 * step,
-              *m5 = in + 5 * step;
-  for (int v = 0; v < kLanes; ++v) {
-    const float p12 = m1[v] + m2[v], n12 = m1[v] - m2[v], p34 = m3[v] + m4[v], n34 = m3[v] - m4[v];
-    out[0][v] = m0[v] + p12 + p34;
-    out[1][v] = n12 + 2.f * n34;
-    out[2][v] = p12 + 4.f * p34;
-    out[3][v] = n12 + 8.f * n34 + m5[v];
+// F(2x2, 3x3) (points 0, +-1, infinity): 16 multiplications per 4 outputs instead of 36, with transforms of only
+// +-1 and 1/2, so its float32 error is about that of a direct convolution.
+struct F2x2 {
+  static constexpr int kAlpha = 4, kTile = 2;
+  static void Input(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *d0 = in, *d1 = in + step, *d2 = in + 2 * step, *d3 = in + 3 * step;
+    for (int v = 0; v < kLanes; ++v) {
+      out[v] = d0[v] - d2[v];
+      out[out_step + v] = d1[v] + d2[v];
+      out[2 * out_step + v] = d2[v] - d1[v];
+      out[3 * out_step + v] = d1[v] - d3[v];
+    }
   }
-}
+  static void Output(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *m0 = in, *m1 = in + step, *m2 = in + 2 * step, *m3 = in + 3 * step;
+    for (int v = 0; v < kLanes; ++v) {
+      out[v] = m0[v] + m1[v] + m2[v];
+      out[out_step + v] = m1[v] - m2[v] - m3[v];
+    }
+  }
+  static void Filter(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *g0 = in, *g1 = in + step, *g2 = in + 2 * step;
+    for (int v = 0; v < kLanes; ++v) {
+      out[v] = g0[v];
+      out[out_step + v] = (g0[v] + g1[v] + g2[v]) / 2.f;
+      out[2 * out_step + v] = (g0[v] - g1[v] + g2[v]) / 2.f;
+      out[3 * out_step + v] = g2[v];
+    }
+  }
+  static void Grad(const float *in, int64_t step, float *out, int64_t out_step) {
+    const float *d0 = in, *d1 = in + step;
+    for (int v = 0; v < kLanes; ++v) {
+      out[v] = d0[v];
+      out[out_step + v] = d0[v] + d1[v];
+      out[2 * out_step + v] = d0[v] - d1[v];
+      out[3 * out_step + v] = -d1[v];
+    }
+  }
+  static void FilterBack(const float *m, float *out) {
+    out[0] = m[0] + (m[1] + m[2]) / 2.f;
+    out[1] = (m[1] - m[2]) / 2.f;
+    out[2] = (m[1] + m[2]) / 2.f + m[3];
+  }
+};
 
 // Transformed filters kept from call to call: inference runs the same weights through every call, so U is reused
 // once the weights are found unchanged (compared in full, about 1% of the convolution); a training step changes
@@ -506,12 +584,15 @@ constexpr size_t kFilterCacheBytes = size_t(96) << 20;
 struct CachedFilters {
   std::vector<float> weights, u;
 };
-std::map<std::tuple<const float *, int64_t, int64_t, bool>, CachedFilters> filter_cache;
+std::map<std::tuple<const float *, int64_t, int64_t, bool, int>, CachedFilters> filter_cache;  // ..., flip, alpha
 size_t filter_cache_bytes = 0;
 
-// The input side of a 3x3, pad-1 convolution computed in 4x4 output tiles: the geometry, packing rows of the NCHW
-// input into zero-bordered NHWC with channels padded to a multiple of 16, and the input transform V = B^T d B.
+// The input side of a 3x3, pad-1 convolution computed in W::kTile-square output tiles: the geometry, packing rows
+// of the NCHW input into zero-bordered NHWC with channels padded to a multiple of 16, and the input transform
+// V = B^T d B.
+template <class W>
 struct Tiles {
+  static constexpr int kAlpha = W::kAlpha, kTile = W::kTile;
   const float *x;
   int64_t n, c, h, wd, cp, th, tw, ph, pw;
   Tiles(const float *x_, int64_t n_, int64_t c_, int64_t h_, int64_t wd_)
@@ -576,9 +657,9 @@ struct Tiles {
       const auto [packed, row0] = rows_of(img);
       const float *origin = packed + ((ty * kTile - row0) * pw + tx * kTile) * cp;
       for (int64_t ch = 0; ch < cp; ch += kLanes) {
-        for (int j = 0; j < kAlpha; ++j) InputRows(origin + j * cp + ch, pw * cp, rows[j]);  // rows[j][i]
+        for (int j = 0; j < kAlpha; ++j) W::Input(origin + j * cp + ch, pw * cp, rows[j][0], kLanes);  // rows[j][i]
         for (int i = 0; i < kAlpha; ++i) {
-          InputRows(&rows[0][i][0], kAlpha * kLanes, cols);  // along the row: cols[j'] for row i
+          W::Input(&rows[0][i][0], kAlpha * kLanes, cols[0], kLanes);  // along the row: cols[j'] for row i
           for (int j = 0; j < kAlpha; ++j) {
             float *dst = v + ((i * kAlpha + j) * count + t) * cp + ch;
             for (int l = 0; l < kLanes; ++l) dst[l] = cols[j][l];
@@ -594,13 +675,15 @@ enum Epilogue { kPlain = 0, kRelu = 1, kResidual = 2 };
 // y[N,O,H,W] = conv3x3(x[N,C,H,W], filters) (+ bias, then the epilogue). `flip`: the filters are w[C][O] read
 // flipped (backward data: x is dy, C and O are the forward's O and C). `shuffle` r > 1: y is written pixel-shuffled,
 // [N, O / r^2, H r, W r], as the upsampler's PixelShuffle would rearrange it (no epilogue then).
+template <class W>
 int WinogradConv(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t c, int64_t h,
                  int64_t wd, int64_t o, bool flip, Epilogue epilogue, const float *skip, float scale,
                  int64_t shuffle = 0) {
+  constexpr int kAlpha = W::kAlpha, kTile = W::kTile;
   std::lock_guard<std::mutex> lock(pool_mutex);
   Runtime *rt = GetRuntime();
   if (!rt) return kPlanFailed;
-  const Tiles geo(x, n, c, h, wd);
+  const Tiles<W> geo(x, n, c, h, wd);
   const int64_t cp = geo.cp, op = RoundUp(o, kLanes), th = geo.th, tw = geo.tw, tiles = n * th * tw;
   const int64_t ph = geo.ph, pw = geo.pw;  // padded input: a zero border of 1, then whole tiles
   // Tiles per chunk: about kChunkBytes of V, but at least 4 C O / (C + O), or re-reading U for every chunk would cost
@@ -609,7 +692,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
   const int64_t chunk = std::min(tiles, std::max<int64_t>({16, by_size, 4 * cp * op / (cp + op)}));
   const int64_t xis = kAlpha * kAlpha;
   const size_t weight_count = size_t(o) * c * 9, u_count = size_t(xis) * cp * op;
-  const auto key = std::make_tuple(w, c, o, flip);
+  const auto key = std::make_tuple(w, c, o, flip, kAlpha);
   auto cached = filter_cache.find(key);
   const bool reuse = cached != filter_cache.end() && cached->second.weights.size() == weight_count &&
                      std::equal(w, w + weight_count, cached->second.weights.begin());
@@ -625,38 +708,20 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
   float *u = cached != filter_cache.end() ? cached->second.u.data()
                                          : static_cast<float *>(wino_workspace[1].Get(sizeof(float) * u_count));
 
-  // 2. filters: U[xi][ch][oc], zero for padded channels, 16 output channels at a time (36 runs of 16 floats each)
+  // 2. filters: U[xi][ch][oc], zero for padded channels, 16 output channels at a time (kAlpha^2 runs of 16 floats)
   if (!reuse) ParallelFor(cp, [&](int64_t begin, int64_t end) {
-    float g[9][kLanes], t[kAlpha][3][kLanes], out[kAlpha][kAlpha][kLanes];
+    float g[3][3][kLanes], t[kAlpha][3][kLanes], out[kAlpha][kAlpha][kLanes];
     for (int64_t ch = begin; ch < end; ++ch)
       for (int64_t oc0 = 0; oc0 < op; oc0 += kLanes) {
         for (int l = 0; l < kLanes; ++l) {
           const int64_t oc = oc0 + l;
           for (int k = 0; k < 9; ++k) {
             // forward: w[oc][ch][i][j]; flipped: w[ch][oc][2-i][2-j] (the forward's filters, transposed)
-            g[k][l] = oc >= o || ch >= c ? 0.f : flip ? w[(ch * o + oc) * 9 + 8 - k] : w[(oc * c + ch) * 9 + k];
+            g[k / 3][k % 3][l] = oc >= o || ch >= c ? 0.f : flip ? w[(ch * o + oc) * 9 + 8 - k] : w[(oc * c + ch) * 9 + k];
           }
         }
-        for (int j = 0; j < 3; ++j)  // G g
-          for (int l = 0; l < kLanes; ++l) {
-            const float g0 = g[j][l], g1 = g[3 + j][l], g2 = g[6 + j][l];
-            t[0][j][l] = g0 / 4.f;
-            t[1][j][l] = -(g0 + g1 + g2) / 6.f;
-            t[2][j][l] = -(g0 - g1 + g2) / 6.f;
-            t[3][j][l] = g0 / 24.f + g1 / 12.f + g2 / 6.f;
-            t[4][j][l] = g0 / 24.f - g1 / 12.f + g2 / 6.f;
-            t[5][j][l] = g2;
-          }
-        for (int i = 0; i < kAlpha; ++i)  // (G g) G^T
-          for (int l = 0; l < kLanes; ++l) {
-            const float a = t[i][0][l], b = t[i][1][l], c2 = t[i][2][l];
-            out[i][0][l] = a / 4.f;
-            out[i][1][l] = -(a + b + c2) / 6.f;
-            out[i][2][l] = -(a - b + c2) / 6.f;
-            out[i][3][l] = a / 24.f + b / 12.f + c2 / 6.f;
-            out[i][4][l] = a / 24.f - b / 12.f + c2 / 6.f;
-            out[i][5][l] = c2;
-          }
+        for (int j = 0; j < 3; ++j) W::Filter(&g[0][j][0], 3 * kLanes, &t[0][j][0], 3 * kLanes);  // G g
+        for (int i = 0; i < kAlpha; ++i) W::Filter(&t[i][0][0], kLanes, out[i][0], kLanes);       // (G g) G^T
         for (int xi = 0; xi < xis; ++xi)
           std::copy(out[xi / kAlpha][xi % kAlpha], out[xi / kAlpha][xi % kAlpha] + kLanes, u + (xi * cp + ch) * op + oc0);
       }
@@ -669,12 +734,12 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
     const int64_t height = std::min<int64_t>(kTile, h - ty * kTile);
     const int64_t width = std::min<int64_t>(kTile, wd - tx * kTile);
     for (int j = 0; j < kAlpha; ++j)  // rows[j][k] = (A^T M)[k][j]
-      OutputRows(m + (j * count + t) * op + oc0, kAlpha * count * op, rows[j]);
+      W::Output(m + (j * count + t) * op + oc0, kAlpha * count * op, rows[j][0], kLanes);
     const int64_t lanes = std::min<int64_t>(kLanes, o - oc0);
     for (int k = 0; k < height; ++k) {
       for (int j = 0; j < kAlpha; ++j)
         for (int l = 0; l < kLanes; ++l) line[j][l] = rows[j][k][l];
-      OutputRows(&line[0][0], kLanes, cols);  // cols[q] = (A^T M A)[k][q]
+      W::Output(&line[0][0], kLanes, cols[0], kLanes);  // cols[q] = (A^T M A)[k][q]
       for (int64_t l = 0; l < lanes; ++l) {
         const int64_t oc = oc0 + l, row = ty * kTile + k, col = tx * kTile;
         const float b = bias ? bias[oc] : 0.f;
@@ -699,7 +764,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
     // packing, the input transform, a single-threaded sgemm per xi and the output transform, so that the packed
     // rows, V, M and U stay in its core's cache.
     const int threads = rt->pool->get_num_threads();
-    const Tiles::RowChunks chunked = geo.Chunks();
+    const typename Tiles<W>::RowChunks chunked = geo.Chunks();
     const int64_t most = chunked.most, chunks = chunked.chunks, rows = chunked.rows;
     float *v = static_cast<float *>(wino_workspace[2].Get(sizeof(float) * threads * xis * most * cp));
     float *m = static_cast<float *>(wino_workspace[3].Get(sizeof(float) * threads * xis * most * op));
@@ -734,7 +799,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
     for (int64_t first = 0; first < tiles; first += chunk) {
       const int64_t count = std::min(chunk, tiles - first);
       ParallelFor(count, [&](int64_t begin, int64_t end) { geo.InputTransform(first, count, begin, end, v, whole_image); });
-      Gemm *gemm = GetGemm(count, cp, op);
+      Gemm *gemm = GetGemm(xis, count, cp, op);
       if (!gemm) return kPlanFailed;
       dnnl_memory_set_data_handle(gemm->a, v);
       dnnl_memory_set_data_handle(gemm->b, u);
@@ -755,6 +820,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
 }
 
 // Inputs as the direct entry points receive them; the epilogue's extra inputs for the residual form.
+template <class W>
 int WinogradForward(Epilogue epilogue, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   const int expected = epilogue == kResidual ? 6 : 4;
   if (nparam != expected || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
@@ -768,7 +834,7 @@ int WinogradForward(Epilogue epilogue, int nparam, void **params, int *ndims, in
     skip = static_cast<const float *>(params[3]);
     scale = *static_cast<const float *>(params[4]);
   }
-  return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+  return WinogradConv<W>(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                       static_cast<const float *>(params[2]), static_cast<float *>(params[nparam - 1]), x[0], x[1],
                       x[2], x[3], w[0], false, epilogue, skip, scale);
 }
@@ -778,16 +844,18 @@ int WinogradForward(Epilogue epilogue, int nparam, void **params, int *ndims, in
 // the transformed domain, one GEMM per xi: M[xi] (O x C) = sum_t D[xi][t]^T V[xi][t]; each thread accumulates its
 // own chunks (as the forward's per-thread path), then the threads' sums are added and transformed back.
 // db = the sum of dy. x[N,C,H,W], dy[N,O,H,W] -> dw[O,C,3,3], db[O].
+template <class W>
 int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, int64_t n, int64_t c, int64_t h,
                        int64_t wd, int64_t o) {
+  constexpr int kAlpha = W::kAlpha, kTile = W::kTile;
   std::lock_guard<std::mutex> lock(pool_mutex);
   Runtime *rt = GetRuntime();
   if (!rt) return kPlanFailed;
-  const Tiles geo(x, n, c, h, wd);
+  const Tiles<W> geo(x, n, c, h, wd);
   const int64_t cp = geo.cp, op = RoundUp(o, kLanes), tw = geo.tw, pw = geo.pw;
   const int64_t xis = kAlpha * kAlpha;
   const int threads = rt->pool->get_num_threads();
-  const Tiles::RowChunks chunked = geo.Chunks();
+  const typename Tiles<W>::RowChunks chunked = geo.Chunks();
   const int64_t most = chunked.most, chunks = chunked.chunks, rows = chunked.rows;
   float *packed = static_cast<float *>(wino_workspace[0].Get(sizeof(float) * threads * rows * pw * cp));
   float *sums = static_cast<float *>(wino_workspace[1].Get(sizeof(float) * threads * xis * op * cp));
@@ -798,7 +866,7 @@ int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, in
     float *tp = packed + thread * rows * pw * cp, *tv = v + thread * xis * most * cp;
     float *td = d + thread * xis * most * op, *acc = sums + thread * xis * op * cp;
     std::fill(acc, acc + xis * op * cp, 0.f);
-    float tile[kTile][kTile][kLanes], rows4[kAlpha][kTile][kLanes], line[kTile][kLanes], out[kAlpha][kLanes];
+    float tile[kTile][kTile][kLanes], rows4[kAlpha][kTile][kLanes], out[kAlpha][kLanes];
     for (int64_t index = chunks * thread / total; index < chunks * (thread + 1) / total; ++index) {
       const auto [first, count, img, ty0] = geo.PackAndTransform(chunked, index, tp, tv);
       for (int64_t t = 0; t < count; ++t) {  // D[xi][t][oc] = (A dy A^T) of the tile's 4x4 gradient
@@ -811,27 +879,9 @@ int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, in
                 tile[i][q][l] = row < h && col < wd && oc < o ? dy[((img * o + oc) * h + row) * wd + col] : 0.f;
               }
           for (int q = 0; q < kTile; ++q)  // along the rows: rows4[xi_i][q] = (A d)[xi_i][q]
-            for (int l = 0; l < kLanes; ++l) {
-              const float d0 = tile[0][q][l], d1 = tile[1][q][l], d2 = tile[2][q][l], d3 = tile[3][q][l];
-              rows4[0][q][l] = d0;
-              rows4[1][q][l] = d0 + d1 + d2 + d3;
-              rows4[2][q][l] = d0 - d1 + d2 - d3;
-              rows4[3][q][l] = d0 + 2.f * d1 + 4.f * d2 + 8.f * d3;
-              rows4[4][q][l] = d0 - 2.f * d1 + 4.f * d2 - 8.f * d3;
-              rows4[5][q][l] = d3;
-            }
+            W::Grad(&tile[0][q][0], kTile * kLanes, &rows4[0][q][0], kTile * kLanes);
           for (int i = 0; i < kAlpha; ++i) {  // then along the columns
-            for (int q = 0; q < kTile; ++q)
-              for (int l = 0; l < kLanes; ++l) line[q][l] = rows4[i][q][l];
-            for (int l = 0; l < kLanes; ++l) {
-              const float d0 = line[0][l], d1 = line[1][l], d2 = line[2][l], d3 = line[3][l];
-              out[0][l] = d0;
-              out[1][l] = d0 + d1 + d2 + d3;
-              out[2][l] = d0 - d1 + d2 - d3;
-              out[3][l] = d0 + 2.f * d1 + 4.f * d2 + 8.f * d3;
-              out[4][l] = d0 - 2.f * d1 + 4.f * d2 - 8.f * d3;
-              out[5][l] = d3;
-            }
+            W::Grad(&rows4[i][0][0], kLanes, out[0], kLanes);
             for (int j = 0; j < kAlpha; ++j)
               std::copy(out[j], out[j] + kLanes, td + ((i * kAlpha + j) * count + t) * op + oc0);
           }
@@ -848,7 +898,7 @@ int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, in
   if (failed) return kExecuteFailed;
   // the threads' sums, back from the transformed domain: dw = G^T M G; and db
   ParallelFor(o, [&](int64_t begin, int64_t end) {
-    float m[kAlpha][kAlpha], half[3][kAlpha];
+    float m[kAlpha][kAlpha], half[3][kAlpha], column[kAlpha], back[3];
     for (int64_t oc = begin; oc < end; ++oc) {
       for (int64_t ch = 0; ch < c; ++ch) {
         for (int64_t xi = 0; xi < xis; ++xi) {
@@ -857,19 +907,12 @@ int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, in
           m[xi / kAlpha][xi % kAlpha] = total;
         }
         for (int j = 0; j < kAlpha; ++j) {  // G^T along the first axis
-          const float m0 = m[0][j], m1 = m[1][j], m2 = m[2][j], m3 = m[3][j], m4 = m[4][j], m5 = m[5][j];
-          half[0][j] = m0 / 4.f - (m1 + m2) / 6.f + (m3 + m4) / 24.f;
-          half[1][j] = (m2 - m1) / 6.f + (m3 - m4) / 12.f;
-          half[2][j] = (m3 + m4 - m1 - m2) / 6.f + m5;
+          for (int i = 0; i < kAlpha; ++i) column[i] = m[i][j];
+          W::FilterBack(column, back);
+          for (int k = 0; k < 3; ++k) half[k][j] = back[k];
         }
         float *dst = dw + (oc * c + ch) * 9;
-        for (int k = 0; k < 3; ++k) {  // and along the second
-          const float m0 = half[k][0], m1 = half[k][1], m2 = half[k][2], m3 = half[k][3], m4 = half[k][4],
-                      m5 = half[k][5];
-          dst[k * 3 + 0] = m0 / 4.f - (m1 + m2) / 6.f + (m3 + m4) / 24.f;
-          dst[k * 3 + 1] = (m2 - m1) / 6.f + (m3 - m4) / 12.f;
-          dst[k * 3 + 2] = (m3 + m4 - m1 - m2) / 6.f + m5;
-        }
+        for (int k = 0; k < 3; ++k) W::FilterBack(half[k], dst + k * 3);  // and along the second
       }
       double bias_total = 0.0;
       for (int64_t img = 0; img < n; ++img) {
@@ -883,6 +926,28 @@ int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, in
   return kOk;
 }
 
+// Backward data: inputs dy, w; output dx.
+template <class W>
+int WinogradBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
+  const int64_t *dy = shapes[0], *w = shapes[1];
+  if (w[2] != 3 || w[3] != 3) return kBadArguments;
+  return WinogradConv<W>(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), nullptr,
+                         static_cast<float *>(params[2]), dy[0], dy[1], dy[2], dy[3], w[1], true, kPlain, nullptr,
+                         1.f);
+}
+
+// Backward weights: inputs x, dy and w (w only for its shape); outputs dw and db.
+template <class W>
+int WinogradBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
+  const int64_t *x = shapes[0], *dy = shapes[1], *w = shapes[2];
+  if (w[2] != 3 || w[3] != 3) return kBadArguments;
+  return WinogradWeightGrad<W>(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                               static_cast<float *>(params[3]), static_cast<float *>(params[4]), x[0], x[1], x[2],
+                               x[3], dy[1]);
+}
+
 // The upsampler's conv followed by its pixel shuffle, in one call: x, w, b -> y [N, O / r^2, H r, W r] with
 // r = sqrt(O / C) (EDSR's upsampler convs have r^2 C outputs). The conv's output is never stored unshuffled.
 int ShuffleFactor(const int64_t *x, const int64_t *w) {
@@ -891,23 +956,26 @@ int ShuffleFactor(const int64_t *x, const int64_t *w) {
   return 0;
 }
 
+template <class W>
 int WinogradShuffleForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
   const int64_t *x = shapes[0], *w = shapes[1];
   const int r = ShuffleFactor(x, w);
   if (w[2] != 3 || w[3] != 3 || r == 0) return kBadArguments;
-  return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                      static_cast<const float *>(params[2]), static_cast<float *>(params[3]), x[0], x[1], x[2], x[3],
-                      w[0], false, kPlain, nullptr, 1.f, r);
+  return WinogradConv<W>(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                         static_cast<const float *>(params[2]), static_cast<float *>(params[3]), x[0], x[1], x[2],
+                         x[3], w[0], false, kPlain, nullptr, 1.f, r);
 }
 
 // A residual block for inference in one call: y = x + scale * conv2(relu(conv1(x))), the intermediate kept in
 // the kit's own buffer, so MindSpore launches one op per block instead of two and keeps one tensor fewer alive.
-// Inputs x, w1, b1, w2, b2, scale (one float); output y. Both convolutions use Winograd when `winograd`.
+// Inputs x, w1, b1, w2, b2, scale (one float); output y. Both convolutions use Winograd W, or direct for `void`.
 Slot block_intermediate;
 std::mutex block_mutex;  // one block at a time owns the intermediate (each convolution also takes pool_mutex)
 
-int ResBlockForward(bool winograd, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+template <class W>
+int ResBlockForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  constexpr bool winograd = !std::is_void_v<W>;
   if (nparam != 7 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
   const int64_t *x = shapes[0], *w1 = shapes[1], *w2 = shapes[3];
   if (w1[0] != x[1] || w1[1] != x[1] || w2[0] != x[1] || w2[1] != x[1] || w1[2] != w2[2]) return kShapeMismatch;
@@ -919,11 +987,11 @@ int ResBlockForward(bool winograd, int nparam, void **params, int *ndims, int64_
   std::lock_guard<std::mutex> lock(block_mutex);
   float *mid = static_cast<float *>(block_intermediate.Get(sizeof(float) * count));
   int status;
-  if (winograd) {
-    status = WinogradConv(in, static_cast<const float *>(params[1]), static_cast<const float *>(params[2]), mid, n, c,
+  if constexpr (winograd) {
+    status = WinogradConv<W>(in, static_cast<const float *>(params[1]), static_cast<const float *>(params[2]), mid, n, c,
                           h, wd, c, false, kRelu, nullptr, 1.f);
     if (status == kOk)
-      status = WinogradConv(mid, static_cast<const float *>(params[3]), static_cast<const float *>(params[4]), out, n,
+      status = WinogradConv<W>(mid, static_cast<const float *>(params[3]), static_cast<const float *>(params[4]), out, n,
                             c, h, wd, c, false, kResidual, in, scale);
   } else {
     status = Run(kForwardRelu, {n, c, h, wd, c, w1[2]}, {params[0], params[1], params[2], mid});
@@ -988,31 +1056,6 @@ std::vector<int64_t> ConvResidualForwardInferShape(int *ndims, int64_t **shapes,
   return ConvForwardInferShape(ndims, shapes, extra);
 }
 
-// Winograd F(4x4, 3x3) forms of the forward and backward-data entry points (3x3 filters only).
-int WinogradConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                        void *) {
-  return WinogradForward(kPlain, nparam, params, ndims, shapes, dtypes);
-}
-
-int WinogradConvReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                            void *) {
-  return WinogradForward(kRelu, nparam, params, ndims, shapes, dtypes);
-}
-
-int WinogradConvResidualForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                                void *) {
-  return WinogradForward(kResidual, nparam, params, ndims, shapes, dtypes);
-}
-
-int WinogradConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                             void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
-  const int64_t *dy = shapes[0], *w = shapes[1];
-  if (w[2] != 3 || w[3] != 3) return kBadArguments;
-  return WinogradConv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), nullptr,
-                      static_cast<float *>(params[2]), dy[0], dy[1], dy[2], dy[3], w[1], true, kPlain, nullptr, 1.f);
-}
-
 std::vector<int64_t> ConvBackwardDataInferShape(int *, int64_t **shapes, void *) {
   const int64_t *dy = shapes[0], *w = shapes[1];
   if (dy[0] == -2) return {-2};
@@ -1024,29 +1067,8 @@ std::vector<std::vector<int64_t>> ConvBackwardWeightsInferShape(int *, int64_t *
   return {{w[0], w[1], w[2], w[3]}, {w[0]}};
 }
 
-std::vector<int64_t> WinogradConvForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
-  return ConvForwardInferShape(ndims, shapes, extra);
-}
-
-std::vector<int64_t> WinogradConvReluForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
-  return ConvForwardInferShape(ndims, shapes, extra);
-}
-
-std::vector<int64_t> WinogradConvResidualForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
-  return ConvForwardInferShape(ndims, shapes, extra);
-}
-
-std::vector<int64_t> WinogradConvBackwardDataInferShape(int *ndims, int64_t **shapes, void *extra) {
-  return ConvBackwardDataInferShape(ndims, shapes, extra);
-}
-
 int ResBlockForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  return ResBlockForward(false, nparam, params, ndims, shapes, dtypes);
-}
-
-int WinogradResBlockForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                            void *) {
-  return ResBlockForward(true, nparam, params, ndims, shapes, dtypes);
+  return ResBlockForward<void>(nparam, params, ndims, shapes, dtypes);
 }
 
 std::vector<int64_t> ResBlockForwardInferShape(int *, int64_t **shapes, void *) {
@@ -1055,16 +1077,7 @@ std::vector<int64_t> ResBlockForwardInferShape(int *, int64_t **shapes, void *) 
   return {x[0], x[1], x[2], x[3]};
 }
 
-std::vector<int64_t> WinogradResBlockForwardInferShape(int *ndims, int64_t **shapes, void *extra) {
-  return ResBlockForwardInferShape(ndims, shapes, extra);
-}
-
-int WinogradConvShuffleForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                               void *) {
-  return WinogradShuffleForward(nparam, params, ndims, shapes, dtypes);
-}
-
-std::vector<int64_t> WinogradConvShuffleForwardInferShape(int *, int64_t **shapes, void *) {
+std::vector<int64_t> ConvShuffleForwardInferShape(int *, int64_t **shapes, void *) {
   const int64_t *x = shapes[0], *w = shapes[1];
   if (x[0] == -2) return {-2};
   const int64_t r = ShuffleFactor(x, w);
@@ -1072,19 +1085,61 @@ std::vector<int64_t> WinogradConvShuffleForwardInferShape(int *, int64_t **shape
   return {x[0], r ? w[0] / (r * r) : w[0], times(x[2]), times(x[3])};
 }
 
-int WinogradConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                                void *) {
-  // inputs x, dy and w (w only for its shape), outputs dw and db
-  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || !IsFloat32(dtypes[0])) return kBadArguments;
-  const int64_t *x = shapes[0], *dy = shapes[1], *w = shapes[2];
-  if (w[2] != 3 || w[3] != 3) return kBadArguments;
-  return WinogradWeightGrad(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                            static_cast<float *>(params[3]), static_cast<float *>(params[4]), x[0], x[1], x[2], x[3],
-                            dy[1]);
-}
+// The Winograd entry points, one set per variant: `Winograd<name>` runs F(4x4, 3x3), `WinogradF2<name>` F(2x2, 3x3)
+// (3x3 filters only). Backward data is the same convolution of dy with the filters flipped and transposed.
+#define EDSR_WINOGRAD_ENTRY_POINTS(Prefix, W)                                                                        \
+  int Prefix##ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,      \
+                          void *) {                                                                                  \
+    return WinogradForward<W>(kPlain, nparam, params, ndims, shapes, dtypes);                                        \
+  }                                                                                                                  \
+  int Prefix##ConvReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,  \
+                              void *) {                                                                              \
+    return WinogradForward<W>(kRelu, nparam, params, ndims, shapes, dtypes);                                         \
+  }                                                                                                                  \
+  int Prefix##ConvResidualForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,      \
+                                  void *, void *) {                                                                  \
+    return WinogradForward<W>(kResidual, nparam, params, ndims, shapes, dtypes);                                     \
+  }                                                                                                                  \
+  int Prefix##ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, \
+                               void *) {                                                                             \
+    return WinogradBackwardData<W>(nparam, params, ndims, shapes, dtypes);                                           \
+  }                                                                                                                  \
+  int Prefix##ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,      \
+                                  void *, void *) {                                                                  \
+    return WinogradBackwardWeights<W>(nparam, params, ndims, shapes, dtypes);                                        \
+  }                                                                                                                  \
+  int Prefix##ResBlockForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,  \
+                              void *) {                                                                              \
+    return ResBlockForward<W>(nparam, params, ndims, shapes, dtypes);                                                \
+  }                                                                                                                  \
+  int Prefix##ConvShuffleForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,       \
+                                 void *, void *) {                                                                   \
+    return WinogradShuffleForward<W>(nparam, params, ndims, shapes, dtypes);                                         \
+  }                                                                                                                  \
+  std::vector<int64_t> Prefix##ConvForwardInferShape(int *ndims, int64_t **shapes, void *extra) {                    \
+    return ConvForwardInferShape(ndims, shapes, extra);                                                              \
+  }                                                                                                                  \
+  std::vector<int64_t> Prefix##ConvReluForwardInferShape(int *ndims, int64_t **shapes, void *extra) {                \
+    return ConvForwardInferShape(ndims, shapes, extra);                                                              \
+  }                                                                                                                  \
+  std::vector<int64_t> Prefix##ConvResidualForwardInferShape(int *ndims, int64_t **shapes, void *extra) {            \
+    return ConvForwardInferShape(ndims, shapes, extra);                                                              \
+  }                                                                                                                  \
+  std::vector<int64_t> Prefix##ConvBackwardDataInferShape(int *ndims, int64_t **shapes, void *extra) {               \
+    return ConvBackwardDataInferShape(ndims, shapes, extra);                                                         \
+  }                                                                                                                  \
+  std::vector<std::vector<int64_t>> Prefix##ConvBackwardWeightsInferShape(int *ndims, int64_t **shapes,             \
+                                                                          void *extra) {                             \
+    return ConvBackwardWeightsInferShape(ndims, shapes, extra);                                                      \
+  }                                                                                                                  \
+  std::vector<int64_t> Prefix##ResBlockForwardInferShape(int *ndims, int64_t **shapes, void *extra) {                \
+    return ResBlockForwardInferShape(ndims, shapes, extra);                                                          \
+  }                                                                                                                  \
+  std::vector<int64_t> Prefix##ConvShuffleForwardInferShape(int *ndims, int64_t **shapes, void *extra) {             \
+    return ConvShuffleForwardInferShape(ndims, shapes, extra);                                                       \
+  }
 
-std::vector<std::vector<int64_t>> WinogradConvBackwardWeightsInferShape(int *ndims, int64_t **shapes, void *extra) {
-  return ConvBackwardWeightsInferShape(ndims, shapes, extra);
-}
+EDSR_WINOGRAD_ENTRY_POINTS(Winograd, F4x4)
+EDSR_WINOGRAD_ENTRY_POINTS(WinogradF2, F2x2)
 
 }  // extern "C"
