@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step
     .venv/bin/python scripts/bench.py --quick         # fewer sizes, and one round instead of two
-    .venv/bin/python scripts/bench.py --memory        # + time and peak memory of tiled paper-x4 inference (slow)
+    .venv/bin/python scripts/bench.py --memory        # + tiled paper-x4 inference: time and peak memory (slow);
+                                                      #   with it, one run measures every target of issue 16
     .venv/bin/python scripts/bench.py --memory-full --engines kit,torch   # the same at 2040x1356, tile 256 (slower)
     .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
     .venv/bin/python scripts/bench.py --export        # one image: checkpoint, MINDIR (in process, child), ONNX
@@ -31,10 +32,11 @@ import numpy as np
 
 import edsr_lib  # noqa: F401  (environment before MindSpore)
 from edsr_lib import Architecture, build_model
-from edsr_lib.model import compile_dynamic
-from edsr_lib.data import ArrayCache, SampleImages
+from edsr_lib.model import compile_dynamic, load_state, state_dict
+from edsr_lib.data import SAMPLE_TEST, ArrayCache, SampleImages, sample_folder
+from edsr_lib.images import read_image
 from edsr_lib.imresize import imresize
-from edsr_lib.inference import forward_tiled
+from edsr_lib.inference import forward_tiled, upscale_float
 from edsr_lib.pipeline import PatchSource
 from edsr_lib.native import aot_call
 from edsr_lib.runtime import fast_conv_library, setup_device
@@ -369,6 +371,7 @@ def bench_networks(quick, rounds, sizes):
         "resident memory per new input size: "
         + ", ".join(f"{n} {results[n]['new_size_rss_mb']:+.2f} MB" for n in engines)
     )
+    return results
 
 
 def bench_memory(case="quarter", engines=None):
@@ -391,6 +394,35 @@ def bench_memory(case="quarter", engines=None):
         f"{ratio(kit['peak_mb'], ref['peak_mb'])}, growth "
         f"{ratio(kit['peak_mb'] - kit['start_mb'], ref['peak_mb'] - ref['start_mb'])}"
     )
+    return results
+
+
+# The CPU speed and memory targets (issue 16): kit / PyTorch at most this, measured in one run (--memory).
+TARGETS = {
+    "baseline x2 96x96": 0.75,
+    "baseline x2 192x192": 0.75,
+    "paper x2 96x96": 0.8,
+    "training step (one graph)": 0.9,
+    "tiled paper x4 2040x1356 peak RSS": 1.3,
+}
+
+
+def print_targets(networks, full_memory):
+    """Each target's measured kit / PyTorch ratio, from this run's results."""
+    if "torch" not in networks:
+        print("targets: need PyTorch for the reference (pip install -e '.[bench]')")
+        return
+    kit, torch = networks["kit"], networks["torch"]
+    measured = {case: kit["inference"][case] / torch["inference"][case] for case in TARGETS if case in kit["inference"]}
+    measured["training step (one graph)"] = kit["train_step_one_graph"] / torch["train_step"]
+    if full_memory and "torch" in full_memory:
+        measured["tiled paper x4 2040x1356 peak RSS"] = full_memory["kit"]["peak_mb"] / full_memory["torch"]["peak_mb"]
+    print("targets (kit / PyTorch, this run):")
+    for name, limit in TARGETS.items():
+        value = measured.get(name)
+        verdict = "not measured" if value is None else ("met" if value <= limit else "MISSED")
+        shown = "-" if value is None else f"{value:.2f}x"
+        print(f"  {name:<36}{shown:>8}  <= {limit:.2f}x  {verdict}")
 
 
 def bench_kernel_memory(shapes=232):
@@ -476,6 +508,31 @@ def bench_layers():
             f"{ratio(times['F(4x4)'], times.get('torch')):>13}{ratio(times['F(2x2)'], times.get('torch')):>13}"
             f"{errors['F(4x4)']:>13.1e}{errors['F(2x2)']:>9.1e}{errors['direct']:>9.1e}"
         )
+    bench_network_errors()
+
+
+def bench_network_errors(side=96):
+    """Whole networks on a real photo: each Winograd variant against the direct kernel with the same weights (the
+    default initialisation), as the float output's largest difference on 0-255 and the share of equal uint8 pixels,
+    for one pass and for the self-ensemble."""
+    photo = read_image(sample_folder() / SAMPLE_TEST[0])[0][:side, :side]
+    print(f"whole networks on {SAMPLE_TEST[0]} ({side}x{side} LR), against direct with the same weights:")
+    for preset in ("baseline", "paper"):
+        networks = {"direct": build_model(Architecture.from_preset(preset, 2), "direct")}
+        for algorithm in ("winograd", "winograd2x2"):
+            networks[algorithm] = build_model(Architecture.from_preset(preset, 2), algorithm)
+            load_state(networks[algorithm], state_dict(networks["direct"]))
+        for ensemble in (False, True):
+            outputs = {name: upscale_float(net.set_train(False), photo, self_ensemble=ensemble)
+                       for name, net in networks.items()}  # fmt: skip
+            pixels = {name: np.round(np.clip(out, 0, 255)) for name, out in outputs.items()}
+            cells = ", ".join(
+                f"{name} max |diff| {np.abs(outputs[name] - outputs['direct']).max():.1e}, "
+                f"{(pixels[name] == pixels['direct']).mean():.4%} of uint8 pixels equal "
+                f"(others within {np.abs(pixels[name] - pixels['direct']).max():.0f})"
+                for name in ("winograd", "winograd2x2")
+            )
+            print(f"  {preset} x2{' self-ensemble' if ensemble else ''}: {cells}")
 
 
 def conv3x3_float64(x, w):
@@ -577,6 +634,9 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as tmp:
             bench_imresize()
             bench_pipeline(tmp)
-        bench_networks(args.quick, args.rounds or (1 if args.quick else 2), args.new_sizes)
+        networks = bench_networks(args.quick, args.rounds or (1 if args.quick else 2), args.new_sizes)
+        full_memory = None
         if args.memory:
             bench_memory()
+            full_memory = bench_memory("full", ["kit", "torch" if "torch" in networks else "stock"])
+        print_targets(networks, full_memory)
