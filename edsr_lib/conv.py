@@ -1,9 +1,10 @@
 """The network's convolution layer, kept in one swappable place.
 
 Every 3x3 convolution in the model is made by `make_conv`. On CPU it is a oneDNN kernel of our own
-(`csrc/onednn_conv.cpp`, built by `native/`) with its own backward pass, run inside MindSpore graphs with dynamic
-shapes (`model.compile_dynamic`: inference and the training step): within about 1.1x of PyTorch on the same CPU,
-where MindSpore's stock CPU Conv2d in the same graphs is 1.2-1.5x slower (docs/benchmarks.md). On Ascend and GPU,
+(`csrc/onednn_conv.cpp`, built by `native/`: Winograd F(4x4, 3x3) or F(2x2, 3x3), or oneDNN's direct
+convolution) with its own backward pass, run inside MindSpore graphs with dynamic shapes (`model.compile_dynamic`:
+inference and the training step): 0.5-0.75x PyTorch's time on the same CPU, where MindSpore's stock CPU Conv2d in
+the same graphs takes 2-3x PyTorch's (docs/benchmarks.md). On Ascend and GPU,
 in exports, and wherever that kernel cannot be built, it is the stock `nn.Conv2d`.
 Parameters are always named, shaped and initialised as `nn.Conv2d` (`weight` [out, in, k, k], `bias`), so
 checkpoints are interchangeable whatever kernel runs.
