@@ -1,6 +1,6 @@
 """Measure the kit's speed on this machine and print ratios against references measured in the same run.
 
-    .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step
+    .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step, layers
     .venv/bin/python scripts/bench.py --quick         # fewer sizes, and one round instead of two
     .venv/bin/python scripts/bench.py --memory        # + tiled paper-x4 inference: time and peak memory (slow);
                                                       #   with it, one run measures every target of issue 16
@@ -639,4 +639,8 @@ if __name__ == "__main__":
         if args.memory:
             bench_memory()
             full_memory = bench_memory("full", ["kit", "torch" if "torch" in networks else "stock"])
+        if (
+            not args.quick
+        ):  # last: it runs PyTorch and MindSpore in this process, which the workers above must not share
+            bench_layers()
         print_targets(networks, full_memory)
