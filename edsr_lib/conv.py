@@ -127,7 +127,7 @@ def layer_algorithm(kernel, in_channels, out_channels, kernel_size):
     and fast, Winograd F(4x4, 3x3) for 3x3 layers with at least 16 channels in and out (the RGB head and tail would
     pad 3 channels to 16), direct otherwise. F(2x2, 3x3) is never chosen by auto: `bench.py --layers` measures it
     slower than F(4x4, 3x3) on every EDSR layer, and F(4x4)'s error already keeps published outputs within one level
-    (docs/benchmarks.md); it is there for users who want Winograd's speed-up with a direct convolution's error."""
+    (docs/benchmarks.md); it is there for users who want about half F(4x4)'s float32 error."""
     if kernel_size != 3 or kernel == "direct":
         return "direct"
     if kernel in ALGORITHMS:
@@ -154,7 +154,6 @@ class FastConv2d(nn.Cell):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias  # nn.Conv2d's own parameters: same names and init
         self.algorithm = algorithm
-        self.winograd = algorithm != "direct"
         self.kernels = kernels = _fast_kernels(algorithm)
         self.conv2d, self.conv2d_relu, self.conv2d_residual, self.block = (
             kernels.forward,
@@ -162,6 +161,10 @@ class FastConv2d(nn.Cell):
             kernels.forward_residual,
             kernels.block,
         )
+
+    @property
+    def winograd(self):
+        return self.algorithm != "direct"
 
     def construct(self, x):
         return self.conv2d(x, self.weight, self.bias)

@@ -127,7 +127,7 @@ class Options:
     conv_algorithm: str = option(
         "auto",
         "CPU 3x3 convolutions: auto (Winograd where it pays), direct, winograd (F(4x4,3x3)) or winograd2x2 "
-        "(F(2x2,3x3), a direct convolution's error; docs/benchmarks.md)",
+        "(F(2x2,3x3), about half F(4x4)'s float32 error; docs/benchmarks.md)",
     )
     dataset_sink: str = option("auto", "auto, on or off: run print_every steps per device call (Ascend/GPU data sink)")
     allow_large_model: bool = option(False, "allow more than 256 residual blocks or 1024 features")

@@ -37,6 +37,7 @@ from edsr_lib.data import SAMPLE_TEST, ArrayCache, SampleImages, sample_folder
 from edsr_lib.images import read_image
 from edsr_lib.imresize import imresize
 from edsr_lib.inference import forward_tiled, upscale_float
+from edsr_lib.metrics import quantize
 from edsr_lib.pipeline import PatchSource
 from edsr_lib.native import aot_call
 from edsr_lib.runtime import fast_conv_library, setup_device
@@ -525,7 +526,7 @@ def bench_network_errors(side=96):
         for ensemble in (False, True):
             outputs = {name: upscale_float(net.set_train(False), photo, self_ensemble=ensemble)
                        for name, net in networks.items()}  # fmt: skip
-            pixels = {name: np.round(np.clip(out, 0, 255)) for name, out in outputs.items()}
+            pixels = {name: quantize(out).astype(np.int16) for name, out in outputs.items()}
             cells = ", ".join(
                 f"{name} max |diff| {np.abs(outputs[name] - outputs['direct']).max():.1e}, "
                 f"{(pixels[name] == pixels['direct']).mean():.4%} of uint8 pixels equal "
@@ -639,8 +640,7 @@ if __name__ == "__main__":
         if args.memory:
             bench_memory()
             full_memory = bench_memory("full", ["kit", "torch" if "torch" in networks else "stock"])
-        if (
-            not args.quick
-        ):  # last: it runs PyTorch and MindSpore in this process, which the workers above must not share
+        # last: it runs PyTorch and MindSpore in this process, which the workers above must not share
+        if not args.quick:
             bench_layers()
         print_targets(networks, full_memory)

@@ -130,8 +130,8 @@ def test_same_parameters_and_same_losses_over_adam_steps():
 
 # Winograd against the direct kernel. F(4x4, 3x3)'s transforms add and subtract multiples of up to 8 of the tile
 # values, so its float32 error is larger than direct's: measured up to about 1e-5 of the output's largest value on
-# these shapes (docs/benchmarks.md), checked here at 5e-5. F(2x2, 3x3)'s use only +-1 and 1/2: checked at 5e-6, about
-# the direct kernel's own error against MindSpore's convolution.
+# these shapes (docs/benchmarks.md), checked here at 5e-5. F(2x2, 3x3)'s use only +-1 and 1/2 (about half F(4x4)'s
+# error against float64): checked at 5e-6.
 WINOGRAD_TOLERANCE = {"winograd": 5e-5, "winograd2x2": 5e-6}
 
 

@@ -535,7 +535,7 @@ struct F4x4 {
 };
 
 // F(2x2, 3x3) (points 0, +-1, infinity): 16 multiplications per 4 outputs instead of 36, with transforms of only
-// +-1 and 1/2, so its float32 error is about that of a direct convolution.
+// +-1 and 1/2, so its float32 error is about half F(4x4)'s (2-3 times a direct convolution's; docs/benchmarks.md).
 struct F2x2 {
   static constexpr int kAlpha = 4, kTile = 2;
   static void Input(const float *in, int64_t step, float *out, int64_t out_step) {
@@ -592,8 +592,8 @@ size_t filter_cache_bytes = 0;
 
 #if defined(__AVX512F__)
 // r[l][q] -> r[q][l] for a 16 x 16 block of floats in registers (unpack pairs, then pairs of pairs, then 128-bit
-// lanes twice), instead of 256 scalar moves: packing NCHW rows into NHWC was about 15% of a 64-channel
-// Winograd convolution with the scalar loop.
+// lanes twice), instead of 256 scalar moves: packing NCHW rows into NHWC and writing 4x4 output tiles back to NCHW
+// were each about 15% of a 64-channel Winograd convolution with scalar loops.
 inline void Transpose16(__m512 r[16]) {
   __m512 t[16], u[16];
   for (int i = 0; i < 16; i += 2) {
@@ -772,7 +772,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
   // A^T M A of chunk row t (tile first + t) for output channels oc0..oc0+15, then bias and the epilogue, written
   // straight into y (NCHW).
   auto output_transform = [&](int64_t first, int64_t count, int64_t t, int64_t oc0, const float *m) {
-    float rows[kAlpha][kTile][kLanes], line[kAlpha][kLanes], cols[kTile][kLanes];
+    float rows[kAlpha][kTile][kLanes], cols[kTile][kLanes];
     const int64_t tile = first + t, img = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
     const int64_t height = std::min<int64_t>(kTile, h - ty * kTile);
     const int64_t width = std::min<int64_t>(kTile, wd - tx * kTile);
@@ -786,9 +786,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
         // is then written as four rows of 4 floats, with the bias and the epilogue applied 16 pixels at a time.
         __m512 r[kLanes];
         for (int k = 0; k < kTile; ++k) {
-          for (int j = 0; j < kAlpha; ++j)
-            for (int l = 0; l < kLanes; ++l) line[j][l] = rows[j][k][l];
-          W::Output(&line[0][0], kLanes, cols[0], kLanes);
+          W::Output(&rows[0][k][0], kTile * kLanes, cols[0], kLanes);
           for (int q = 0; q < kTile; ++q) r[k * kTile + q] = _mm512_loadu_ps(cols[q]);
         }
         Transpose16(r);
@@ -813,9 +811,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
     }
 #endif
     for (int k = 0; k < height; ++k) {
-      for (int j = 0; j < kAlpha; ++j)
-        for (int l = 0; l < kLanes; ++l) line[j][l] = rows[j][k][l];
-      W::Output(&line[0][0], kLanes, cols[0], kLanes);  // cols[q] = (A^T M A)[k][q]
+      W::Output(&rows[0][k][0], kTile * kLanes, cols[0], kLanes);  // cols[q] = (A^T M A)[k][q]
       for (int64_t l = 0; l < lanes; ++l) {
         const int64_t oc = oc0 + l, row = ty * kTile + k, col = tx * kTile;
         const float b = bias ? bias[oc] : 0.f;
