@@ -61,8 +61,10 @@ def evaluate(
     save_dir: str | os.PathLike | None = None,
     progress: bool | str = True,
     keep_images: int = 0,
+    indices=None,
 ) -> dict:
-    """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset`.
+    """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset` (or on the pairs at `indices`: one rank's
+    share in distributed validation).
 
     progress: True/False, or a mode of `progress.progress_bar` (auto, text, none).
     Returns {"dataset", "scale", "method", "protocol", "psnr", "ssim", "per_image": [{"name", "psnr", "ssim"}]},
@@ -73,7 +75,8 @@ def evaluate(
     scale = dataset.scale
     protocol = protocol or protocol_for(dataset.name, scale)
     rows, kept = [], []
-    for i in progress_bar(range(len(dataset)), f"eval {dataset.name} x{scale}", progress, unit="img", leave=False):
+    indices = range(len(dataset)) if indices is None else list(indices)
+    for i in progress_bar(indices, f"eval {dataset.name} x{scale}", progress, unit="img", leave=False):
         lr, hr = dataset.pair(i)
         lr, hr = np.asarray(lr), np.asarray(hr)
         if model is None:
@@ -83,7 +86,7 @@ def evaluate(
         if save_dir is not None:
             write_image(Path(save_dir) / f"{dataset.names[i]}_x{scale}_SR.png", sr)
         rows.append({"name": dataset.names[i], "psnr": psnr(sr, hr, protocol), "ssim": ssim(sr, hr, protocol)})
-        if i < keep_images:
+        if len(kept) < keep_images:
             kept.append((dataset.names[i], lr, sr, hr))
     result = {
         "dataset": dataset.name,
@@ -91,8 +94,8 @@ def evaluate(
         "method": "bicubic" if model is None else getattr(model.arch, "model", "EDSR") + ("+" if self_ensemble else ""),
         "protocol": protocol.describe(),
         "degradation": getattr(getattr(dataset, "degradation", None), "kind", "bicubic"),
-        "psnr": float(np.mean([r["psnr"] for r in rows])),
-        "ssim": float(np.mean([r["ssim"] for r in rows])),
+        "psnr": float(np.mean([r["psnr"] for r in rows])) if rows else float("nan"),
+        "ssim": float(np.mean([r["ssim"] for r in rows])) if rows else float("nan"),
         "per_image": rows,
     }
     if keep_images:

@@ -80,10 +80,16 @@ def export_model(
     file_format = file_format.upper()
     if file_format not in FORMATS:
         raise KitError(f"unknown export format {file_format!r}; choose MINDIR, ONNX or AIR")
+    if file_format == "AIR" and not input_size:
+        raise KitError(
+            "AIR export needs --input-size H W: ATC, which turns an AIR into an Ascend 310/310P model, expects fixed "
+            "shapes (MINDIR keeps H and W dynamic)"
+        )
     if file_format == "AIR" and current_device() != "Ascend":
         raise KitError(
             "AIR export needs the Ascend backend (CANN), and this machine runs on "
-            f"{current_device()}; export MINDIR here (and convert it with ATC on the Ascend host)"
+            f"{current_device()}; export MINDIR here: Ascend 310/310P run it through MindSpore Lite "
+            "(its converter_lite, --fmk=MINDIR), while ATC reads AIR only"
         )
     if file_format == "ONNX" and not input_size:
         raise KitError(
@@ -110,8 +116,11 @@ def export_model(
     # target, then rename, so a failed export leaves nothing half-written.
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        with mindspore_log_silenced():  # ONNX export logs a deprecation notice addressed to MindSpore developers
-            ms.export(net, example, file_name=str(scratch / "model"), file_format=file_format)
+        if file_format == "ONNX":  # MindSpore 2.10 marks ms.export(file_format="ONNX") for removal
+            ms.onnx.export(net, example, file_name=str(scratch / "model.onnx"), input_names=["x"])
+        else:
+            with mindspore_log_silenced():  # AIR: 2.10's deprecation notice (the README says so, and what to use)
+                ms.export(net, example, file_name=str(scratch / "model"), file_format=file_format)
         produced = next(scratch.glob("model*"), None)
         if produced is None:
             raise KitError(f"{output}: MindSpore wrote no {file_format} file")

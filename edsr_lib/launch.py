@@ -560,10 +560,14 @@ def run_distributed(
     master_port=DEFAULT_MASTER_PORT,
     nodes=1,
     node_rank=None,
-    master_addr="127.0.0.1",
+    master_addr=None,
+    one_host=False,
     log=print,
 ):
-    """Launch this server's part of the data-parallel job, watch it, and check that its ranks agree."""
+    """Launch this server's part of the data-parallel job, watch it, and check that its ranks agree.
+    `one_host`: the job's servers are emulated on this machine (master address on loopback), as the tests do."""
+    check_cluster(nodes, node_rank, master_addr, one_host, rank_table_file)
+    master_addr = master_addr or "127.0.0.1"
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     table_node_rank, node_rank = node_rank, node_rank or 0
@@ -620,6 +624,35 @@ def run_distributed(
     return check_ranks(output_dir, local_ranks, world)
 
 
+def check_cluster(nodes, node_rank, master_addr, one_host=False, rank_table_file=None):
+    """Refuse at once the multi-server launches that would otherwise wait for msrun's 600 s cluster timeout: without
+    a rank table, every server must say which one it is and where server 0 is, as an address the others reach."""
+    if rank_table_file or nodes <= 1:
+        return
+    if node_rank is None:
+        raise KitError(
+            f"--nodes {nodes} needs --node-rank on every server (0 on the one that starts the scheduler, 1 to "
+            f"{nodes - 1} on the others): without it every server would start as server 0"
+        )
+    if not master_addr:
+        raise KitError(f"--nodes {nodes} needs --master-addr: server 0's address, the same on every server")
+    if _is_loopback(master_addr) and not one_host:
+        raise KitError(
+            f"--master-addr {master_addr} is a loopback address, which other servers cannot reach: give server 0's "
+            "network address (or --one-host to emulate all the servers on this machine)"
+        )
+
+
+def _is_loopback(address):
+    import ipaddress
+    import socket
+
+    try:
+        return any(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in socket.getaddrinfo(address, None))
+    except OSError:
+        return False
+
+
 def check_ranks(output_dir, local_ranks, world):
     """This server's ranks must report identical weights; so must every rank whose results share the folder.
     Each rank's `ranks_agree` is the all-rank comparison made inside the job."""
@@ -673,8 +706,13 @@ def build_parser():
     p.add_argument("--output-dir", required=True)
     p.add_argument("--nodes", type=int, default=1, help="servers in the job")
     p.add_argument("--node-rank", type=int, default=None, help="this server's index (0 starts the scheduler)")
-    p.add_argument("--master-addr", default="127.0.0.1", help="address of server 0")
+    p.add_argument("--master-addr", default=None, help="address of server 0 (required with --nodes > 1)")
     p.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT)
+    p.add_argument(
+        "--one-host",
+        action="store_true",
+        help="emulate the --nodes servers on this machine (master address on loopback), as the tests do",
+    )
     p = sub.add_parser("eval", help="evaluate a checkpoint (the ModelZoo EDSR's run_eval)")
     p.add_argument("test_data", help="dataset root (holding benchmark/ or DIV2K/)")
     p.add_argument("checkpoint")
@@ -729,6 +767,7 @@ def main(argv=None):
                 args.nodes,
                 args.node_rank,
                 args.master_addr,
+                args.one_host,
             )
             print(
                 f"{len(metrics)} ranks agree: param_checksum {metrics[0]['param_checksum']:.6f}, final loss "

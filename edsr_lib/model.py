@@ -171,17 +171,24 @@ def mean_shift_values(rgb_range, sign, n_colors=3):
 
 
 class MeanShift(nn.Cell):
-    """Frozen 1x1 convolution adding or subtracting rgb_range * DIV2K mean (std 1), as in EDSR-PyTorch."""
+    """Frozen 1x1 convolution (EDSR-PyTorch's layer and parameter names) adding or subtracting rgb_range * DIV2K mean
+    (std 1)."""
 
     def __init__(self, rgb_range, sign, n_colors=3):
         super().__init__()
         weight, bias = mean_shift_values(rgb_range, sign, n_colors)
         self.weight = Parameter(Tensor(weight), name="weight", requires_grad=False)
         self.bias = Parameter(Tensor(bias), name="bias", requires_grad=False)
+        self.n_colors, self.eye = n_colors, Tensor(np.eye(n_colors, dtype=np.float32))
 
     def construct(self, x):
         # Always float32: under mixed precision the tail hands over float16, and graph-mode O2 casts parameters.
-        return ops.conv2d(x.astype(ms.float32), self.weight.astype(ms.float32), self.bias.astype(ms.float32))
+        # Elementwise (x times the weight's diagonal, plus the bias) rather than the 1x1 convolution it stands for:
+        # on 910A every convolution runs on the float16 Cube unit, which would round 0-255 pixels to 1/8 of a level.
+        # The weight is the identity (std 1; the kit writes it itself for converted files), so both are exact.
+        n = self.n_colors
+        scale = (self.weight.astype(ms.float32).reshape(n, n) * self.eye).sum(1).reshape(1, n, 1, 1)  # the diagonal
+        return x.astype(ms.float32) * scale + self.bias.astype(ms.float32).reshape(1, n, 1, 1)
 
 
 class ResBlock(nn.Cell):

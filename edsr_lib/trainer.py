@@ -32,7 +32,14 @@ from .options import Options
 from .pipeline import PatchSource, train_dataset
 from .progress import progress_bar
 from .records import TensorBoardLog, write_curves, write_run_record
-from .runtime import configure_precision, init_distributed, mindspore_log_silenced, setup_device
+from .runtime import (
+    DYNAMIC_SCALE_START,
+    DYNAMIC_SCALE_WINDOW,
+    configure_precision,
+    init_distributed,
+    mindspore_log_silenced,
+    setup_device,
+)
 from .weights import (
     EMA_PREFIX,
     init_from_checkpoint,
@@ -45,10 +52,6 @@ from .weights import (
 # Dynamic loss scaling starts at 2**16 and halves on each overflow, so up to ~16 skipped steps in a row are normal
 # while it settles; twice that many means the loss itself is broken.
 MAX_CONSECUTIVE_NONFINITE = 32
-DYNAMIC_SCALE_START, DYNAMIC_SCALE_WINDOW = 2.0**16, 1000
-# Under O0 on Ascend the chip's default precision mode may run float32 convolutions in float16 (runtime.py); the
-# MindSpore ModelZoo EDSR trains with a fixed scale of about 1000 for that reason. A power of two is exact in float32.
-ASCEND_O0_LOSS_SCALE = 1024.0
 # Options that may change between a run and its resumption without breaking it.
 RESUMABLE_CHANGES = {
     "epochs",
@@ -69,34 +72,46 @@ RESUMABLE_CHANGES = {
 }
 
 
+# The training step's compile level, on the host-fed and the dataset-sink path alike: O0, MindSpore's kernel-by-kernel
+# ms_backend. It is MindSpore 2.10's default for ms.jit and on A2 (910B) and GPU. 910A's own default would be O2,
+# the GE engine: 2.10 deprecates jit_level "O2" and backend "GE" (graph/jit_config.py, graph/api.py), GE takes no
+# dynamic shapes (the validation graphs), and data_sink with an empty level leaves the choice to the chip.
+STEP_JIT_LEVEL = "O0"
+
+
+def open_sink(step, dataset, sink_size):
+    """MindSpore's dataset sink around the compiled step: with a jit_config, GetNext and the whole TrainStep are one
+    graph, run `sink_size` times per call with no host read between (without one, data_sink runs `step` op by op in
+    PyNative: mindspore/train/data_sink.py). Ascend and GPU only; tests replace ms.data_sink by a CPU stand-in."""
+    return ms.data_sink(step, dataset, sink_size=sink_size, jit_config=ms.JitConfig(jit_level=STEP_JIT_LEVEL))
+
+
 class TrainingStopped(KitError):
     """Training cannot go on (e.g. the loss stays non-finite); the last good checkpoint is kept."""
 
 
 def apply_mixed_precision(model, amp_level):
     """O0: float32. O1: float16 convolutions (EDSR's only white-list op), float32 elsewhere.
-    O2: float16 network with float32 output. O3: float16 everywhere. The loss is always float32."""
+    O2: float16 network with float32 output. O3: float16 everywhere. The loss is always float32.
+    Changes `model` in place and returns it (the step casts the output to float32 itself)."""
     if amp_level == "O1":
         for _, cell in model.cells_and_names():
             if isinstance(cell, nn.Conv2d):
                 cell.to_float(ms.float16)
-        return model
-    if amp_level in ("O2", "O3"):
-        return ms.amp.auto_mixed_precision(model, amp_level)
+    elif amp_level in ("O2", "O3"):
+        # MindSpore 2.10 casts the cells in place and returns them wrapped in _OutputTo32; its rewrite path
+        # (MS_AMP_BY_REWRITE) would return a new network instead, and the setting would be lost on `model`.
+        wrapped = ms.amp.auto_mixed_precision(model, amp_level)
+        if getattr(wrapped, "_backbone", wrapped) is not model:
+            raise RuntimeError(f"mindspore.amp.auto_mixed_precision({amp_level}) did not convert the network in place")
     return model
 
 
-def make_loss_scaler(opts, device="CPU"):
-    """loss_scale > 0: that fixed scale. 0: dynamic under O1-O3; under O0 none (1.0) where float32 is float32 (CPU,
-    GPU, Ascend with a float32 precision_mode) and the ModelZoo's fixed scale on Ascend's default precision."""
-    if opts.loss_scale > 0:
-        return ms.amp.StaticLossScaler(float(opts.loss_scale))
-    if opts.amp_level == "O0":
-        from .runtime import FLOAT32_PRECISION_MODES
-
-        float16_convs = device == "Ascend" and opts.precision_mode not in FLOAT32_PRECISION_MODES
-        return ms.amp.StaticLossScaler(ASCEND_O0_LOSS_SCALE if float16_convs else 1.0)
-    return ms.amp.DynamicLossScaler(DYNAMIC_SCALE_START, scale_factor=2, scale_window=DYNAMIC_SCALE_WINDOW)
+def make_loss_scaler(plan):
+    """The loss scale `runtime.precision_plan` chose: a fixed one (1.0 = none), or dynamic under O1-O3."""
+    if plan["loss_scale"] == "dynamic":
+        return ms.amp.DynamicLossScaler(DYNAMIC_SCALE_START, scale_factor=2, scale_window=DYNAMIC_SCALE_WINDOW)
+    return ms.amp.StaticLossScaler(float(plan["loss_scale"]))
 
 
 def make_optimizer(opts, params):
@@ -193,6 +208,9 @@ class TrainStep(nn.Cell):
         if self.world > 1:
             grads = self.reducer(grads)
             loss = self.all_reduce(loss) / self.world
+            # all_finite reads and clears the device's overflow status on 910A: after the loss all-reduce, so that
+            # a saturated sum there is counted in this step, not carried into the next one.
+            grads = ops.depend(grads, loss)
         grads = self.scaler.unscale(grads)
         # On Ascend all_finite reads the device's own overflow status, so each rank's verdict is summed over all.
         finite = ops.logical_and(ms.amp.all_finite(grads), ops.logical_and(ops.isfinite(loss), ops.isfinite(scaled)))
@@ -221,6 +239,25 @@ class TrainStep(nn.Cell):
             ),
         )
         return loss, finite
+
+
+def split_float64(values):
+    """float64 values within float32's exponent range (PSNR, SSIM) as three float32 parts whose float64 sum is each
+    value exactly (53 mantissa bits in 3 x 24); an infinite PSNR travels in the first part. Summed over ranks that
+    send zeros elsewhere, the values arrive exact."""
+    values = np.asarray(values, np.float64)
+    with np.errstate(invalid="ignore"):
+        high = values.astype(np.float32)
+        rest = np.where(np.isfinite(values), values - high.astype(np.float64), 0.0)
+    middle = rest.astype(np.float32)
+    low = (rest - middle.astype(np.float64)).astype(np.float32)
+    return np.stack([high, middle, low], axis=-1)
+
+
+def join_float64(parts):
+    """The inverse of split_float64."""
+    parts = np.asarray(parts).astype(np.float64)
+    return parts[..., 0] + parts[..., 1] + parts[..., 2]
 
 
 def param_checksum(model):
@@ -329,7 +366,9 @@ class Trainer:
         self.opts, self.log, self.progress = opts, log, progress
         self._run_bar = None  # the whole run's bar while fit() runs
         self.device = setup_device(opts.device_target)
-        self.precision = configure_precision(self.device, opts.precision_mode, opts.deterministic)
+        self.precision = configure_precision(
+            self.device, opts.precision_mode, opts.deterministic, opts.amp_level, opts.loss_scale
+        )
         self.rank, self.world = init_distributed(opts.device_target)
         # An MDSR's batches change shape with their scale: no fixed-shape device loop.
         self.sink = opts.sink_mode(self.device) and opts.model != "MDSR"
@@ -374,8 +413,9 @@ class Trainer:
             )
             for s in scales
         }
-        self.val_sets = _per_scale(val_set, scales) if self.rank == 0 else {}
-        if val_set is None and str(opts.data_test).lower() != "none" and self.rank == 0:
+        # Every rank validates its share of the images (validate()), so none waits in a collective meanwhile.
+        self.val_sets = _per_scale(val_set, scales)
+        if val_set is None and str(opts.data_test).lower() != "none":
             # Checked now, not after the first epoch: SSIM needs 11x11 pixels left after the border crop.
             self.val_sets = {
                 s: open_dataset(
@@ -403,18 +443,19 @@ class Trainer:
         )
         self.optimizer = optimizer if optimizer is not None else make_optimizer(opts, self.model.trainable_params())
         self.loss_fn = loss if loss is not None else make_loss(opts)
-        self.scaler = make_loss_scaler(opts, self.device)
+        self.scaler = make_loss_scaler(self.precision)
         self.step = TrainStep(
             self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip, opts.ema_decay
         )
         # One static graph: the patch size is fixed, so it compiles once, at the first step.
-        self._step_graph = ms.jit(self.step)
+        self._step_graph = ms.jit(self.step, jit_level=STEP_JIT_LEVEL)
         self._keep_streak = ms.Tensor(np.eye(4, dtype=np.float32)[TrainStep.STREAK])
         self._feed, self._feed_epoch = None, None
         self.epoch, self.history, self.best_psnr = 0, [], -np.inf
         self.tb = None  # TensorBoardLog while fit() runs
         self.bicubic_psnr, self.last_loss, self.skipped_steps = None, None, 0
         self.scale_psnr, self.scale_bicubic = {}, {}  # per validation scale, set by validate()
+        self.validation = {}  # {scale: [{"name", "psnr", "ssim"}, ...]} of the last validation, on every rank
         self.ckpt_dir = Path(opts.ckpt_save_path)
         if self.ckpt_dir.exists() and not self.ckpt_dir.is_dir():
             raise KitError(f"{self.ckpt_dir}: ckpt_save_path is a file, not a folder")
@@ -551,7 +592,7 @@ class Trainer:
             num_workers=o.num_workers,
         )
         if self.sink:
-            sink = ms.data_sink(self.step, data, sink_size=o.sync_every())
+            sink = open_sink(self.step, data, o.sync_every())
 
             def run(steps):
                 for _ in range(steps // o.sync_every()):
@@ -639,25 +680,44 @@ class Trainer:
         return float(self.scaler.scale_value.asnumpy())
 
     def validate(self):
-        """Validation PSNR (the mean over the scales of an MDSR; each scale's is in `scale_psnr`)."""
+        """Validation PSNR (the mean over the scales of an MDSR; each scale's is in `scale_psnr`, each image's in
+        `validation`). Each rank scores every world-th image; the numbers are then shared, so every rank holds every
+        image's PSNR/SSIM, exactly as one device computes them."""
         if not self.val_sets:
             return None
         self.model.set_train(False)
         protocols = {s: protocol_for(self.opts.data_test, s) for s in self.val_sets}
         if self.bicubic_psnr is None:
             self.scale_bicubic = {
-                s: evaluate(d, None, protocols[s], progress=False)["psnr"] for s, d in self.val_sets.items()
+                s: self._score_shared(d, None, protocols[s])["psnr"] for s, d in self.val_sets.items()
             }
             self.bicubic_psnr = float(np.mean(list(self.scale_bicubic.values())))
         keep = 2 if self.tb is not None and self.tb.enabled else 0
         with self.ema_weights():
             results = {
-                s: evaluate(d, self.model.at_scale(s), protocols[s], progress=False, keep_images=keep)
-                for s, d in self.val_sets.items()
+                s: self._score_shared(d, self.model.at_scale(s), protocols[s], keep) for s, d in self.val_sets.items()
             }
         self.scale_psnr = {s: r["psnr"] for s, r in results.items()}
+        self.validation = {s: r["per_image"] for s, r in results.items()}
         self._log_validation(results)
         return float(np.mean(list(self.scale_psnr.values())))
+
+    def _score_shared(self, dataset, model, protocol, keep=0):
+        """evaluate() on this rank's share of `dataset`, then every image's numbers on every rank (a sum over ranks
+        of float64 values split exactly into float32 parts: MindSpore's CPU AllReduce takes float32 only)."""
+        share = range(self.rank, len(dataset), self.world)
+        result = evaluate(dataset, model, protocol, progress=False, keep_images=keep, indices=share)
+        if self.world == 1:
+            return result
+        scores = np.zeros((len(dataset), 2), np.float64)
+        for i, row in zip(share, result["per_image"]):
+            scores[i] = row["psnr"], row["ssim"]
+        scores = join_float64(ops.AllReduce()(Tensor(split_float64(scores))).asnumpy())
+        result["per_image"] = [
+            {"name": name, "psnr": float(p), "ssim": float(q)} for name, (p, q) in zip(dataset.names, scores)
+        ]
+        result["psnr"], result["ssim"] = float(np.mean(scores[:, 0])), float(np.mean(scores[:, 1]))
+        return result
 
     def _log_validation(self, results):
         """PSNR/SSIM per validation scale and [bicubic | SR | HR] centre crops of the first images to TensorBoard."""
@@ -751,7 +811,7 @@ class Trainer:
             world_size=self.world,
             batch_size_per_device=self.opts.batch_size,
             global_batch=self.opts.batch_size * self.world,
-            precision={**self.precision, "amp_level": self.opts.amp_level, "loss_scaling": self.loss_scaling()},
+            precision={**self.precision, "amp_level": self.opts.amp_level},
             summary=self.summary(),
         )
 
@@ -776,6 +836,7 @@ class Trainer:
             "ema_digest": param_digest(self.step.ema) if self.step.ema else None,
             "psnr": last.get("psnr"),
             "psnr_bicubic": last.get("psnr_bicubic"),
+            "validation": {f"x{s}": rows for s, rows in self.validation.items()},
             "best_psnr": None if not np.isfinite(self.best_psnr) else self.best_psnr,
             "skipped_steps": self.skipped_steps,
             "loss_scale": self.loss_scale_value(),

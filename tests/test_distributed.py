@@ -27,7 +27,7 @@ TINY = {
     "lr": 1e-5,
     "optimizer": "SGD",
     "momentum": 0.0,
-    "data_test": "none",
+    "data_test": "sample",  # every rank validates its share of the held-out photos
     "seed": 3,
     "print_every": 3,
     "ema_decay": 0.5,
@@ -73,7 +73,7 @@ def two_server_run(tmp_path_factory):
     """The issue's two commands: two one-device "servers" on 127.0.0.1 sharing one output folder."""
     out = tmp_path_factory.mktemp("two_servers")
     port = str(_free_port())
-    common = ["sample", "1", "--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", port]
+    common = ["sample", "1", "--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", port, "--one-host"]
     first = subprocess.Popen(
         ["bash", LAUNCHER, *common, "--node-rank", "0", *_p(TINY)],
         env=_env(out),
@@ -109,6 +109,26 @@ def test_two_cpu_workers_end_with_identical_weights(two_worker_run):
     assert not (out / "rank_1" / "curves.png").exists()
     run = json.loads((out / "ckpt" / "run.json").read_text())
     assert run["batch_size_per_device"] == 2 and run["global_batch"] == 4 and run["precision"]["deterministic"]
+
+
+def test_every_rank_validates_its_share_and_all_hold_one_devices_numbers(two_worker_run):
+    from edsr_lib.data import open_dataset
+    from edsr_lib.evaluation import evaluate
+    from edsr_lib.metrics import protocol_for
+    from edsr_lib.weights import load_model
+
+    out, proc = two_worker_run
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    ranks = [_metrics(out, r) for r in (0, 1)]
+    per_image = ranks[0]["validation"]["x2"]
+    assert len(per_image) >= 2  # both ranks had images to score
+    assert ranks[1]["validation"] == ranks[0]["validation"] and ranks[0]["psnr"] == ranks[1]["psnr"] is not None
+    # The weights validated (the EMA's, in latest.ckpt) scored on one device: the same numbers, image by image.
+    model = load_model(out / "ckpt" / "latest.ckpt")
+    dataset = open_dataset("sample", 2, split="test")
+    one_device = evaluate(dataset, model, protocol_for("sample", 2), progress=False)
+    assert per_image == one_device["per_image"]
+    assert ranks[0]["psnr"] == one_device["psnr"]
 
 
 def test_two_servers_on_one_host_train_like_one_server(two_worker_run, two_server_run):
@@ -363,6 +383,28 @@ def test_rank_table_environments(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(KitError, match="bad.json: not a readable HCCL rank table"):
         rank_table_environments(tmp_path / "bad.json", 8)
+
+
+def test_multi_server_mistakes_are_one_line_at_once(tmp_path):
+    from edsr_lib.launch import check_cluster, main
+
+    with pytest.raises(KitError, match="--nodes 2 needs --node-rank"):
+        check_cluster(2, None, "10.0.0.1")
+    with pytest.raises(KitError, match="needs --master-addr"):
+        check_cluster(2, 1, None)
+    for loopback in ("127.0.0.1", "localhost", "::1"):
+        with pytest.raises(KitError, match="loopback address"):
+            check_cluster(2, 0, loopback)
+        check_cluster(2, 0, loopback, one_host=True)  # the documented emulation on one machine
+    check_cluster(2, 1, "192.0.2.10")
+    check_cluster(1, None, None)  # one server needs neither
+    check_cluster(2, None, None, rank_table_file="t.json")  # the rank table says who is who
+    # through the launcher: refused before any process starts, not after msrun's 600 s cluster timeout
+    import time
+
+    start = time.time()
+    code = main(["distribute", "sample", "1", "--nodes", "2", "--output-dir", str(tmp_path / "o")])
+    assert code == 2 and time.time() - start < 30 and not (tmp_path / "o").exists()
 
 
 def test_train_data_dir_forms(tmp_path):

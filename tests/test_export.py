@@ -106,7 +106,10 @@ def test_window_starts_cover_every_pixel_in_a_valid_centre():
 def test_user_errors(tmp_path, exported):
     _, _, folder, ckpt, _ = exported
     air = run_cli("export", "--ckpt", ckpt, "--format", "AIR", "--output", tmp_path / "m.air")
-    assert air.returncode == 2 and "AIR export needs the Ascend backend" in air.stderr and "Traceback" not in air.stderr
+    assert air.returncode == 2 and "AIR export needs --input-size" in air.stderr and "Traceback" not in air.stderr
+    air = run_cli("export", "--ckpt", ckpt, "--format", "AIR", "--output", tmp_path / "m.air", "--input-size", 8, 8)
+    assert air.returncode == 2 and "AIR export needs the Ascend backend" in air.stderr
+    assert "MindSpore Lite" in air.stderr and "ATC reads AIR only" in air.stderr
     onnx = run_cli("export", "--ckpt", ckpt, "--format", "ONNX", "--output", tmp_path / "m.onnx")
     assert onnx.returncode == 2 and "dynamic" in onnx.stderr
     suffix = run_cli("export", "--ckpt", ckpt, "--format", "MINDIR", "--output", tmp_path / "m.onnx")

@@ -29,7 +29,35 @@ def test_environment_set_before_mindspore_and_warning_when_too_late():
         [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
     )
     assert kept.stdout.split() == ["1", "AVX512_CORE"]  # a value the user exported wins
-    late = subprocess.run(
-        [sys.executable, "-W", "always", "-c", "import mindspore, edsr_lib"], capture_output=True, text=True, env=env
+    # MS_DEV_HOST_BLOCKING_RUN is read at the first op, so a late import still applies it; the oneDNN cap is read
+    # when MindSpore loads, so only a process that needs the cap is warned
+    late_code = "import mindspore, edsr_lib, os; print(os.environ.get('MS_DEV_HOST_BLOCKING_RUN'))"
+    late = subprocess.run([sys.executable, "-W", "always", "-c", late_code], capture_output=True, text=True, env=env)
+    assert late.stdout.split() == ["1"]
+    assert ("imported before edsr_lib" in late.stderr) == (fast_conv_library()[0] is None), late.stderr
+
+
+@pytest.mark.slow
+def test_host_blocking_dispatch_follows_the_chosen_device():
+    # Chosen by flag or notebook parameter, not $DEVICE_TARGET: decided in setup_device, before the first op.
+    code = (
+        "import os, edsr_lib.runtime as rt\n"
+        "try:\n    rt.setup_device(os.environ['CHOICE'])\nexcept Exception:\n    print('refused')\n"
+        "print(os.environ.get('MS_DEV_HOST_BLOCKING_RUN'))"
     )
-    assert "imported before edsr_lib" in late.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("MS_DEV_HOST_BLOCKING_RUN", "DEVICE_TARGET")}
+
+    def run(choice, prefix="", **extra):
+        out = subprocess.run(
+            [sys.executable, "-c", prefix + code],
+            capture_output=True,
+            text=True,
+            env={**env, "CHOICE": choice, **extra},
+        )
+        return out.stdout.split()[-1]
+
+    assert run("CPU") == "1"
+    # a GPU host (this one has no GPU plugin: the check is skipped to reach MindSpore's set_device)
+    no_check = "import edsr_lib.runtime as rt; rt.require_backend = lambda target: None\n"
+    assert run("GPU", no_check) == "None"
+    assert run("GPU", no_check, MS_DEV_HOST_BLOCKING_RUN="1") == "1"  # a value the user exported wins

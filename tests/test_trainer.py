@@ -431,3 +431,126 @@ def test_trainer_takes_its_parts_and_a_weighted_loss_trains(tmp_path):
             progress=False,
             model=build_model(Architecture(scale=2, n_resblocks=3, n_feats=8)),
         )
+
+
+def _cpu_data_sink(calls):
+    """What MindSpore's data_sink does (mindspore/train/data_sink.py), fed from the host because its GetNext queue
+    needs Ascend or GPU: with a jit_config, `fn` is compiled at that jit level and run `sink_size` times per call on
+    the dataset's batches; without one, `fn` runs op by op (PyNative)."""
+    import mindspore as ms
+
+    def data_sink(fn, dataset, sink_size=1, jit_config=None, input_signature=None):
+        calls.append(jit_config)
+        run = fn if jit_config is None else ms.jit(fn, jit_level=jit_config.jit_config_dict["jit_level"] or "O0")
+        batches = dataset.create_tuple_iterator(num_epochs=-1)
+
+        def sink_process():
+            out = None
+            for _ in range(sink_size):
+                out = run(*next(batches))
+            return out
+
+        return sink_process
+
+    return data_sink
+
+
+@pytest.mark.parametrize("with_jit_config", [True, False])
+def test_dataset_sink_runs_the_one_compiled_step(tmp_path, monkeypatch, with_jit_config):
+    """3 sink calls of 4 steps: the step's Python body runs at most once (compiled) instead of 12 times (eager),
+    and the weights equal a host-fed run's bit for bit. The second case shows the test fails without jit_config."""
+    import mindspore as ms
+
+    from edsr_lib import trainer as trainer_module
+
+    kw = dict(epochs=1, test_every=12, print_every=4)
+    plain = _quiet(_opts(tmp_path / "plain", **kw))
+    plain.fit()
+
+    executed, calls = [], []
+    original = trainer_module.TrainStep.construct
+
+    def counting_construct(self, lr, hr, scale_index=0):
+        executed.append(1)
+        return original(self, lr, hr, scale_index)
+
+    monkeypatch.setattr(ms, "data_sink", _cpu_data_sink(calls))
+    if not with_jit_config:
+        monkeypatch.setattr(
+            trainer_module, "open_sink", lambda step, data, size: ms.data_sink(step, data, sink_size=size)
+        )
+    monkeypatch.setattr(trainer_module.TrainStep, "construct", counting_construct)
+    sunk = _quiet(_opts(tmp_path / "sink", **kw))
+    sunk.sink = True  # MindSpore's sink refuses CPU: the stand-in above takes its place
+    sunk.fit()
+    assert len(calls) == 1  # one sink for the run
+    if with_jit_config:
+        assert len(executed) <= 1, len(executed)
+        assert calls[0].jit_config_dict["jit_level"] == trainer_module.STEP_JIT_LEVEL == "O0"
+        a, b = _weights(plain), _weights(sunk)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    else:
+        assert len(executed) == 12  # op by op: what the kit did before it passed a jit_config
+
+
+def test_precision_decision_table():
+    from edsr_lib.runtime import FLOAT16_CONV_LOSS_SCALE, precision_plan
+
+    def plan(device, chip=None, mode="", amp="O0", scale=0.0):
+        p = precision_plan(device, chip, mode, amp, scale)
+        return p["convolutions"].split(" ")[0], p["loss_scale"], p["precision_mode"]
+
+    # 910A: float16 Cube convolutions whatever the mode, so O0 keeps the kit's scale of 1024
+    assert plan("Ascend", "910A") == ("float16", FLOAT16_CONV_LOSS_SCALE, "allow_fp32_to_fp16")
+    assert plan("Ascend", "910A", "force_fp16") == ("float16", 1024.0, "force_fp16")
+    for mode in ("must_keep_origin_dtype", "force_fp32", "allow_fp32_to_bf16"):
+        with pytest.raises(KitError, match=f"precision_mode {mode} on an Atlas training card.*float16 only"):
+            precision_plan("Ascend", "910A", mode)
+    # A2 (910B): HF32 by default, float32 with must_keep_origin_dtype: float32's exponent range, no scale
+    assert plan("Ascend", "A2") == ("HF32", 1.0, "must_keep_origin_dtype")
+    assert plan("Ascend", "A2", "must_keep_origin_dtype") == ("float32", 1.0, "must_keep_origin_dtype")
+    assert plan("Ascend", "A2", "allow_fp32_to_fp16") == ("float16", 1024.0, "allow_fp32_to_fp16")
+    assert plan("Ascend", "A2", "allow_fp32_to_bf16") == ("bfloat16", 1.0, "allow_fp32_to_bf16")
+    # CPU and GPU: no scale under O0; mixed precision is dynamic; a given scale always wins
+    assert plan("CPU") == ("float32", 1.0, None)
+    assert plan("GPU")[1] == 1.0 and "TF32" in precision_plan("GPU")["convolutions"]
+    for device, chip in (("CPU", None), ("Ascend", "910A"), ("Ascend", "A2"), ("GPU", None)):
+        assert plan(device, chip, amp="O2")[:2] == ("float16", "dynamic")
+        assert plan(device, chip, scale=128.0)[1] == 128.0
+    record = precision_plan("Ascend", "910A")
+    assert "subnormal" in record["loss_scale_reason"] and record["chip"] == "910A"
+
+
+def test_a_broken_accelerator_install_is_one_line_not_a_cpu_run(tmp_path):
+    import subprocess
+    import sys
+
+    from edsr_lib.runtime import ACCEPTED_CANN_VERSIONS, require_backend, resolve_device
+
+    fake_cann = tmp_path / "Ascend"
+    fake_cann.mkdir()
+    environ = {"ASCEND_HOME_PATH": str(fake_cann)}
+    assert resolve_device(environ=environ) == "Ascend"  # CANN present: Ascend is meant, not CPU
+    assert resolve_device("CPU", environ=environ) == "CPU"  # unless CPU is chosen explicitly
+    with pytest.raises(KitError, match=f"CANN found at {fake_cann}.*did not load: no such lib.*8.2, 8.3"):
+        require_backend("Ascend", lambda target: (False, "no such lib\n"), environ)
+    with pytest.raises(KitError, match="GPU plugin did not load.*CUDA 11.1 or 11.6.*cuDNN 8.*CUDA_HOME"):
+        require_backend("GPU", lambda target: (False, ""))
+    require_backend("Ascend", lambda target: (True, ""))
+    assert ACCEPTED_CANN_VERSIONS == ("8.2", "8.3", "8.5", "9.0", "9.1")
+    # the real thing: this machine has no Ascend or GPU libraries, so MindSpore's plugins do not load
+    env = {k: v for k, v in os.environ.items() if k != "DEVICE_TARGET"}
+    for extra, args, expected in (
+        ({"ASCEND_HOME_PATH": str(fake_cann)}, [], "Ascend plugin did not load: Load dynamic library"),
+        ({}, ["--device_target", "GPU"], "GPU plugin did not load"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "edsr_lib.cli", "train", "--epochs", "1", "--ckpt_save_path", str(tmp_path / "c")]
+            + args,
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+        )
+        assert out.returncode == 2 and expected in out.stderr, out.stderr[-2000:]
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+        assert not (tmp_path / "c").exists()
