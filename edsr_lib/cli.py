@@ -147,9 +147,20 @@ def _cmd_eval(args):
     from .metrics import protocol_for
 
     model = None
-    if args.bicubic == bool(args.ckpt):
-        raise KitError("give exactly one of --bicubic or --ckpt CK")
-    if args.ckpt:
+    if sum((args.bicubic, bool(args.ckpt), bool(args.model))) != 1:
+        raise KitError("give exactly one of --bicubic, --ckpt CK or --model FILE")
+    if args.model:
+        from .export import load_exported, mindir_engine
+
+        if not str(args.model).lower().endswith(".mindir") or mindir_engine(args.engine) != "lite":
+            from .runtime import setup_device
+
+            setup_device(args.device_target)
+        model = load_exported(args.model, args.engine)
+        scale = model.arch.scale
+        if args.scale is not None and args.scale != scale:
+            raise KitError(f"{args.model}: an x{scale} model (its export record), not x{args.scale}")
+    elif args.ckpt:
         from .runtime import setup_device
         from .weights import load_model
 
@@ -187,6 +198,8 @@ def _cmd_eval(args):
     result = evaluate(
         dataset, model, protocol, self_ensemble=args.self_ensemble, tile=args.tile, save_dir=args.save_images
     )
+    if args.model:
+        result["model_file"], result["engine"] = str(args.model), model.engine
     print(format_table(result))
     if args.json:
         write_json(args.json, result)
@@ -370,6 +383,13 @@ def build_parser():
     p = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint or of bicubic on a dataset (papers' protocol)")
     p.add_argument("--bicubic", action="store_true", help="evaluate MATLAB-bicubic upscaling instead of a model")
     p.add_argument("--ckpt", help="checkpoint to evaluate (kit, published .pt, ModelZoo .ckpt or a weights name)")
+    p.add_argument("--model", help="exported .mindir or .onnx to evaluate (what scripts/run_infer_310.sh runs)")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "mindspore", "lite"),
+        default="auto",
+        help="runtime of a .mindir: MindSpore Lite (Ascend 310/310P; auto picks it when installed) or MindSpore",
+    )
     _add_weights_source(p)
     _add_ema_choice(p)
     _add_conv_algorithm(p)

@@ -159,7 +159,7 @@ class ExportedModel:
     """An exported MINDIR (MindSpore) or ONNX (onnxruntime) model with the inference interface of a checkpoint:
     `arch`, and `forward_array(x)` on float32 NCHW 0-255 arrays, tiled to a fixed input size when it has one."""
 
-    def __init__(self, path):
+    def __init__(self, path, engine="auto"):
         self.path = Path(path)
         if not self.path.is_file():
             raise KitError(f"{self.path}: no such exported model")
@@ -179,7 +179,10 @@ class ExportedModel:
         check_export_shape(list(self.input_size) if self.input_size else None, self.batch_size, str(meta_path))
         check_size(self.arch)
         suffix = self.path.suffix.lower()
-        if suffix == ".mindir" and stock_conv_needs_own_process():
+        self.engine = mindir_engine(engine) if suffix == ".mindir" else "onnxruntime"
+        if self.engine == "lite":
+            self._infer = load_mindir_lite(self.path)
+        elif suffix == ".mindir" and stock_conv_needs_own_process():
             self._infer = MindirProcess(self.path)
         elif suffix == ".mindir":
             self._infer = load_mindir(self.path)
@@ -232,6 +235,53 @@ class ExportedModel:
                 stacklevel=2,
             )
         return forward_windows(self._batched, x, self.arch.scale, self.arch.n_colors, self.input_size, margin)
+
+
+MINDIR_ENGINES = ("auto", "mindspore", "lite")
+
+
+def mindir_engine(choice="auto"):
+    """Which runtime runs a MINDIR: MindSpore Lite (`mindspore_lite`, the runtime of Ascend 310/310P inference hosts;
+    `auto` picks it when it is installed) or MindSpore itself."""
+    import importlib.util
+
+    if choice not in MINDIR_ENGINES:
+        raise KitError(f"engine must be one of {', '.join(MINDIR_ENGINES)}, got {choice!r}")
+    installed = importlib.util.find_spec("mindspore_lite") is not None
+    if choice == "lite" and not installed:
+        raise KitError(
+            "engine lite needs MindSpore Lite (the mindspore_lite package of your CANN/MindSpore Lite install)"
+        )
+    return "lite" if choice == "lite" or (choice == "auto" and installed) else "mindspore"
+
+
+def load_mindir_lite(path):
+    """A MINDIR as a function of float32 NCHW arrays, run by MindSpore Lite's Python API (Context, Model,
+    build_from_file, resize, predict): on the Ascend device $DEVICE_ID where CANN is installed, else on the CPU."""
+    import mindspore_lite as mslite
+
+    from .runtime import cann_home
+
+    context = mslite.Context()
+    context.target = ["ascend"] if cann_home() else ["cpu"]
+    if cann_home():
+        context.ascend.device_id = int(os.environ.get("DEVICE_ID", "0"))
+    model = mslite.Model()
+    try:
+        model.build_from_file(str(path), mslite.ModelType.MINDIR, context)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise KitError(
+            f"{path}: MindSpore Lite cannot load it ({str(exc).splitlines()[0] if str(exc) else exc})"
+        ) from None
+
+    def infer(x):
+        inputs = model.get_inputs()
+        if list(inputs[0].shape) != list(x.shape):  # a dynamic H and W export: fix this call's shape
+            model.resize(inputs, [list(x.shape)])
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(x, np.float32))
+        return model.predict(inputs)[0].get_data_to_numpy()
+
+    return infer
 
 
 def load_mindir(path):
@@ -332,8 +382,8 @@ def _serve_mindir(path):
             _send(replies, {"error": f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
 
 
-def load_exported(path):
-    return ExportedModel(path)
+def load_exported(path, engine="auto"):
+    return ExportedModel(path, engine)
 
 
 def verify_export(checkpoint, exported_path, input_size=None, seed=0, ema=True):

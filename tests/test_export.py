@@ -140,3 +140,119 @@ def test_mindir_child_process_gives_the_in_process_result_and_fails_in_one_line(
     (tmp_path / "junk.mindir").write_bytes(b"not a graph")
     with pytest.raises(KitError, match="junk.mindir: not a loadable MINDIR file"):
         MindirProcess(tmp_path / "junk.mindir")
+
+
+# MindSpore Lite is not on PyPI for this machine: a stand-in with the documented Python API (Context.target,
+# Context.ascend.device_id, Model.build_from_file, get_inputs, resize, set_data_from_numpy, predict,
+# get_data_to_numpy), running the MINDIR through MindSpore, checks how the kit drives it.
+FAKE_MINDSPORE_LITE = """
+import json, os
+from enum import Enum
+import numpy as np
+
+CALLS = os.environ["FAKE_LITE_LOG"]
+
+
+def _log(**entry):
+    with open(CALLS, "a") as f:
+        f.write(json.dumps(entry) + "\\n")
+
+
+class ModelType(Enum):
+    MINDIR = 0
+
+
+class _Ascend:
+    device_id = None
+
+
+class Context:
+    def __init__(self):
+        self.target, self.ascend = [], _Ascend()
+
+
+class _Tensor:
+    def __init__(self, shape):
+        self.shape, self.data = list(shape), None
+
+    def set_data_from_numpy(self, array):
+        assert list(array.shape) == self.shape and array.dtype == np.float32
+        self.data = array
+
+    def get_data_to_numpy(self):
+        return self.data
+
+
+class Model:
+    def build_from_file(self, path, model_type, context):
+        import mindspore as ms
+        assert model_type is ModelType.MINDIR and context.target
+        self.graph = ms.nn.GraphCell(ms.load(path))
+        self.inputs = [_Tensor([1, 3, -1, -1])]
+        _log(target=context.target, device_id=context.ascend.device_id)
+
+    def get_inputs(self):
+        return self.inputs
+
+    def resize(self, inputs, shapes):
+        inputs[0].shape = list(shapes[0])
+
+    def predict(self, inputs):
+        import mindspore as ms
+        out = _Tensor([])
+        out.data = self.graph(ms.Tensor(inputs[0].data)).asnumpy()
+        _log(predict=inputs[0].shape)
+        return [out]
+"""
+
+
+def test_run_infer_310_scores_an_exported_mindir_like_its_checkpoint(exported, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from edsr_lib.runtime import STOCK_CONV_ENVIRONMENT
+
+    scale, _, folder, ckpt, runs = exported
+    if scale != 2:
+        pytest.skip("one scale is enough")
+    assert runs["mindir"].returncode == 0
+    script = str(ROOT / "scripts" / "run_infer_310.sh")
+    env = {**os.environ, "PYTHON": sys.executable}
+    reference = run_cli("eval", "--ckpt", ckpt, "--data_test", "sample", "--json", tmp_path / "ckpt.json")
+    assert reference.returncode == 0, reference.stderr
+    expected = json.loads((tmp_path / "ckpt.json").read_text())
+    results = {}
+    fake = tmp_path / "fake_lite"
+    (fake / "mindspore_lite").mkdir(parents=True)
+    (fake / "mindspore_lite" / "__init__.py").write_text(FAKE_MINDSPORE_LITE)
+    for engine, extra in (
+        ("mindspore", {}),
+        # the stand-in runs MindSpore's stock Conv2d in-process: with the oneDNN cap the kit's MINDIR child uses
+        ("lite", {"PYTHONPATH": str(fake), "FAKE_LITE_LOG": str(tmp_path / "lite.log"), **STOCK_CONV_ENVIRONMENT}),
+    ):
+        out = tmp_path / engine
+        proc = subprocess.run(
+            ["bash", script, folder / "m.mindir", "unused", "sample", "2", "3"],
+            env={**env, "OUTPUT_DIR": str(out), **extra},
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[engine] = json.loads((out / "metrics.json").read_text())
+        assert results[engine]["engine"] == engine and "mean" in (out / "acc.log").read_text()
+    # the same MINDIR through either runtime: the same numbers; against the checkpoint (the kit's own CPU
+    # convolution) within float32 rounding of a few pixels
+    assert results["lite"]["per_image"] == results["mindspore"]["per_image"]
+    assert abs(results["mindspore"]["psnr"] - expected["psnr"]) < 0.01
+    calls = [json.loads(line) for line in (tmp_path / "lite.log").read_text().splitlines()]
+    assert calls[0] == {"target": ["cpu"], "device_id": None}  # no CANN here: MindSpore Lite on the CPU
+    assert len(calls) == 1 + len(results["lite"]["per_image"])  # one predict per image, each at its own size
+    wrong = subprocess.run(
+        ["bash", script, folder / "m.mindir", "unused", "sample", "4"],
+        env={**env, "OUTPUT_DIR": str(tmp_path / "wrong")},
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 2 and "an x2 model" in wrong.stderr and not (tmp_path / "wrong" / "acc.log").exists()
