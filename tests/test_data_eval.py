@@ -150,4 +150,4 @@ def test_eval_user_errors(tmp_path):
     result = run_cli("eval", "--bicubic", "--hr-dir", tmp_path / "nope", "--scale", 2)
     assert result.returncode != 0 and "nope" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("eval", "--hr-dir", tmp_path, "--scale", 2)
-    assert result.returncode != 0 and "--bicubic or --ckpt" in result.stderr
+    assert result.returncode != 0 and "--bicubic, --ckpt CK or --model FILE" in result.stderr
