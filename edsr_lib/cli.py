@@ -143,10 +143,10 @@ def _cmd_eval(args):
     from .data import open_dataset
     from .degradations import Degradation
     from .evaluation import evaluate, format_table
-    from .files import write_json
+    from .files import check_output_file, prepare_output_folder, write_json
     from .metrics import protocol_for
 
-    model = None
+    model, inputs = None, []  # inputs: (path, what it is), which no output may overwrite
     if sum((args.bicubic, bool(args.ckpt), bool(args.model))) != 1:
         raise KitError("give exactly one of --bicubic, --ckpt CK or --model FILE")
     if args.model:
@@ -157,6 +157,7 @@ def _cmd_eval(args):
 
             setup_device(args.device_target)
         model = load_exported(args.model, args.engine)
+        inputs += [(args.model, "the model being evaluated"), (f"{args.model}.json", "its export record")]
         scale = model.arch.scale
         if args.scale is not None and args.scale != scale:
             raise KitError(f"{args.model}: an x{scale} model (its export record), not x{args.scale}")
@@ -165,9 +166,9 @@ def _cmd_eval(args):
         from .weights import load_model
 
         setup_device(args.device_target)
-        model = load_model(
-            _checkpoint(args, args.ckpt), scale=args.scale, ema=args.ema, conv_kernel=args.conv_algorithm
-        )
+        checkpoint = _checkpoint(args, args.ckpt)
+        inputs.append((checkpoint, "the checkpoint being evaluated"))
+        model = load_model(checkpoint, scale=args.scale, ema=args.ema, conv_kernel=args.conv_algorithm)
         scale = model.arch.scale
     elif args.scale is None:
         raise KitError("--bicubic needs --scale")
@@ -182,6 +183,13 @@ def _cmd_eval(args):
         on_error="skip" if args.skip_bad else "raise",
         degradation=Degradation(args.degradation, args.seed),
     )
+    # Every output is checked before the evaluation starts: none may overwrite an input or land in the dataset.
+    inputs += [(folder, f"the {dataset.name} images") for folder in dataset.folders()]
+    if args.json:
+        check_output_file(args.json, "--json", inputs)
+    for flag, folder in (("--save-images", args.save_images), ("--conventions", args.conventions)):
+        if folder:
+            prepare_output_folder(folder, flag, inputs)
     if args.conventions:
         from .evaluation import compare_conventions, format_conventions, write_conventions
 
@@ -512,11 +520,34 @@ def build_parser():
     return parser
 
 
+def _interrupt_on_sigterm():
+    """MindSpore answers Ctrl-C during a graph by sending the process SIGTERM: so that Ctrl-C is an interruption (exit
+    130, files written atomically stay whole) in every command, not a kill (143), SIGTERM raises KeyboardInterrupt."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def _out_of_memory(args):
+    return f"edsr: error: out of memory while running `edsr {args.command}`: lower batch_size (training) or pass --tile"
+
+
+def _is_out_of_memory(exc):
+    text = str(exc).lower()
+    return "out of memory" in text or "memory not enough" in text or "malloc" in text and "fail" in text
+
+
 def main(argv=None, registry=None):
     """Run the `edsr` command. `registry`: the weights names (`pretrained.Registry`; tests give their own)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    _interrupt_on_sigterm()
     try:
         if registry is None:
             from .pretrained import Registry
@@ -530,6 +561,9 @@ def main(argv=None, registry=None):
     except KeyboardInterrupt:
         print("edsr: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(_out_of_memory(args), file=sys.stderr)
+        return 2
     except OSError as exc:  # disk full, permission denied, a folder where a file should be: name the path
         if debug:
             raise
@@ -538,6 +572,9 @@ def main(argv=None, registry=None):
     except Exception as exc:
         if debug:
             raise
+        if _is_out_of_memory(exc):  # MindSpore reports a failed device or host allocation as a RuntimeError
+            print(_out_of_memory(args), file=sys.stderr)
+            return 2
         print(
             f"edsr: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
             "(run with --debug for the traceback)",

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import KitError
 from .files import atomic_write, user_cache_dir
-from .images import image_size, list_images, read_image
+from .images import image_size, list_images, read_image, to_uint8
 from .degradations import Degradation
 from .metrics import BENCHMARKS
 
@@ -49,10 +49,7 @@ class ArrayCache:
 
 
 def _read_rgb8(path):
-    image, _ = read_image(path)
-    if image.dtype != np.uint8:  # 16-bit sources are trained on at 8 bits, as every SR benchmark is
-        image = np.round(image / 257.0).astype(np.uint8)
-    return image
+    return to_uint8(read_image(path)[0])  # 16-bit sources are trained on at 8 bits, as every SR benchmark is
 
 
 class PairDataset:
@@ -105,6 +102,10 @@ class PairDataset:
     @property
     def names(self):
         return [item[0] for item in self._items]
+
+    def folders(self):
+        """The folders the dataset's image files are in: what an output must never be written into."""
+        return sorted({Path(path).parent for _, *paths in self._items for path in paths if path is not None})
 
     def hr(self, index):
         """The whole HR image (not mod-cropped)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import KitError, OneLineArgumentParser
-from .files import atomic_write, write_json
+from .files import atomic_write, prepare_output_folder, write_json
 
 CHECKS = ("mindspore", "device", "training_sink_off", "training_sink_on", "training_amp_O1", "validation")
 CHECKS += ("distributed", "export")
@@ -212,8 +212,7 @@ def run_checks(out, steps=20, batch_size=16, log=print):
     """Every check in order; one failing does not stop the others. Returns the report written to `out`."""
     from .runtime import setup_device
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_folder(out, "--out", kit_files=("device_check.json", "device_check.md", "train"))
     started = time.perf_counter()
     report = {"checks": {}}
     checks = report["checks"]

@@ -20,8 +20,8 @@ import zlib
 from pathlib import Path
 
 
-from .errors import KitError
-from .files import check_archive_member, write_json
+from .errors import KitError, write_error
+from .files import atomic_write, check_archive_member, write_json
 from .progress import progress_bar
 
 DIV2K_BASE = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
@@ -46,8 +46,9 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-# A connection that delivers less than STALL_BYTES in STALL_SECONDS is dropped and resumed, at most RETRIES times.
-STALL_SECONDS, STALL_BYTES, RETRIES = 60.0, 1024, 3
+# A connection that delivers less than STALL_BYTES in STALL_SECONDS (about 1 KB/s: a drip that would take days for
+# a dataset) is dropped and resumed, at most RETRIES times.
+STALL_SECONDS, STALL_BYTES, RETRIES = 60.0, 64 * 1024, 3
 
 
 def _content_length(response, url):
@@ -67,8 +68,9 @@ def _resumed_total(response, have):
     return int(match.group(3)) if match.group(3) != "*" else None
 
 
-def _stream(response, f, bar, stall_seconds):
-    """Copy the body to `f`; raise _Stalled when it trickles (a plain read would wait forever)."""
+def _stream(response, f, bar, stall_seconds, max_bytes=None, url="", path=None):
+    """Copy the body to `f`; raise _Interrupted when it trickles (a plain read would wait forever), and stop with a
+    KitError when it runs past `max_bytes` (an endless body would fill the disk)."""
     window_start, window_bytes = time.monotonic(), 0
     while True:
         try:
@@ -77,7 +79,12 @@ def _stream(response, f, bar, stall_seconds):
             raise _Interrupted(f"connection lost after {f.tell()} bytes ({exc})") from None
         if not block:
             return
-        f.write(block)
+        if max_bytes is not None and f.tell() + len(block) > max_bytes:
+            raise _TooLong(f"{url}: sent more than the {max_bytes} bytes this file can have; not the expected file")
+        try:
+            f.write(block)
+        except OSError as exc:  # disk full: name the file being written
+            raise write_error(path or f.name, exc) from None
         bar.update(len(block))
         window_bytes += len(block)
         if time.monotonic() - window_start >= stall_seconds:
@@ -88,6 +95,27 @@ def _stream(response, f, bar, stall_seconds):
 
 class _Interrupted(Exception):
     pass
+
+
+class _TooLong(KitError):
+    pass
+
+
+def _source_of(part):
+    """The file naming the URL a partial download came from: a .part is only ever resumed from that URL."""
+    return part.with_name(part.name + ".source")
+
+
+def resumable_from(dest, url):
+    """Whether a partial download of `dest` from `url` is there to resume."""
+    part = Path(dest).with_name(Path(dest).name + ".part")
+    source = _source_of(part)
+    return part.is_file() and source.is_file() and source.read_text(errors="replace") == url
+
+
+def _discard_partial(part):
+    part.unlink(missing_ok=True)
+    _source_of(part).unlink(missing_ok=True)
 
 
 def _archive_complete(path):
@@ -104,12 +132,22 @@ def _archive_complete(path):
         return False
 
 
-def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL_SECONDS, whole_file_check=True):
-    """Download `url` to `dest`, resuming a previous partial download; returns the SHA-256 of the file.
+def fetch(
+    url,
+    dest,
+    sha256=None,
+    progress=True,
+    timeout=60,
+    stall_seconds=STALL_SECONDS,
+    whole_file_check=True,
+    max_bytes=None,
+):
+    """Download `url` to `dest`, resuming a previous partial download from the same URL; returns the SHA-256.
 
     Complete means: the length the server stated (Content-Length, or Content-Range when resuming), or, when it
     stated none, a whole archive (`whole_file_check`; callers that verify a digest afterwards turn it off). Only
-    then is the file renamed into place and its digest recorded."""
+    then is the file renamed into place and its digest recorded. `max_bytes`: the most the file can be; a server
+    sending more is cut off and its partial file removed."""
     dest = Path(dest)
     if dest.is_file():
         digest = sha256_of(dest)
@@ -121,11 +159,14 @@ def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL
     total = None
     for attempt in range(RETRIES + 1):
         try:
-            total = _fetch_once(url, part, progress, timeout, stall_seconds)
+            total = _fetch_once(url, part, progress, timeout, stall_seconds, max_bytes)
             break
         except _Interrupted as exc:
             if attempt == RETRIES:
                 raise KitError(f"{url}: {exc}, {RETRIES + 1} times; run again to resume") from None
+        except _TooLong:
+            _discard_partial(part)
+            raise
     size = part.stat().st_size
     if total is not None and size != total:
         raise KitError(f"{url}: got {size} of {total} bytes; run again to resume")
@@ -136,22 +177,27 @@ def fetch(url, dest, sha256=None, progress=True, timeout=60, stall_seconds=STALL
         )
     digest = sha256_of(part)
     if sha256 and digest != sha256:
-        part.unlink()
+        _discard_partial(part)
         raise KitError(f"{url}: SHA-256 {digest} does not match the expected {sha256}; the download was removed")
     os.replace(part, dest)
+    _source_of(part).unlink(missing_ok=True)
     return digest
 
 
-def _fetch_once(url, part, progress, timeout, stall_seconds):
+def _fetch_once(url, part, progress, timeout, stall_seconds, max_bytes=None):
     """One request, appending to `part`; returns the expected total size, or None when no header says it."""
-    have = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    # Only a partial file this URL wrote is continued; another mirror's (perhaps a bad one's) is replaced once this
+    # URL answers, and kept while it does not (its own mirror may resume it on a later run).
+    have = part.stat().st_size if resumable_from(part.with_name(part.name[: -len(".part")]), url) else 0
     try:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # nothing left to fetch: the partial file is complete
             return None
         raise KitError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except ValueError as exc:  # urllib's word for a malformed URL
+        raise KitError(f"{url!r}: not a URL the kit can download from ({exc})") from None
     except (urllib.error.URLError, OSError) as exc:
         raise KitError(f"{url}: download failed ({getattr(exc, 'reason', exc)})") from None
     with response:
@@ -165,11 +211,20 @@ def _fetch_once(url, part, progress, timeout, stall_seconds):
                 total = have + length
         else:
             have, total = 0, length  # the server ignored the Range header: start over
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise _TooLong(f"{url}: announces {total} bytes, more than this file can have ({max_bytes})")
+        if not have:
+            _discard_partial(part)
+            atomic_write(_source_of(part), lambda tmp: Path(tmp).write_text(url))
+        try:
+            handle = open(part, "ab" if have else "wb")
+        except OSError as exc:
+            raise write_error(part, exc) from None
         with (
-            open(part, "ab" if have else "wb") as f,
+            handle as f,
             progress_bar(total, part.name[: -len(".part")], progress, initial=have, unit="B", unit_scale=True) as bar,
         ):
-            _stream(response, f, bar, stall_seconds)
+            _stream(response, f, bar, stall_seconds, max_bytes, url, part)
     return total
 
 

@@ -5,6 +5,7 @@ An exported model takes float32 NCHW RGB on the 0-255 scale and returns the uncl
 input size, so `edsr upscale --model` can tile exactly and verify without the checkpoint.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import mindspore as ms
 from mindspore import nn
 
 from .errors import KitError
-from .files import write_json
+from .files import check_output_file, write_json
 from .inference import forward_tiled, forward_windows
 from .model import Architecture, check_size
 from .runtime import STOCK_CONV_ENVIRONMENT, current_device, mindspore_log_silenced, stock_conv_needs_own_process
@@ -100,6 +101,9 @@ def export_model(
     output = Path(output)
     if output.suffix.lower() != FORMATS[file_format]:
         raise KitError(f"{output}: a {file_format} file name must end in {FORMATS[file_format]}")
+    source = [(checkpoint, "the checkpoint being exported")] if Path(checkpoint).exists() else []
+    check_output_file(output, "--output", source)
+    check_output_file(sidecar_path(output), "--output's record", source)
     # MindSpore's own Conv2d: an export must not reference the kit's CPU kernel library
     model = load_model(
         checkpoint, res_scale=res_scale, conv_kernel="stock", scale=scale, default_scale=default_scale, ema=ema
@@ -170,10 +174,12 @@ class ExportedModel:
                 "architecture and input size"
             )
         try:
+            if meta_path.stat().st_size > 64 * 1024:
+                raise ValueError("larger than 64 KB, which no record the kit writes is")
             meta = json.loads(meta_path.read_text())
             self.arch = Architecture.from_dict({**meta["architecture"], "rgb_range": 255.0})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise KitError(f"{meta_path}: unreadable export record ({exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, KitError) as exc:
+            raise KitError(f"{meta_path}: unreadable export record ({str(exc).splitlines()[0][:200]})") from None
         self.input_size = tuple(meta["input_size"]) if meta.get("input_size") else None
         self.batch_size = meta.get("batch_size", 1)
         check_export_shape(list(self.input_size) if self.input_size else None, self.batch_size, str(meta_path))
@@ -209,12 +215,22 @@ class ExportedModel:
     def _batched(self, x):
         """Run with the exported batch size (a static export wants exactly that many images)."""
         if self.input_size is None or self.batch_size == x.shape[0]:
-            return np.asarray(self._infer(np.ascontiguousarray(x, np.float32)))
+            return self._checked(x, np.asarray(self._infer(np.ascontiguousarray(x, np.float32))))
         outputs = []
         for image in x:
             padded = np.repeat(image[None], self.batch_size, axis=0)
             outputs.append(np.asarray(self._infer(np.ascontiguousarray(padded, np.float32)))[:1])
-        return np.concatenate(outputs)
+        return self._checked(x, np.concatenate(outputs))
+
+    def _checked(self, x, y):
+        """The model must do what its record says: an output `scale` times the input, in RGB."""
+        expected = (x.shape[0], self.arch.n_colors, x.shape[2] * self.arch.scale, x.shape[3] * self.arch.scale)
+        if tuple(y.shape) != expected:
+            raise KitError(
+                f"{sidecar_path(self.path)}: records an x{self.arch.scale} model, but {self.path.name} turned "
+                f"{list(x.shape)} into {list(y.shape)}; the record does not belong to this model"
+            )
+        return y
 
     def forward_array(self, x):
         if self.input_size is None:
@@ -312,6 +328,16 @@ def _receive(stream):
     return header, np.frombuffer(stream.read(count), np.float32).reshape(header["shape"])
 
 
+def _die_with_parent():
+    """In the child before it runs: the kernel sends it SIGTERM when its parent dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so a killed `edsr upscale` leaves no MINDIR process computing."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
 class MindirProcess:
     """A MINDIR run by MindSpore in a child process whose oneDNN is capped at AVX2 (runtime.STOCK_CONV_ENVIRONMENT):
     its stock Conv2d then runs JIT kernels instead of reference loops, ~100x faster, while this process keeps
@@ -327,6 +353,7 @@ class MindirProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, **STOCK_CONV_ENVIRONMENT},
+            preexec_fn=_die_with_parent,
         )
         self._call({"load": True})
 
@@ -370,16 +397,24 @@ def _serve_mindir(path):
         _send(replies, {"error": str(exc)})
         return 2
     while True:
-        header, array = _receive(requests)
+        try:
+            header, array = _receive(requests)
+        except (OSError, ValueError):  # the parent is gone mid-message
+            return 0
         if header is None:
             return 0
         if array is None:
             _send(replies, {"ready": True})
             continue
         try:
-            _send(replies, {}, np.asarray(infer(array), np.float32))
+            result = np.asarray(infer(array), np.float32)
         except Exception as exc:  # reported to the parent, which raises it as one line
-            _send(replies, {"error": f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            result = {"error": f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        header, array = (result, None) if isinstance(result, dict) else ({}, result)
+        try:
+            _send(replies, header, array)
+        except BrokenPipeError:  # the parent ended: nobody to answer
+            return 0
 
 
 def load_exported(path, engine="auto"):

@@ -176,6 +176,16 @@ def _pillow_to_rgb(path, img, alpha):
     return _to_rgb(array, img.mode in ("RGBA", "LA"), alpha, 255)
 
 
+def to_uint8(image):
+    """An 8-bit copy of a uint8 or uint16 image (16-bit values scaled by 255/65535 and rounded, not wrapped)."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise KitError(f"expected a uint8 or uint16 image, got {image.dtype}")
+    return np.round(image / 257.0).astype(np.uint8)
+
+
 def write_image(path, array):
     """Write HxWx3 uint8 (any Pillow format) or uint16 (PNG only) atomically."""
     path = Path(path)

@@ -93,6 +93,10 @@ def upscale(model, image: np.ndarray, tile: int | None = None, self_ensemble: bo
     image = np.asarray(image)
     max_value = float(np.iinfo(image.dtype).max) if image.dtype in (np.uint8, np.uint16) else 255.0
     y = upscale_float(model, image, tile, self_ensemble)
+    if not np.isfinite(y).all():  # clipping would turn them into a plausible-looking image
+        raise KitError(
+            "the network's output holds NaN or infinite values: its weights are broken (a diverged training run?)"
+        )
     return np.round(np.clip(y, 0, max_value)).astype(image.dtype)
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import KitError, OneLineArgumentParser
-from .files import write_json
+from .files import prepare_output_folder, write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 TRAIN, EVALUATE, COMPARE = "02_train.ipynb", "03_evaluate.ipynb", "04_visual_comparison.ipynb"
@@ -32,11 +32,39 @@ def parse_parameters(pairs):
     """['-p', 'epochs', '3', ...] pairs -> {'epochs': 3}: values are read as JSON when they parse, else strings."""
     params = {}
     for name, text in pairs:
+        if len(text) > MAX_PARAMETER_CHARS:
+            raise KitError(f"-p {name}: value longer than {MAX_PARAMETER_CHARS} characters")
         try:
             params[name] = json.loads(text)
         except json.JSONDecodeError:
             params[name] = text
+        except RecursionError:
+            raise KitError(f"-p {name}: value nested too deeply") from None
     return params
+
+
+MAX_PARAMETER_CHARS = 10_000
+
+
+def check_parameter_names(params, notebooks):
+    """Refuse a -p name that no notebook of the job takes (a typo like `epoch` would otherwise be ignored)."""
+    import difflib
+
+    from dataclasses import fields
+
+    from .options import Options
+
+    known = set()
+    for name in notebooks:
+        known |= set(notebook_defaults(name))
+        if name == TRAIN:  # the training notebook builds its Options from every variable (injected ones too)
+            known |= {f.name for f in fields(Options)}
+    known |= {"progress", "output_dir", "checkpoint", "interactive"}  # set by the launchers themselves
+    for name in params:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise KitError(f"-p {name}: no such parameter of {', '.join(notebooks)}{hint}")
 
 
 def train_data_parameters(train_data):
@@ -99,9 +127,32 @@ def _read_metrics(path):
         raise KitError(f"{path}: missing or unreadable metrics ({exc})") from None
 
 
+# What a launcher's output folder from before the output marker (files.OUTPUT_MARKER) holds: such a folder is the
+# kit's, and a later run may write into it again.
+LAUNCH_FILES = ("metrics.json", TRAIN, EVALUATE, COMPARE, "ckpt", "rank_0", "msrun_logs", "job_failed.json")
+
+
+def _data_inputs(*paths):
+    """(path, what it is) for the data and checkpoints a job reads, which its output folder must stay out of. A DIV2K
+    root stands for its image folders: a run folder beside them (e.g. /data/DIV2K/runs) harms nothing."""
+    inputs = []
+    for path, label in paths:
+        if not path or str(path).lower() == "sample" or not Path(path).exists():
+            continue
+        path = Path(path)
+        root = path / "DIV2K" if (path / "DIV2K" / "DIV2K_train_HR").is_dir() else path
+        if (root / "DIV2K_train_HR").is_dir():
+            inputs += [(folder, label) for folder in root.glob("DIV2K_*") if folder.is_dir()]
+        else:
+            inputs.append((path, label))
+    return inputs
+
+
 def run_standalone(train_data, output_dir, parameters=None, log=print):
     """Train, evaluate on the held-out images and compare visually, on one device. Returns the summary metrics."""
-    output_dir = Path(output_dir)
+    output_dir = prepare_output_folder(
+        output_dir, "OUTPUT_DIR", _data_inputs((train_data, "TRAIN_DATA_DIR")), kit_files=LAUNCH_FILES
+    )
     params = {"progress": "text", **batch_run_parameters(train_data, parameters or {})}
     log(describe_schedule(params, 1))
     ckpt_dir = params.setdefault("ckpt_save_path", str(output_dir / "ckpt"))
@@ -145,7 +196,13 @@ def run_standalone(train_data, output_dir, parameters=None, log=print):
 def run_evaluation(test_data, checkpoint, dataset_type, output_dir, parameters=None, log=print):
     """The ModelZoo EDSR's run_eval: evaluate CHECKPOINT on DATASET_TYPE (a benchmark name or DIV2K under TEST_DATA_DIR,
     or a folder of HR images)."""
-    output_dir = Path(output_dir)
+    output_dir = prepare_output_folder(
+        output_dir,
+        "OUTPUT_DIR",
+        # TEST_DATA_DIR is a root holding benchmark/ and DIV2K/: a folder beside them harms nothing
+        _data_inputs((checkpoint, "CHECKPOINT_PATH"), (dataset_type if Path(dataset_type).is_dir() else "", "the HR")),
+        kit_files=LAUNCH_FILES,
+    )
     is_folder = Path(dataset_type).is_dir()
     params = {
         "checkpoint": str(checkpoint),
@@ -569,7 +626,9 @@ def run_distributed(
     check_cluster(nodes, node_rank, master_addr, one_host, rank_table_file)
     master_addr = master_addr or "127.0.0.1"
     output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(
+        output_dir, "OUTPUT_DIR", _data_inputs((train_data, "TRAIN_DATA_DIR")), kit_files=LAUNCH_FILES
+    )
     table_node_rank, node_rank = node_rank, node_rank or 0
     if device_num < 1 or nodes < 1 or not 0 <= node_rank < nodes:
         raise KitError(
@@ -735,6 +794,41 @@ def build_parser():
     return parser
 
 
+class Stopped(BaseException):
+    """SIGTERM, SIGHUP or SIGINT reached a launcher (from `kill`, `timeout`, a batch scheduler or Ctrl-C)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_descendants(grace=KILL_GRACE_SECONDS):
+    """End every process this one started, however deep (msrun, workers, papermill kernels in their own sessions):
+    SIGTERM, then SIGKILL after `grace` seconds. Returns how many there were."""
+    import psutil
+
+    try:
+        family = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return 0
+    for process in family:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return len(family)
+
+
+NOTEBOOKS_OF = {"standalone": (TRAIN, EVALUATE, COMPARE), "distribute": (TRAIN,), "eval": (EVALUATE,)}
+
+
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -744,45 +838,76 @@ def main(argv=None):
         args.command = argv[0]
     else:
         args = parser.parse_args(argv)
-    params = parse_parameters(args.parameter)
+    import signal
+
+    if threading_main():
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, _stop_on)
     try:
-        if args.command == "worker":
-            return worker(args.output_dir, {**json.loads(args.parameters_json), **params})
-        if args.command == "standalone":
-            summary = run_standalone(args.train_data, args.output_dir, params)
-            print(
-                f"held-out {summary['dataset']} x{summary['scale']}: EDSR {summary['psnr']:.3f} dB, "
-                f"bicubic {summary['psnr_bicubic']:.3f} dB ({summary['psnr'] - summary['psnr_bicubic']:+.3f} dB); "
-                f"results in {args.output_dir}"
-            )
-            return 0
-        if args.command == "distribute":
-            metrics = run_distributed(
-                args.train_data,
-                args.device_num,
-                args.output_dir,
-                params,
-                args.rank_table_file,
-                args.master_port,
-                args.nodes,
-                args.node_rank,
-                args.master_addr,
-                args.one_host,
-            )
-            print(
-                f"{len(metrics)} ranks agree: param_checksum {metrics[0]['param_checksum']:.6f}, final loss "
-                f"{metrics[0]['final_loss']:.4f}; results in {args.output_dir}"
-            )
-            return 0
-        result = run_evaluation(args.test_data, args.checkpoint, args.dataset_type, args.output_dir, params)
-        print(
-            f"{result['dataset']} x{result['scale']}: EDSR {result['psnr']:.3f} dB / {result['ssim']:.4f}, "
-            f"bicubic {result['psnr_bicubic']:.3f} dB / {result['ssim_bicubic']:.4f}; results in {args.output_dir}"
-        )
-        return 0
+        return _run(args)
     except KitError as exc:
         print(f"edsr: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # OUTPUT_DIR a file, a read-only folder, a full disk: one line naming the path
+        from .errors import describe_os_error
+
+        print(f"edsr: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Stopped as stop:
+        ended = stop_descendants()
+        name = signal.Signals(stop.signum).name
+        print(f"edsr: stopped by {name}; ended the {ended} process(es) this launcher had started", file=sys.stderr)
+        return 128 + stop.signum
+
+
+def threading_main():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run(args):
+    params = parse_parameters(args.parameter)
+    if args.command in NOTEBOOKS_OF:
+        check_parameter_names(params, NOTEBOOKS_OF[args.command])
+    if args.command == "worker":
+        try:
+            given = json.loads(args.parameters_json)
+        except (ValueError, RecursionError):
+            raise KitError("worker: the parameters are not a JSON object") from None
+        return worker(args.output_dir, {**given, **params})
+    if args.command == "standalone":
+        summary = run_standalone(args.train_data, args.output_dir, params)
+        print(
+            f"held-out {summary['dataset']} x{summary['scale']}: EDSR {summary['psnr']:.3f} dB, "
+            f"bicubic {summary['psnr_bicubic']:.3f} dB ({summary['psnr'] - summary['psnr_bicubic']:+.3f} dB); "
+            f"results in {args.output_dir}"
+        )
+        return 0
+    if args.command == "distribute":
+        metrics = run_distributed(
+            args.train_data,
+            args.device_num,
+            args.output_dir,
+            params,
+            args.rank_table_file,
+            args.master_port,
+            args.nodes,
+            args.node_rank,
+            args.master_addr,
+            args.one_host,
+        )
+        print(
+            f"{len(metrics)} ranks agree: param_checksum {metrics[0]['param_checksum']:.6f}, final loss "
+            f"{metrics[0]['final_loss']:.4f}; results in {args.output_dir}"
+        )
+        return 0
+    result = run_evaluation(args.test_data, args.checkpoint, args.dataset_type, args.output_dir, params)
+    print(
+        f"{result['dataset']} x{result['scale']}: EDSR {result['psnr']:.3f} dB / {result['ssim']:.4f}, "
+        f"bicubic {result['psnr_bicubic']:.3f} dB / {result['ssim_bicubic']:.4f}; results in {args.output_dir}"
+    )
+    return 0
 
 
 if __name__ == "__main__":

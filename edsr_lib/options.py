@@ -12,6 +12,10 @@ from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse
 
 
 OPTIMIZERS = ("ADAM", "SGD")
+# A loss weight scales the gradients like the lr: beyond this the float32 loss of 0-255 images overflows (the
+# recipe's weights are 1 and 0.1).
+MAX_LOSS_WEIGHT = 1e3
+MAX_BATCH_SIZE = 1024
 LOSSES = ("L1", "MSE")
 # CANN's operator precision modes (mindspore.device_context.ascend.op_precision.precision_mode).
 PRECISION_MODES = (
@@ -182,10 +186,10 @@ class Options:
                 value = float(weight) if weight else 1.0
             except ValueError:
                 value = float("nan")
-            if name.upper() not in LOSSES or not math.isfinite(value) or value <= 0:
+            if name.upper() not in LOSSES or not math.isfinite(value) or not 0 < value <= MAX_LOSS_WEIGHT:
                 raise KitError(
-                    f"loss {self.loss!r}: each term is WEIGHT*NAME with a positive weight and NAME one of "
-                    f"{', '.join(LOSSES)}, e.g. 1*L1+0.1*MSE"
+                    f"loss {self.loss!r}: each term is WEIGHT*NAME with a weight in (0, {MAX_LOSS_WEIGHT:g}] and "
+                    f"NAME one of {', '.join(LOSSES)}, e.g. 1*L1+0.1*MSE"
                 )
             terms.append((value, name.upper()))
         return terms
@@ -197,11 +201,13 @@ class Options:
         def number(name, kind=(int, float)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-                raise KitError(f"{name} must be a finite number, got {value!r}")
+                raise KitError(f"{name} must be a finite number, got {value!r:.60}")
             return value
 
+        # lr: Adam's steps are about lr in size whatever the gradient; beyond 1 the 0-255 network's weights jump by
+        # more than their own scale in one step and training diverges at once (the recipe uses 1e-4).
         rules = {
-            "lr": lambda v: v > 0,
+            "lr": lambda v: 0 < v <= 1,
             "gamma": lambda v: v > 0,
             "res_scale": lambda v: v > 0,
             "rgb_range": lambda v: v > 0,
@@ -222,7 +228,7 @@ class Options:
             "n_feats": 1,
             "test_every": 1,
             "epochs": 1,
-            "batch_size": 1,
+            "batch_size": 1,  # and at most MAX_BATCH_SIZE, below
             "ckpt_save_interval": 1,
             "ckpt_save_max": 1,
             "print_every": 1,
@@ -232,6 +238,11 @@ class Options:
             value = number(name, int)
             if value < low:
                 raise KitError(f"{name} must be at least {low}, got {value}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise KitError(
+                f"batch_size {self.batch_size} is per device: above {MAX_BATCH_SIZE} no card holds the activations "
+                "(the recipe uses 16 in all, e.g. 2 per card on 8 cards)"
+            )
         if self.n_colors != 3:
             raise KitError(f"n_colors must be 3 (the kit trains and evaluates RGB images), got {self.n_colors!r}")
 
@@ -284,10 +295,10 @@ class Options:
 
     def decay_epochs(self):
         """'200' or '200-400' -> [200, 400]: the epochs after which lr is multiplied by gamma."""
-        try:
-            milestones = [int(x) for x in str(self.decay).split("-") if x.strip()]
-        except ValueError:
-            raise KitError(f"decay must look like '200' or '200-400', got {self.decay!r}") from None
+        parts = str(self.decay).split("-")
+        if not all(part.strip().isdigit() for part in parts):  # "-5" or "200-" is a typo, not epoch 5
+            raise KitError(f"decay must be positive epochs like '200' or '200-400', got {self.decay!r}")
+        milestones = [int(x) for x in parts]
         if milestones != sorted(milestones) or any(m < 1 for m in milestones):
             raise KitError(f"decay epochs must be positive and increasing, got {self.decay!r}")
         return milestones

@@ -7,13 +7,14 @@ A file that does not match is deleted. `edsr weights add NAME PATH` gives the us
 Cache: `<user cache>/weights/` holds the `.pt` files, the converted `<name>.ckpt` and `registered.json`.
 """
 
+import contextlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .download import fetch, sha256_of
+from .download import fetch, resumable_from, sha256_of
 from .errors import KitError
 from .files import atomic_write, user_cache_dir, write_json
 from .model import Architecture, upsampling_factors
@@ -21,6 +22,7 @@ from .model import Architecture, upsampling_factors
 OFFICIAL_BASE = "https://cv.snu.ac.kr/research/EDSR/models/"
 MIRROR_VARIABLE = "EDSR_WEIGHTS_MIRROR"  # base URLs separated by spaces or commas, tried before the official host
 MIRROR_INDEX = "SHA256SUMS"
+MAX_REGISTRY_BYTES = 1 << 20  # registered.json: a name and a path per entry; a larger file is not the kit's
 
 
 @dataclass(frozen=True)
@@ -94,40 +96,60 @@ class Registry:
         return self.cache_dir / "registered.json"
 
     def own(self):
-        """name -> {"path", "arch"} of the checkpoints registered with `add`."""
+        """name -> {"path", "arch"} of the checkpoints registered with `add`. A published name found there (the
+        file was edited by hand) is ignored: the published, verified file always wins."""
         if not self._own_path.is_file():
             return {}
         try:
+            if self._own_path.stat().st_size > MAX_REGISTRY_BYTES:
+                raise ValueError(f"larger than {MAX_REGISTRY_BYTES // 1024} KB: not a record the kit wrote")
             entries = json.loads(self._own_path.read_text())
             if not isinstance(entries, dict) or not all(
                 isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries.values()
             ):
                 raise ValueError("not a name -> checkpoint record")
-            return entries
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise KitError(f"{self._own_path}: unreadable ({exc}); delete it and add the names again") from None
+        return {name: entry for name, entry in entries.items() if name not in self.published}
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """registered.json is read, changed and written by one process at a time (concurrent `weights add`)."""
+        import fcntl
+
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / "registered.json.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def add(self, name, path):
         """Register the checkpoint at `path` (any format `read_checkpoint` reads) under `name`."""
         from .weights import read_checkpoint
 
-        if not name.replace("_", "").replace("-", "").isalnum():
-            raise KitError(f"weights name {name!r}: use letters, digits, '_' and '-' only")
+        if not name.replace("_", "").replace("-", "").isalnum() or len(name) > 100:
+            raise KitError(f"weights name {name!r}: use up to 100 letters, digits, '_' and '-'")
         if name in self.published:
             raise KitError(f"{name} is a published weights name; choose another")
         path = Path(path).resolve()
+        if path.is_dir():
+            raise KitError(f"{path}: is a folder; give the checkpoint file (e.g. {path / 'best.ckpt'})")
         arch, _, _ = read_checkpoint(path)
-        entries = self.own()
-        entries[name] = {"path": str(path), "arch": describe(arch)}
-        write_json(self._own_path, entries)
+        with self._locked():
+            entries = self.own()
+            entries[name] = {"path": str(path), "arch": describe(arch)}
+            write_json(self._own_path, entries)
         return arch
 
     def remove(self, name):
-        entries = self.own()
-        if name not in entries:
-            raise KitError(f"{name}: not a registered name (edsr weights list shows them)")
-        del entries[name]
-        write_json(self._own_path, entries)
+        with self._locked():
+            entries = self.own()
+            if name not in entries:
+                raise KitError(f"{name}: not a registered name (edsr weights list shows them)")
+            del entries[name]
+            write_json(self._own_path, entries)
 
     # ---- the published files -------------------------------------------------------------------------------
     def pt_path(self, entry):
@@ -137,8 +159,9 @@ class Registry:
         return self.cache_dir / f"{entry.name}.ckpt"
 
     def status(self, entry):
-        if self.ckpt_path(entry).is_file():
-            return "converted"
+        ckpt = self.ckpt_path(entry)
+        if ckpt.is_file():  # float32 weights: a shorter file is truncated (fetch converts it again)
+            return "converted" if ckpt.stat().st_size >= 4 * parameter_count(entry.arch) else "damaged"
         return "downloaded" if self.pt_path(entry).is_file() else "-"
 
     def rows(self):
@@ -179,12 +202,20 @@ class Registry:
         if offline:
             raise KitError(self._place_by_hand(entry, "offline"))
         bases = mirrors_from(mirrors, official=self.official)
+        limit = 4 * parameter_count(entry.arch) + (1 << 20)  # float32 weights plus the pickle's keys and framing
         for base in bases:
-            try:
-                digest = fetch(base + entry.file, target, progress=progress, whole_file_check=False)
-                return target, self.check_hash(entry, target, digest)
-            except KitError as exc:
-                log(f"{name}: {exc}")
+            url = base + entry.file
+            resumed = resumable_from(target, url)
+            for attempt in range(2):
+                try:
+                    digest = fetch(url, target, progress=progress, whole_file_check=False, max_bytes=limit)
+                    return target, self.check_hash(entry, target, digest)
+                except KitError as exc:
+                    log(f"{name}: {exc}")
+                # a resumed file that fails its hash may be a good mirror's tail on a bad start: once more from 0
+                if not (resumed and attempt == 0 and not target.with_name(target.name + ".part").exists()):
+                    break
+                log(f"{name}: trying {url} again from the start")
         raise KitError(self._place_by_hand(entry, f"no mirror served it ({len(bases)} tried)"))
 
     def _place_by_hand(self, entry, why):
@@ -197,10 +228,17 @@ class Registry:
         """A kit checkpoint for a published name: downloaded, verified and converted on first use, then cached."""
         from .weights import convert
 
+        from .weights import read_checkpoint
+
         entry = self.entry(name)
         ckpt = self.ckpt_path(entry)
         if ckpt.is_file():
-            return ckpt
+            try:
+                read_checkpoint(ckpt)
+                return ckpt
+            except KitError as exc:  # truncated or damaged in the cache: made again from the verified file
+                log(f"{name}: the converted {ckpt.name} does not load ({exc}); converting again")
+                ckpt.unlink()
         pt, _ = self.download(name, mirrors, offline, progress, log)
         arch = convert(pt, ckpt)
         log(f"{name}: {describe(arch)} -> {ckpt}")
@@ -211,13 +249,13 @@ class Registry:
         path = Path(spec)
         if path.is_file() or path.suffix in (".ckpt", ".pt", ".pth") or os.sep in str(spec):
             return path  # a path: read_checkpoint says what is wrong with it
+        if spec in self.published:  # before the user's names: a published name always means the verified file
+            return self.fetch(spec, mirrors, offline, progress, log)
         own = self.own()
         if spec in own:
             if not Path(own[spec]["path"]).is_file():
                 raise KitError(f"{spec}: its checkpoint {own[spec]['path']} is gone (edsr weights remove {spec})")
             return Path(own[spec]["path"])
-        if spec in self.published:
-            return self.fetch(spec, mirrors, offline, progress, log)
         names = [*self.published, *own]
         raise KitError(f"{spec}: no such checkpoint file or weights name (names: {', '.join(names)})")
 
@@ -226,13 +264,30 @@ class Registry:
         `sha256sum -c` reads). Files are fetched into the cache first when missing."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        sums = []
+        sums = self._mirror_index(folder)
         for name in names or list(self.published):
             entry = self.entry(name)
             source, digest = self.download(name, mirrors, progress=progress, log=log)
             target = folder / entry.file
             if not (target.is_file() and sha256_of(target) == digest):
                 atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
-            sums.append(f"{digest}  {entry.file}\n")
-        atomic_write(folder / MIRROR_INDEX, lambda tmp: Path(tmp).write_text("".join(sums)))
+            sums[entry.file] = digest
+        text = "".join(f"{digest}  {file}\n" for file, digest in sorted(sums.items()))
+        atomic_write(folder / MIRROR_INDEX, lambda tmp: Path(tmp).write_text(text))
         return folder
+
+    @staticmethod
+    def _mirror_index(folder):
+        """file -> SHA-256 of an existing SHA256SUMS, so adding files to a mirror keeps the lines already there."""
+        index = Path(folder) / MIRROR_INDEX
+        if not index.is_file():
+            return {}
+        if index.stat().st_size > MAX_REGISTRY_BYTES:
+            raise KitError(f"{index}: larger than {MAX_REGISTRY_BYTES // 1024} KB; not a SHA256SUMS the kit wrote")
+        sums = {}
+        for line in index.read_text(errors="replace").splitlines():
+            digest, _, file = line.partition("  ")
+            if len(digest) != 64 or not file or "/" in file:
+                raise KitError(f"{index}: not a SHA256SUMS file (line {line[:60]!r}); move it away first")
+            sums[file.lstrip("*")] = digest
+        return sums

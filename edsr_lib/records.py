@@ -90,7 +90,14 @@ class TensorBoardLog:
         if self.writer is not None:
             self.writer.add_image(tag, np.ascontiguousarray(image), int(step), dataformats="HWC")
 
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+    def close(self, timeout=30.0):
+        """Flush and close, waiting at most `timeout` seconds: after an out-of-memory error tensorboardX's writer
+        thread may never finish, and a process must still be able to exit."""
+        if self.writer is None:
+            return
+        import threading
+
+        writer, self.writer = self.writer, None
+        closing = threading.Thread(target=writer.close, daemon=True)
+        closing.start()
+        closing.join(timeout)

@@ -26,6 +26,7 @@ from .data import PairDataset, open_dataset
 from .errors import KitError
 from .evaluation import bicubic_upscale, evaluate
 from .figures import centre_crops
+from .files import prepare_output_folder
 from .metrics import protocol_for
 from .model import build_model, count_parameters
 from .options import Options
@@ -52,6 +53,8 @@ from .weights import (
 # Dynamic loss scaling starts at 2**16 and halves on each overflow, so up to ~16 skipped steps in a row are normal
 # while it settles; twice that many means the loss itself is broken.
 MAX_CONSECUTIVE_NONFINITE = 32
+# What a run folder from before the output marker (files.OUTPUT_MARKER) holds: such a folder is the kit's too.
+RUN_FOLDER_FILES = ("run.json", "latest.ckpt", "best.ckpt", "history.csv", "curves.png", "tb", ".lock")
 # Options that may change between a run and its resumption without breaking it.
 RESUMABLE_CHANGES = {
     "epochs",
@@ -282,15 +285,25 @@ def run_lock(folder):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock, me = folder / ".lock", f"{socket.gethostname()} {os.getpid()}"
-    for attempt in range(2):
+    for attempt in range(3):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            holder = lock.read_text(errors="replace").strip()
+            try:
+                holder = lock.read_bytes()[:200].decode(errors="replace").strip()
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:  # released meanwhile
+                continue
             host, _, pid = holder.partition(" ")
-            if attempt == 0 and host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            gone = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+            # a lock that never got its owner written (a start on a full disk) or holds garbage: stale once it is
+            # older than the instant between creating and writing it
+            garbled = not (host and pid.isdigit()) and age > 10
+            if attempt < 2 and (gone or garbled):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
+            if not (host and pid.isdigit()):
+                host, pid = "unknown host", "unknown"
             raise KitError(
                 f"{folder}: another training run is using this folder (process {pid} on {host}); "
                 f"wait for it, or remove {lock} if it is no longer running"
@@ -298,6 +311,8 @@ def run_lock(folder):
         with os.fdopen(fd, "w") as f:
             f.write(me)
         break
+    else:
+        raise KitError(f"{lock}: could not take this run folder's lock; try again")
     try:
         yield
     finally:
@@ -469,6 +484,10 @@ class Trainer:
                     f"{', ...' if len(earlier) > 3 else ''}); resume it with resume=True (--resume), "
                     "start over with overwrite=True (--overwrite), or choose another ckpt_save_path"
                 )
+        if self.rank == 0:  # the run folder: never a dataset's folder, never mixed with files that are not a run's
+            data = [(f, f"the training images ({d.name})") for d in self.train_sets.values() for f in d.folders()]
+            data += [(f, f"the validation images ({d.name})") for d in self.val_sets.values() for f in d.folders()]
+            prepare_output_folder(self.ckpt_dir, "ckpt_save_path", data, kit_files=RUN_FOLDER_FILES)
 
     def _log(self, message):
         if self.rank == 0:
@@ -672,6 +691,12 @@ class Trainer:
             bar.update(every)
         if bar is not self._run_bar:
             bar.close()
+        if applied == 0 and not isinstance(self.scaler, ms.amp.DynamicLossScaler):
+            raise TrainingStopped(
+                f"training stopped in epoch {self.epoch + 1}: all {o.test_every} steps were skipped for a non-finite "
+                f"loss or gradients (lr {o.learning_rate(self.epoch):g} too high?); the last good checkpoint is "
+                f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})"
+            )
         self._feed_epoch = self.epoch = self.epoch + 1
         self.last_loss = loss_sum / applied if applied else float("nan")
         return self.last_loss, o.test_every / (time.perf_counter() - t0)

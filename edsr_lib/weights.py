@@ -17,6 +17,7 @@ import mindspore as ms
 
 from .errors import KitError, write_error
 from .runtime import mindspore_log_silenced
+from .files import check_output_file
 from .model import EDSR, Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
 from .torch_pickle import load_torch_state_dict
 
@@ -45,6 +46,12 @@ def infer_architecture(weights, res_scale=None, rgb_range=255.0):
         branches = sorted({int(k.split(".")[1]) for k in weights if k.startswith("pre_process.")})
         if branches:  # MDSR: one pre_process and one upsample branch per scale, res_scale 1 throughout
             scales = tuple(_upsampler_scale(weights, f"upsample.{i}.", n_feats) for i in branches)
+            missing = [i for i, s in zip(branches, scales) if s == 1]
+            if missing:
+                raise KitError(
+                    f"an MDSR whose branch {missing[0]} has pre_process weights but no upsample.{missing[0]}.* "
+                    "(the file is incomplete)"
+                )
             model, res_scale = "MDSR", 1.0 if res_scale is None else res_scale
         else:
             scales, model = (_upsampler_scale(weights, "tail.0.", n_feats),), "EDSR"
@@ -237,6 +244,11 @@ def _read_any_checkpoint(path, res_scale):
         with mindspore_log_silenced():  # it logs its own multi-line error before raising; ours is one line
             raw = ms.load_checkpoint(str(path), crc_check=True)  # files saved without a CRC load as before
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with long messages
+        text = str(exc).lower()
+        if "crc" in text or "permission" in text and os.access(path, os.R_OK):
+            # MindSpore words a failed CRC check as "... may not have permission": the file is readable, so it is
+            # damaged (flipped bytes, a bad copy, a write cut short)
+            raise KitError(f"{path}: damaged (its CRC check fails): restore it from a copy") from None
         raise KitError(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0][:200]})") from None
     entries = {k: (v if isinstance(v, str) else v.asnumpy()) for k, v in raw.items()}
     if ARCH_KEY in entries:
@@ -263,8 +275,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, res_scale: float | N
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".ckpt":
         raise KitError(f"{dst}: a kit checkpoint's name must end in .ckpt")
-    if dst.exists() and src.exists() and os.path.samefile(src, dst):
-        raise KitError(f"{dst}: the output would overwrite the file being converted; choose another name")
+    check_output_file(dst, "the output", [(src, "the file being converted")])
     arch, weights, _ = read_checkpoint(src, res_scale)
     model = build_model(arch)
     try:

@@ -19,7 +19,7 @@ from .degradations import bicubic_lr, modcrop
 from .evaluation import bicubic_upscale
 from .figures import crop_box, figure_png, labelled_wipe, plot_comparison, wipe_zoom
 from .files import atomic_write
-from .images import read_image
+from .images import read_image, to_uint8
 from .inference import upscale
 from .metrics import psnr, ssim
 
@@ -213,7 +213,7 @@ class ComparisonExplorer:
         except KitError:
             path.unlink()
             raise
-        self.comparison.add_photo(path.name, image.astype(np.uint8) if image.dtype != np.uint8 else image, as_lr)
+        self.comparison.add_photo(path.name, to_uint8(image), as_lr)  # a 16-bit PNG scaled, never wrapped
         self.image.options = self._image_options()
         self.image.value = len(self.comparison.names) - 1  # triggers a redraw
 

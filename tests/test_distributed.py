@@ -293,9 +293,10 @@ def test_a_killed_rank_ends_the_rank_table_job(tmp_path):
     (tmp_path / "site" / "sitecustomize.py").write_text(NO_HCCL_SITECUSTOMIZE)
     table = tmp_path / "rank_table.json"
     table.write_text(json.dumps(_rank_table([["127.0.0.1", 2]])))
-    env = _env(tmp_path, PYTHONPATH=str(tmp_path / "site"))
+    out = tmp_path / "out"  # the job's own folder: the launcher refuses one holding other files
+    env = _env(out, PYTHONPATH=str(tmp_path / "site"))
     code, output, elapsed, left = _kill_a_rank_and_watch(
-        ["bash", LAUNCHER, "sample", "2", str(table), *_p(LONG)], env, tmp_path
+        ["bash", LAUNCHER, "sample", "2", str(table), *_p(LONG)], env, out
     )
     assert code not in (0, None) and elapsed < 60, output[-3000:]
     assert "rank 1" in output.splitlines()[-1] and "rank_1/train.log" in output.splitlines()[-1]

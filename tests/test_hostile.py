@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edsr_lib.errors import KitError
+from edsr_lib.files import OUTPUT_MARKER
 from edsr_lib.torch_pickle import load_torch_state_dict
 from reference import _pickle_state, random_published_weights, write_pt_legacy, write_pt_zip
 
@@ -228,8 +229,8 @@ def test_a_damaged_kit_checkpoint_is_refused(tmp_path, rng):
     raw = bytearray((tmp_path / "good.ckpt").read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(b ^ 0xFF for b in raw[len(raw) // 2 : len(raw) // 2 + 64])
     (tmp_path / "flipped.ckpt").write_bytes(bytes(raw))
-    _assert_refused(tmp_path / "flipped.ckpt", tmp_path, "not a readable MindSpore checkpoint")
-    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left from the saves
+    _assert_refused(tmp_path / "flipped.ckpt", tmp_path, "damaged (its CRC check fails)")
+    assert not list(tmp_path.glob(".*.partial-*"))  # no temporary files left from the saves
 
 
 def test_cli_turns_environment_and_internal_errors_into_one_line(tmp_path, rng):
@@ -384,7 +385,8 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, rn
         disk / "sr" / "a_x2_SR.png",
         "No space left",
     )
-    assert not [p for p in disk.rglob("*") if p.is_file()]
+    # only the mark of the folder the kit made for --save-images, nothing half-written
+    assert [p.name for p in disk.rglob("*") if p.is_file()] == [OUTPUT_MARKER]
     # training: the first checkpoint fits, the next one does not; the one written stays whole and resumable
     disk = small_disk(1600)
     train = (
@@ -413,7 +415,7 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, rn
     left = sorted(p.name for p in (disk / "run").iterdir())
     # no temporary checkpoint, no lock; TensorBoard's event log (tb/) is append-only, and its readers skip a
     # truncated last record
-    assert [n for n in left if n != "tb"] == ["latest.ckpt", "run.json"], left
+    assert [n for n in left if n != "tb"] == [OUTPUT_MARKER, "latest.ckpt", "run.json"], left
     from edsr_lib.weights import read_checkpoint
 
     read_checkpoint(disk / "run" / "latest.ckpt")  # whole: its CRC checks

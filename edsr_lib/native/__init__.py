@@ -69,8 +69,12 @@ def fetch_headers():
     target = _headers_cache()
     if _has_headers(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch_folder = tempfile.TemporaryDirectory(dir=target.parent)
+    except OSError:
+        return None
+    with scratch_folder as scratch:
         command = [
             sys.executable,
             "-m",
@@ -168,7 +172,10 @@ def find_library():
 
 
 def _remember_failure(folder, reason):
-    atomic_write(folder / FAILURE_RECORD, lambda tmp: Path(tmp).write_text(reason + "\n"))
+    try:
+        atomic_write(folder / FAILURE_RECORD, lambda tmp: Path(tmp).write_text(reason + "\n"))
+    except KitError:
+        pass  # not remembered: the next process tries again
     return None, reason
 
 
@@ -178,8 +185,13 @@ def build(force=False):
     if found is not None or (reason is not None and not force) or unavailable_reason():
         return found, reason or unavailable_reason()
     folder = kernels_folder() / build_key()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / FAILURE_RECORD).unlink(missing_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FAILURE_RECORD).unlink(missing_ok=True)
+    except OSError as exc:  # the cache is a file, read-only or full: say so, and the kit uses MindSpore's Conv2d
+        from ..errors import describe_os_error
+
+        return None, f"cannot write the kernel cache ({describe_os_error(exc)})"
     include = _onednn_include() or fetch_headers()
     if include is None:
         return _remember_failure(folder, f"oneDNN headers unavailable (could not download {HEADERS_REQUIREMENT})")
@@ -194,7 +206,7 @@ def build(force=False):
 
     try:  # atomic: concurrent ranks building the same key are harmless
         atomic_write(folder / LIBRARY_NAME, compile_into)
-    except (KitError, subprocess.SubprocessError) as exc:
+    except (KitError, OSError, subprocess.SubprocessError) as exc:
         return _remember_failure(folder, f"compiling {SOURCE.name} failed: {exc}")
     return folder / LIBRARY_NAME, None
 
