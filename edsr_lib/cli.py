@@ -144,7 +144,7 @@ def _cmd_eval(args):
     from .degradations import Degradation
     from .evaluation import evaluate, format_table
     from .files import check_output_file, prepare_output_folder, write_json
-    from .metrics import protocol_for
+    from .metrics import parse_metrics, protocol_for
 
     model, inputs = None, []  # inputs: (path, what it is), which no output may overwrite
     if sum((args.bicubic, bool(args.ckpt), bool(args.model))) != 1:
@@ -204,7 +204,13 @@ def _cmd_eval(args):
         return 0
     protocol = protocol_for(args.data_test if not args.hr_dir else dataset.name, scale, override=args.channel)
     result = evaluate(
-        dataset, model, protocol, self_ensemble=args.self_ensemble, tile=args.tile, save_dir=args.save_images
+        dataset,
+        model,
+        protocol,
+        self_ensemble=args.self_ensemble,
+        tile=args.tile,
+        save_dir=args.save_images,
+        metrics=parse_metrics(args.metrics),
     )
     if args.model:
         result["model_file"], result["engine"] = str(args.model), model.engine
@@ -453,6 +459,11 @@ def build_parser():
         metavar="DIR",
         help="why PSNR differs: score the same outputs under every common convention (Y/RGB, border, rounding, "
         "how LR was made, mod-crop); writes conventions.json/.csv/.png to DIR (default ./conventions)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="psnr,ssim",
+        help="comma-separated: psnr, ssim, niqe (no-reference, lower is better; MATLAB's niqe)",
     )
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)

@@ -9,7 +9,7 @@ import numpy as np
 from .degradations import modcrop
 from .imresize import imresize
 from .images import write_image
-from .metrics import Protocol, protocol_for, psnr, quantize, ssim
+from .metrics import LOWER_IS_BETTER, Protocol, niqe, parse_metrics, protocol_for, psnr, quantize, ssim
 from .progress import progress_bar
 
 
@@ -62,14 +62,17 @@ def evaluate(
     progress: bool | str = True,
     keep_images: int = 0,
     indices=None,
+    metrics=("psnr", "ssim"),
 ) -> dict:
     """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset` (or on the pairs at `indices`: one rank's
     share in distributed validation).
 
     progress: True/False, or a mode of `progress.progress_bar` (auto, text, none).
     Returns {"dataset", "scale", "method", "protocol", "psnr", "ssim", "per_image": [{"name", "psnr", "ssim"}]},
-    and "images": [(name, lr, sr, hr)] for the first `keep_images` images when asked.
+    and "images": [(name, lr, sr, hr)] for the first `keep_images` images when asked. `metrics`: which of
+    `metrics.METRICS` to compute (NIQE scores the output alone, on the protocol's channel crop).
     """
+    metrics = parse_metrics(",".join(metrics))
     from .inference import upscale
 
     scale = dataset.scale
@@ -85,7 +88,14 @@ def evaluate(
             sr = upscale(model, lr, tile=tile, self_ensemble=self_ensemble)
         if save_dir is not None:
             write_image(Path(save_dir) / f"{dataset.names[i]}_x{scale}_SR.png", sr)
-        rows.append({"name": dataset.names[i], "psnr": psnr(sr, hr, protocol), "ssim": ssim(sr, hr, protocol)})
+        row = {"name": dataset.names[i]}
+        if "psnr" in metrics:
+            row["psnr"] = psnr(sr, hr, protocol)
+        if "ssim" in metrics:
+            row["ssim"] = ssim(sr, hr, protocol)
+        if "niqe" in metrics:
+            row["niqe"] = niqe(sr, protocol.border)
+        rows.append(row)
         if len(kept) < keep_images:
             kept.append((dataset.names[i], lr, sr, hr))
     result = {
@@ -94,23 +104,29 @@ def evaluate(
         "method": "bicubic" if model is None else getattr(model.arch, "model", "EDSR") + ("+" if self_ensemble else ""),
         "protocol": protocol.describe(),
         "degradation": getattr(getattr(dataset, "degradation", None), "kind", "bicubic"),
-        "psnr": float(np.mean([r["psnr"] for r in rows])) if rows else float("nan"),
-        "ssim": float(np.mean([r["ssim"] for r in rows])) if rows else float("nan"),
+        **{m: float(np.mean([r[m] for r in rows])) if rows else float("nan") for m in metrics},
         "per_image": rows,
     }
+    if any(m in LOWER_IS_BETTER for m in metrics):
+        result["lower_is_better"] = [m for m in metrics if m in LOWER_IS_BETTER]
     if keep_images:
         result["images"] = kept
     return result
 
 
+# (column title, width, format) of each metric in tables
+_COLUMNS = {"psnr": ("PSNR (dB)", 11, ".3f"), "ssim": ("SSIM", 9, ".4f"), "niqe": ("NIQE (lower)", 14, ".4f")}
+
+
 def format_table(result):
+    shown = [m for m in _COLUMNS if m in result]
     lines = [
         f"{result['method']} on {result['dataset']} x{result['scale']}, {result.get('degradation', 'bicubic')} LR"
         f" ({result['protocol']})",
-        f"{'image':<24}{'PSNR (dB)':>11}{'SSIM':>9}",
+        f"{'image':<24}" + "".join(f"{_COLUMNS[m][0]:>{_COLUMNS[m][1]}}" for m in shown),
     ]
-    lines += [f"{r['name']:<24}{r['psnr']:>11.3f}{r['ssim']:>9.4f}" for r in result["per_image"]]
-    lines.append(f"{'mean':<24}{result['psnr']:>11.3f}{result['ssim']:>9.4f}")
+    for row in [*result["per_image"], {"name": "mean", **{m: result[m] for m in shown}}]:
+        lines.append(f"{row['name']:<24}" + "".join(f"{row[m]:>{_COLUMNS[m][1]}{_COLUMNS[m][2]}}" for m in shown))
     return "\n".join(lines)
 
 

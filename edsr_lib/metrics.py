@@ -1,4 +1,4 @@
-"""PSNR and SSIM exactly as SR papers compute them.
+"""PSNR and SSIM exactly as SR papers compute them, and NIQE as MATLAB's `niqe` does.
 
 Protocol: quantise the output first (clamp, round), then
 - benchmarks (Set5, Set14, B100, Urban100, Manga109): Y channel of ITU-R BT.601
@@ -9,6 +9,7 @@ C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, on the same channel and crop.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -101,3 +102,101 @@ def ssim(sr, hr, protocol):
     if sr.ndim == 2:
         return _ssim_single(sr, hr)
     return float(np.mean([_ssim_single(sr[..., c], hr[..., c]) for c in range(sr.shape[2])]))
+
+
+# Which metrics `evaluate` can report, and the ones where a lower value is better.
+METRICS = ("psnr", "ssim", "niqe")
+LOWER_IS_BETTER = ("niqe",)
+
+
+def parse_metrics(text):
+    """'psnr,ssim,niqe' -> ('psnr', 'ssim', 'niqe'), each known, in the order given."""
+    names = tuple(dict.fromkeys(n.strip().lower() for n in str(text).split(",") if n.strip()))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise KitError(f"metrics {text!r}: choose from {', '.join(METRICS)} (LPIPS is not in the kit yet)")
+    return names
+
+
+# ---- NIQE (Mittal, Soundararajan and Bovik, "Making a 'completely blind' image quality analyzer", 2013) ----------
+# No reference image: the distance between a multivariate Gaussian fitted to the image's natural-scene statistics
+# and one fitted to pristine photos (the authors' model). Lower is better.
+NIQE_BLOCK = 96
+# The authors' pristine model (mean and covariance of the 36 features, and their 7x7 Gaussian window), as BasicSR
+# ships it (niqe_pris_params.npz, Apache-2.0, from the authors' MATLAB release): assets/NOTICE names both.
+NIQE_PRISTINE = Path(__file__).resolve().parent / "assets" / "niqe_pristine_params.npz"
+_AGGD_SHAPES = np.arange(0.2, 10.001, 0.001)  # the shape parameters the authors' code searches, in its steps
+
+
+def _aggd_ratios():
+    from scipy.special import gamma
+
+    return gamma(2 / _AGGD_SHAPES) ** 2 / (gamma(1 / _AGGD_SHAPES) * gamma(3 / _AGGD_SHAPES))
+
+
+def _aggd(values, ratios):
+    """(shape, left scale, right scale) of an asymmetric generalised Gaussian fitted by moment matching."""
+    from scipy.special import gamma
+
+    values = values.ravel()
+    left, right = np.sqrt(np.mean(values[values < 0] ** 2)), np.sqrt(np.mean(values[values > 0] ** 2))
+    gamma_hat = left / right
+    r_hat = np.mean(np.abs(values)) ** 2 / np.mean(values**2)
+    r_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
+    shape = _AGGD_SHAPES[np.argmin((ratios - r_norm) ** 2)]
+    factor = np.sqrt(gamma(1 / shape) / gamma(3 / shape))
+    return shape, left * factor, right * factor
+
+
+def _niqe_features(block, ratios):
+    """The 18 features of one block of normalised (MSCN) coefficients: their AGGD's shape and scale, and for each
+    of four neighbour products (horizontal, vertical, two diagonals) its AGGD's shape, mean, left and right scale."""
+    from scipy.special import gamma
+
+    block = block.astype(np.float64)
+    shape, left, right = _aggd(block, ratios)
+    features = [shape, (left + right) / 2]
+    for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        shape, left, right = _aggd(block * np.roll(block, shift, axis=(0, 1)), ratios)
+        features += [shape, (right - left) * gamma(2 / shape) / gamma(1 / shape), left, right]
+    return features
+
+
+def niqe(image, border=0, precision=np.float32):
+    """NIQE of an RGB (HxWx3, 0-255) or luma (HxW) image as MATLAB's `niqe` computes it, lower is better: the Y
+    channel rounded as MATLAB's rgb2ycbcr gives it, `border` pixels cropped, whole 96x96 blocks only, the features at
+    full and half size (MATLAB's bicubic imresize), the authors' pristine model. In single precision, as MATLAB: on
+    Set14's baboon this gives 5.729576, MATLAB R2021a 5.729573 (BasicSR's figure). `precision` float64 computes
+    the filtered images in double instead: the shape search picks from a 0.001 grid, so single-precision rounding
+    moves some features by a grid step, and with few blocks the covariance amplifies that (Set5's head: 8.49 single,
+    8.79 double). Compare NIQE values only at one precision; MATLAB's and this default are single."""
+    from scipy import ndimage
+
+    from .imresize import imresize
+
+    image = np.asarray(image)
+    luma = np.floor(rgb_to_y(image) + 0.5) if image.ndim == 3 else image.astype(np.float64)
+    if border:
+        luma = luma[border:-border, border:-border]
+    rows, cols = luma.shape[0] // NIQE_BLOCK, luma.shape[1] // NIQE_BLOCK
+    if rows < 1 or cols < 1 or rows * cols < 2:
+        raise KitError(
+            f"image {luma.shape[1]}x{luma.shape[0]} (after a {border}-pixel border) is too small for NIQE: it needs "
+            f"at least two whole {NIQE_BLOCK}x{NIQE_BLOCK} blocks"
+        )
+    pristine = np.load(NIQE_PRISTINE)
+    window, ratios = pristine["gaussian_window"], _aggd_ratios()
+    luma = luma[: rows * NIQE_BLOCK, : cols * NIQE_BLOCK].astype(precision)
+    per_scale = []
+    for size in (NIQE_BLOCK, NIQE_BLOCK // 2):
+        mean = ndimage.convolve(luma, window, mode="nearest")
+        spread = np.sqrt(np.abs(ndimage.convolve(luma * luma, window, mode="nearest") - mean * mean))
+        mscn = (luma - mean) / (spread + 1)
+        blocks = [mscn[i * size : (i + 1) * size, j * size : (j + 1) * size] for i in range(rows) for j in range(cols)]
+        per_scale.append(np.array([_niqe_features(b, ratios) for b in blocks]))
+        luma = imresize(luma, 0.5).astype(precision)
+    features = np.concatenate(per_scale, axis=1)
+    fitted_mean = np.nanmean(features, axis=0)
+    fitted_cov = np.cov(features[~np.isnan(features).any(axis=1)], rowvar=False)
+    difference = pristine["mu_pris_param"].ravel() - fitted_mean
+    return float(np.sqrt(difference @ np.linalg.pinv((pristine["cov_pris_param"] + fitted_cov) / 2) @ difference))
