@@ -482,18 +482,8 @@ class RankWatch:
 
     def stop_all(self):
         """SIGTERM to every process seen, then SIGKILL to what is left after KILL_GRACE_SECONDS."""
-        import psutil
-
         self._follow()
-        alive = [p for p in self.seen.values() if _running(p)]
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.terminate()
-        _, alive = psutil.wait_procs(alive, timeout=KILL_GRACE_SECONDS)
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(alive, timeout=KILL_GRACE_SECONDS)
+        end_processes([p for p in self.seen.values() if _running(p)])
         for proc, *_ in self.top:
             with contextlib.suppress(Exception):
                 proc.wait(timeout=1)
@@ -815,15 +805,22 @@ def stop_descendants(grace=KILL_GRACE_SECONDS):
         family = psutil.Process().children(recursive=True)
     except psutil.Error:
         return 0
-    for process in family:
+    end_processes(family, grace)
+    return len(family)
+
+
+def end_processes(processes, grace=KILL_GRACE_SECONDS):
+    """SIGTERM to each of `processes` (psutil), then SIGKILL to those still there after `grace` seconds."""
+    import psutil
+
+    for process in processes:
         with contextlib.suppress(psutil.Error):
             process.terminate()
-    _, alive = psutil.wait_procs(family, timeout=grace)
+    _, alive = psutil.wait_procs(processes, timeout=grace)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(alive, timeout=grace)
-    return len(family)
 
 
 NOTEBOOKS_OF = {"standalone": (TRAIN, EVALUATE, COMPARE), "distribute": (TRAIN,), "eval": (EVALUATE,)}
