@@ -306,6 +306,30 @@ def _cmd_export(args):
     return 0
 
 
+def _cmd_reproduce(args):
+    from .evaluation import format_reproduction, reproduce
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else list(args.registry.published)
+    for name in names:
+        args.registry.entry(name)  # an unknown name is one line before anything is fetched
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    report = reproduce(
+        names,
+        sets,
+        args.dir_data,
+        args.out,
+        args.registry,
+        args.mirror,
+        args.offline,
+        self_ensemble=args.self_ensemble,
+        tolerance=args.tolerance,
+        log=lambda m: print(f"edsr: {m}", file=sys.stderr),
+    )
+    print(format_reproduction(report))
+    print(f"wrote {args.out}/reproduce.md and reproduce.json")
+    return 1 if any(r.get("verdict") == "fail" for r in report["rows"]) else 0
+
+
 def _cmd_download(args):
     from .download import download_dataset
 
@@ -523,6 +547,18 @@ def build_parser():
     p.add_argument("names", nargs="*", help="weights names (and a path or folder, for add and mirror)")
     _add_weights_source(p)
     p.set_defaults(run=_cmd_weights)
+
+    p = sub.add_parser("reproduce", help="evaluate the published weights on the benchmarks against the papers' table")
+    p.add_argument("--models", default=None, help="comma-separated weights names (default: all eight)")
+    p.add_argument("--sets", default="Set5,Set14,B100,Urban100", help="comma-separated benchmark sets (or DIV2K)")
+    p.add_argument("--dir_data", "--dir-data", dest="dir_data", default="data", help="dataset root (benchmark/ ...)")
+    p.add_argument("--out", default="outputs/reproduce", help="folder for reproduce.md and reproduce.json")
+    p.add_argument("--self-ensemble", "--self_ensemble", dest="self_ensemble", action="store_true")
+    p.add_argument(
+        "--tolerance", type=_positive(float), default=0.01, help="largest |kit - published| PSNR that passes (dB)"
+    )
+    _add_weights_source(p)
+    p.set_defaults(run=_cmd_reproduce)
 
     p = sub.add_parser("download", help="download and extract DIV2K or the benchmark sets (resumable)")
     p.add_argument("which", choices=("div2k", "benchmark"))

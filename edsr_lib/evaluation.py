@@ -266,3 +266,137 @@ def write_conventions(result, folder):
     atomic_write(paths[1], lambda tmp: Path(tmp).write_text(buffer.getvalue()))
     save_figure(plot_conventions(result), paths[2])
     return paths
+
+
+# ---- `edsr reproduce`: do the published weights give the published numbers? -----------------------------------
+# The published figure for (weights name, dataset, scale), with where it comes from. Only numbers from a source the
+# kit cites: the paper's Table 3 for the paper models on the benchmarks, EDSR-PyTorch's README for DIV2K 801-900.
+PAPER_TABLE = "Lim et al. 2017, Table 3"
+README_TABLE = "EDSR-PyTorch README (DIV2K 801-900, RGB)"
+EDSR_PYTORCH_DIV2K_BASELINE = {2: 34.61, 3: 30.92, 4: 28.95}
+
+
+def published_result(weights_name, dataset, scale):
+    """(psnr, ssim or None, source) published for these weights on `dataset` at `scale`, or None."""
+    paper_model = weights_name.startswith("edsr_x")
+    if dataset == "DIV2K":
+        if paper_model and ("DIV2K", scale) in PUBLISHED_EDSR:
+            return PUBLISHED_EDSR[("DIV2K", scale)][0], None, README_TABLE
+        if weights_name.startswith("edsr_baseline_x") and scale in EDSR_PYTORCH_DIV2K_BASELINE:
+            return EDSR_PYTORCH_DIV2K_BASELINE[scale], None, README_TABLE
+        return None
+    if paper_model and (dataset, scale) in PUBLISHED_EDSR:
+        return (*PUBLISHED_EDSR[(dataset, scale)], PAPER_TABLE)
+    return None
+
+
+def reproduce(
+    names,
+    sets,
+    dir_data,
+    out,
+    registry,
+    mirrors=(),
+    offline=False,
+    self_ensemble=False,
+    tolerance=0.01,
+    published=published_result,
+    progress=True,
+    log=print,
+):
+    """Fetch each published weights name, evaluate it on each set with the papers' protocol, and compare with the
+    published figure: {"rows": [...], "tolerance", "self_ensemble"}, also written to `out` as reproduce.json and
+    reproduce.md. Cells already in `out/reproduce.json` for the same file and settings are reused (resumable).
+    `published(name, set, scale)`: the table (tests give their own)."""
+    import json
+
+    from .files import atomic_write, prepare_output_folder, write_json
+    from .weights import load_model, read_checkpoint
+
+    out = prepare_output_folder(out, "--out", kit_files=("reproduce.json",))
+    record_path = out / "reproduce.json"
+    done = {}
+    if record_path.is_file():
+        try:
+            done = {
+                (r["model"], r["set"], r["scale"], r["self_ensemble"]): r
+                for r in json.loads(record_path.read_text())["rows"]
+            }
+        except (ValueError, KeyError, TypeError):
+            done = {}
+    rows = []
+    for name in names:
+        checkpoint = registry.fetch(name, mirrors, offline, progress=progress, log=log)
+        arch = read_checkpoint(checkpoint)[0]
+        for scale in arch.scales:
+            model = None
+            for dataset_name in sets:
+                key = (name, dataset_name, scale, self_ensemble)
+                if key in done:
+                    rows.append(done[key])
+                    continue
+                if model is None:
+                    model = load_model(checkpoint, scale=scale)
+                dataset = _benchmark(dataset_name, scale, dir_data, offline, progress, log)
+                protocol = protocol_for(dataset_name, scale)
+                result = evaluate(dataset, model, protocol, self_ensemble=self_ensemble, progress=progress)
+                row = {
+                    "model": name,
+                    "set": dataset_name,
+                    "scale": scale,
+                    "self_ensemble": self_ensemble,
+                    "protocol": protocol.describe(),
+                    "images": len(dataset),
+                    "psnr": result["psnr"],
+                    "ssim": result["ssim"],
+                }
+                reference = published(name, dataset_name, scale)
+                if reference is not None:
+                    ref_psnr, ref_ssim, source = reference
+                    difference = result["psnr"] - ref_psnr
+                    row.update(published_psnr=ref_psnr, published_ssim=ref_ssim, source=source, difference=difference)
+                    row["verdict"] = "pass" if abs(difference) <= tolerance else "fail"
+                rows.append(row)
+                done[key] = row
+                write_json(record_path, {"rows": list(done.values()), "tolerance": tolerance})  # resumable
+    report = {"rows": rows, "tolerance": tolerance, "self_ensemble": self_ensemble}
+    write_json(record_path, {**report, "rows": list(done.values())})
+    atomic_write(out / "reproduce.md", lambda tmp: Path(tmp).write_text(format_reproduction(report) + "\n"))
+    return report
+
+
+def _benchmark(name, scale, dir_data, offline, progress, log):
+    """A benchmark set under `dir_data`, downloaded there first (`edsr download benchmark`) when it is missing."""
+    from .data import open_dataset
+    from .download import download_dataset
+    from .errors import KitError
+    from .metrics import BENCHMARKS
+
+    try:
+        return open_dataset(name, scale, dir_data, data_range="1-800/801-900")
+    except KitError:
+        if offline or name not in BENCHMARKS:
+            raise
+    log(f"{name} not under {dir_data}: downloading the benchmark sets there")
+    download_dataset("benchmark", dir_data, progress=progress, log=log)
+    return open_dataset(name, scale, dir_data, data_range="1-800/801-900")
+
+
+def format_reproduction(report):
+    """The Markdown table `edsr reproduce` prints and saves."""
+    lines = [
+        f"| weights | set | scale | kit PSNR / SSIM | published | difference | within {report['tolerance']:g} dB "
+        "| source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        published = "-"
+        if "published_psnr" in r:
+            published = f"{r['published_psnr']:.2f}" + (f" / {r['published_ssim']:.4f}" if r["published_ssim"] else "")
+        lines.append(
+            f"| {r['model']}{'+' if r['self_ensemble'] else ''} | {r['set']} | x{r['scale']} | "
+            f"{r['psnr']:.3f} / {r['ssim']:.4f} | {published} | "
+            + (f"{r['difference']:+.3f}" if "difference" in r else "-")
+            + f" | {r.get('verdict', '-')} | {r.get('source', 'no published figure')} |"
+        )
+    return "\n".join(lines)
