@@ -297,3 +297,18 @@ def test_evaluation_and_comparison_notebooks_take_an_mdsr_at_their_scale(tmp_pat
         assert run.returncode == 0, run.stderr[-3000:]
     evaluation = json.loads((tmp_path / "outputs" / "03_evaluate" / "metrics.json").read_text())
     assert evaluation["scale"] == 3 and evaluation["psnr"] is not None and evaluation["all"][0]["edsr"]["scale"] == 3
+
+
+def test_evaluation_notebook_reports_niqe_when_asked(tmp_path):
+    params = {"metrics": "psnr,niqe", "conventions": False, "save_images": False, "progress": "none"}
+    run = _papermill(ROOT / "notebooks" / "03_evaluate.ipynb", tmp_path / "03.ipynb", tmp_path, params)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "outputs" / "03_evaluate" / "metrics.json").read_text())
+    assert "NIQE bicubic / EDSR (lower)" in _text_outputs(tmp_path / "03.ipynb")
+    cli = subprocess.run(
+        [sys.executable, "-m", "edsr_lib.cli", "eval", "--bicubic", "--scale", "2", "--data_test", "sample",
+         "--metrics", "niqe", "--json", str(tmp_path / "cli.json")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert summary["niqe_bicubic"] == json.loads((tmp_path / "cli.json").read_text())["niqe"]
