@@ -6,7 +6,7 @@ User mistakes raise KitError, printed here as one line with a non-zero exit; no 
 import argparse
 import sys
 
-from .errors import KitError, OneLineArgumentParser, describe_os_error
+from .errors import KitError, OneLineArgumentParser, describe_os_error, sigterm_interrupts
 
 
 def _add_device(parser):
@@ -567,19 +567,6 @@ def build_parser():
     return parser
 
 
-def _interrupt_on_sigterm():
-    """MindSpore answers Ctrl-C during a graph by sending the process SIGTERM: so that Ctrl-C is an interruption (exit
-    130, files written atomically stay whole) in every command, not a kill (143), SIGTERM raises KeyboardInterrupt."""
-    import signal
-    import threading
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-
-
 def _out_of_memory(args):
     return f"edsr: error: out of memory while running `edsr {args.command}`: lower batch_size (training) or pass --tile"
 
@@ -594,14 +581,14 @@ def main(argv=None, registry=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
-    _interrupt_on_sigterm()
     try:
         if registry is None:
             from .pretrained import Registry
 
             registry = Registry()
         args.registry = registry
-        return args.run(args)
+        with sigterm_interrupts():  # Ctrl-C during a MindSpore graph arrives as SIGTERM: still exit 130
+            return args.run(args)
     except KitError as exc:
         print(f"edsr: error: {exc}", file=sys.stderr)
         return 2

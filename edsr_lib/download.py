@@ -106,9 +106,17 @@ def _source_of(part):
     return part.with_name(part.name + ".source")
 
 
+def partial_path(dest):
+    """Where a download of `dest` is written until it is complete."""
+    return Path(dest).with_name(Path(dest).name + ".part")
+
+
 def resumable_from(dest, url):
     """Whether a partial download of `dest` from `url` is there to resume."""
-    part = Path(dest).with_name(Path(dest).name + ".part")
+    return _written_by(partial_path(dest), url)
+
+
+def _written_by(part, url):
     source = _source_of(part)
     return part.is_file() and source.is_file() and source.read_text(errors="replace") == url
 
@@ -155,7 +163,7 @@ def fetch(
             raise KitError(f"{dest}: SHA-256 {digest} does not match the expected {sha256}; delete it to re-download")
         return digest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = partial_path(dest)
     total = None
     for attempt in range(RETRIES + 1):
         try:
@@ -188,7 +196,7 @@ def _fetch_once(url, part, progress, timeout, stall_seconds, max_bytes=None):
     """One request, appending to `part`; returns the expected total size, or None when no header says it."""
     # Only a partial file this URL wrote is continued; another mirror's (perhaps a bad one's) is replaced once this
     # URL answers, and kept while it does not (its own mirror may resume it on a later run).
-    have = part.stat().st_size if resumable_from(part.with_name(part.name[: -len(".part")]), url) else 0
+    have = part.stat().st_size if _written_by(part, url) else 0
     try:
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         response = urllib.request.urlopen(request, timeout=timeout)

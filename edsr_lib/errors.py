@@ -1,6 +1,9 @@
 """The one exception type for user mistakes: the CLI prints it as one line and exits non-zero."""
 
 import argparse
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 
@@ -32,3 +35,23 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """MindSpore answers Ctrl-C (SIGINT) while it runs graphs by sending the process SIGTERM, which would end it on
+    the spot: no KeyboardInterrupt, a dead notebook kernel, exit 143. Inside this block SIGTERM raises
+    KeyboardInterrupt instead, so locks are released, a notebook cell just stops and the CLI exits 130; files are
+    written atomically, so the last complete ones stay intact. Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

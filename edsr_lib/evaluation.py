@@ -72,7 +72,7 @@ def evaluate(
     and "images": [(name, lr, sr, hr)] for the first `keep_images` images when asked. `metrics`: which of
     `metrics.METRICS` to compute (NIQE scores the output alone, on the protocol's channel crop).
     """
-    metrics = parse_metrics(",".join(metrics))
+    metrics = parse_metrics(metrics)
     from .inference import upscale
 
     scale = dataset.scale
@@ -311,7 +311,7 @@ def reproduce(
     import json
 
     from .files import atomic_write, prepare_output_folder, write_json
-    from .weights import load_model, read_checkpoint
+    from .weights import load_model
 
     out = prepare_output_folder(out, "--out", kit_files=("reproduce.json",))
     record_path = out / "reproduce.json"
@@ -327,8 +327,7 @@ def reproduce(
     rows = []
     for name in names:
         checkpoint = registry.fetch(name, mirrors, offline, progress=progress, log=log)
-        arch = read_checkpoint(checkpoint)[0]
-        for scale in arch.scales:
+        for scale in registry.entry(name).arch.scales:  # a published file's architecture is known by its name
             model = None
             for dataset_name in sets:
                 key = (name, dataset_name, scale, self_ensemble)

@@ -127,11 +127,6 @@ def _read_metrics(path):
         raise KitError(f"{path}: missing or unreadable metrics ({exc})") from None
 
 
-# What a launcher's output folder from before the output marker (files.OUTPUT_MARKER) holds: such a folder is the
-# kit's, and a later run may write into it again.
-LAUNCH_FILES = ("metrics.json", TRAIN, EVALUATE, COMPARE, "ckpt", "rank_0", "msrun_logs", "job_failed.json")
-
-
 def _data_inputs(*paths):
     """(path, what it is) for the data and checkpoints a job reads, which its output folder must stay out of. A DIV2K
     root stands for its image folders: a run folder beside them (e.g. /data/DIV2K/runs) harms nothing."""
@@ -200,7 +195,9 @@ def run_evaluation(test_data, checkpoint, dataset_type, output_dir, parameters=N
         output_dir,
         "OUTPUT_DIR",
         # TEST_DATA_DIR is a root holding benchmark/ and DIV2K/: a folder beside them harms nothing
-        _data_inputs((checkpoint, "CHECKPOINT_PATH"), (dataset_type if Path(dataset_type).is_dir() else "", "the HR")),
+        _data_inputs(
+            (checkpoint, "CHECKPOINT_PATH"), (dataset_type if Path(dataset_type).is_dir() else "", "DATASET_TYPE")
+        ),
         kit_files=LAUNCH_FILES,
     )
     is_folder = Path(dataset_type).is_dir()
@@ -224,6 +221,9 @@ def run_evaluation(test_data, checkpoint, dataset_type, output_dir, parameters=N
 POLL_SECONDS = 0.5
 KILL_GRACE_SECONDS = 5.0
 FAILED_MARKER = "job_failed.json"  # written by the launcher that saw a rank fail; other servers sharing the folder stop
+# What a launcher's output folder from before the output marker (files.OUTPUT_MARKER) holds: such a folder is the
+# kit's, and a later run may write into it again.
+LAUNCH_FILES = ("metrics.json", TRAIN, EVALUATE, COMPARE, "ckpt", "rank_0", "msrun_logs", FAILED_MARKER)
 
 
 def rank_parameters(output_dir, rank, parameters):
@@ -282,19 +282,23 @@ def dynamic_cluster_environments(device_num, nodes, node_rank, master_addr, mast
     ]
 
 
-def is_local_address(address):
-    """Whether `address` (a name or IP) is this machine: loopback, or one of its interfaces' addresses."""
+def _addresses(address):
+    """The IP addresses a name or IP resolves to (without IPv6 zone suffixes); none when it does not resolve."""
     import ipaddress
     import socket
 
+    try:
+        return {ipaddress.ip_address(info[4][0].split("%")[0]) for info in socket.getaddrinfo(address, None)}
+    except OSError:
+        return set()
+
+
+def is_local_address(address):
+    """Whether `address` (a name or IP) is this machine: loopback, or one of its interfaces' addresses."""
     import psutil
 
-    try:
-        resolved = {info[4][0] for info in socket.getaddrinfo(address, None)}
-    except OSError:
-        return False
     local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
-    return any(ipaddress.ip_address(ip.split("%")[0]).is_loopback or ip in local for ip in resolved)
+    return any(ip.is_loopback or str(ip) in local for ip in _addresses(address))
 
 
 def read_rank_table(path):
@@ -685,21 +689,11 @@ def check_cluster(nodes, node_rank, master_addr, one_host=False, rank_table_file
         )
     if not master_addr:
         raise KitError(f"--nodes {nodes} needs --master-addr: server 0's address, the same on every server")
-    if _is_loopback(master_addr) and not one_host:
+    if any(ip.is_loopback for ip in _addresses(master_addr)) and not one_host:
         raise KitError(
             f"--master-addr {master_addr} is a loopback address, which other servers cannot reach: give server 0's "
             "network address (or --one-host to emulate all the servers on this machine)"
         )
-
-
-def _is_loopback(address):
-    import ipaddress
-    import socket
-
-    try:
-        return any(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in socket.getaddrinfo(address, None))
-    except OSError:
-        return False
 
 
 def check_ranks(output_dir, local_ranks, world):

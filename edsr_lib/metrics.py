@@ -110,8 +110,9 @@ LOWER_IS_BETTER = ("niqe",)
 
 
 def parse_metrics(text):
-    """'psnr,ssim,niqe' -> ('psnr', 'ssim', 'niqe'), each known, in the order given."""
-    names = tuple(dict.fromkeys(n.strip().lower() for n in str(text).split(",") if n.strip()))
+    """'psnr,ssim,niqe' (or a sequence of names) -> ('psnr', 'ssim', 'niqe'), each known, in the order given."""
+    given = text.split(",") if isinstance(text, str) else text
+    names = tuple(dict.fromkeys(n.strip().lower() for n in given if n.strip()))
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
         raise KitError(f"metrics {text!r}: choose from {', '.join(METRICS)} (LPIPS is not in the kit yet)")

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .download import fetch, resumable_from, sha256_of
+from .download import fetch, partial_path, resumable_from, sha256_of
 from .errors import KitError
 from .files import atomic_write, user_cache_dir, write_json
 from .model import Architecture, upsampling_factors
@@ -65,6 +65,11 @@ def parameter_count(arch):
     upsamplers = sum(conv(f, factor * factor * f) for s in arch.scales for factor in upsampling_factors(s))
     extra = len(arch.scales) * 4 * conv(f, f, 5) if arch.is_multiscale else 0
     return conv(c, f) + body + upsamplers + extra + conv(f, c)
+
+
+def weights_bytes(arch):
+    """The bytes of `arch`'s float32 weights: what a file holding them has at least."""
+    return 4 * parameter_count(arch)
 
 
 def describe(arch):
@@ -160,15 +165,15 @@ class Registry:
 
     def status(self, entry):
         ckpt = self.ckpt_path(entry)
-        if ckpt.is_file():  # float32 weights: a shorter file is truncated (fetch converts it again)
-            return "converted" if ckpt.stat().st_size >= 4 * parameter_count(entry.arch) else "damaged"
+        if ckpt.is_file():  # a file shorter than its float32 weights is truncated (fetch converts it again)
+            return "converted" if ckpt.stat().st_size >= weights_bytes(entry.arch) else "damaged"
         return "downloaded" if self.pt_path(entry).is_file() else "-"
 
     def rows(self):
         """What `edsr weights list` prints: (name, file, size, architecture, cached) per entry."""
         rows = []
         for entry in self.published.values():
-            size = 4 * parameter_count(entry.arch) / 1e6
+            size = weights_bytes(entry.arch) / 1e6
             rows.append((entry.name, entry.file, f"{size:.1f} MB", describe(entry.arch), self.status(entry)))
         for name, own in self.own().items():
             cached = "yes" if Path(own["path"]).is_file() else "missing"
@@ -202,7 +207,7 @@ class Registry:
         if offline:
             raise KitError(self._place_by_hand(entry, "offline"))
         bases = mirrors_from(mirrors, official=self.official)
-        limit = 4 * parameter_count(entry.arch) + (1 << 20)  # float32 weights plus the pickle's keys and framing
+        limit = weights_bytes(entry.arch) + (1 << 20)  # the weights plus the pickle's keys and framing
         for base in bases:
             url = base + entry.file
             resumed = resumable_from(target, url)
@@ -213,7 +218,7 @@ class Registry:
                 except KitError as exc:
                     log(f"{name}: {exc}")
                 # a resumed file that fails its hash may be a good mirror's tail on a bad start: once more from 0
-                if not (resumed and attempt == 0 and not target.with_name(target.name + ".part").exists()):
+                if not (resumed and attempt == 0 and not partial_path(target).exists()):
                     break
                 log(f"{name}: trying {url} again from the start")
         raise KitError(self._place_by_hand(entry, f"no mirror served it ({len(bases)} tried)"))

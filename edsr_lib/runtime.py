@@ -208,7 +208,7 @@ def ascend_chip():
     return ("910A" if classic else "A2"), str(context.get_ascend_soc_version())
 
 
-def precision_plan(device, chip=None, precision_mode="", amp_level="O0", loss_scale=0.0, gpu_tf32=True):
+def precision_plan(device, chip=None, precision_mode="", amp_level="O0", loss_scale=0.0):
     """What the convolutions compute in and which loss scale that needs: a dict for run.json, or a KitError for a
     combination the chip cannot do. `chip`: ascend_chip()'s family on Ascend. `loss_scale`: the option (0 = the
     kit chooses). Pure: the decision table, tested without hardware."""
@@ -232,8 +232,7 @@ def precision_plan(device, chip=None, precision_mode="", amp_level="O0", loss_sc
         else:
             convs = "float16"
     elif device == "GPU":
-        convs = "TF32 on Ampere and newer (MindSpore's conv_allow_tf32 default), float32 before" if gpu_tf32 else ""
-        convs = convs or "float32"
+        convs = "TF32 on Ampere and newer (MindSpore's conv_allow_tf32 default), float32 before"
     else:
         convs = "float32"
     if amp_level != "O0":

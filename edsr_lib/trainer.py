@@ -11,9 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +21,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from .data import PairDataset, open_dataset
-from .errors import KitError
+from .errors import KitError, sigterm_interrupts
 from .evaluation import bicubic_upscale, evaluate
 from .figures import centre_crops
 from .files import prepare_output_folder
@@ -317,26 +315,6 @@ def run_lock(folder):
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """MindSpore answers Ctrl-C (SIGINT) while it runs graphs by sending the process SIGTERM, which would end it on
-    the spot: no KeyboardInterrupt, a dead notebook kernel, exit 143. During training SIGTERM raises
-    KeyboardInterrupt instead, so the lock is released, a notebook cell just stops and `edsr train` exits 130;
-    checkpoints are written atomically, so the last one stays intact."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _pid_alive(pid):
@@ -779,7 +757,7 @@ class Trainer:
     def fit(self):
         """Train the remaining epochs under one progress bar for the whole run (with its ETA), a line per epoch."""
         remaining = (self.opts.epochs - self.epoch) * self.opts.test_every
-        with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext(), _interruptible():
+        with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext(), sigterm_interrupts():
             self._run_bar = self._new_bar(remaining, "training")
             # Rank 0 alone writes TensorBoard events; a resumed run hides what a killed one logged after its checkpoint.
             mode = self.opts.tensorboard if self.rank == 0 else "off"
