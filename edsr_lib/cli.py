@@ -78,7 +78,7 @@ def _cmd_weights(args):
             print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
         print(f"cache: {registry.cache_dir}")
     elif args.action == "fetch":
-        for name in args.names or list(registry.published):
+        for name in args.names or registry.models():
             print(f"{name}: {registry.fetch(name, args.mirror, args.offline, log=log)}")
     elif args.action == "add":
         if len(args.names) != 2:
@@ -203,6 +203,11 @@ def _cmd_eval(args):
             print(f"wrote {path}")
         return 0
     protocol = protocol_for(args.data_test if not args.hr_dir else dataset.name, scale, override=args.channel)
+    metrics = parse_metrics(args.metrics)
+    from .lpips import for_metrics
+
+    log = lambda m: print(f"edsr: {m}", file=sys.stderr)  # noqa: E731
+    lpips = for_metrics(metrics, args.registry, args.mirror, args.offline, log=log)  # before any image is scored
     result = evaluate(
         dataset,
         model,
@@ -210,7 +215,8 @@ def _cmd_eval(args):
         self_ensemble=args.self_ensemble,
         tile=args.tile,
         save_dir=args.save_images,
-        metrics=parse_metrics(args.metrics),
+        metrics=metrics,
+        lpips=lpips,
     )
     if args.model:
         result["model_file"], result["engine"] = str(args.model), model.engine
@@ -309,9 +315,10 @@ def _cmd_export(args):
 def _cmd_reproduce(args):
     from .evaluation import format_reproduction, reproduce
 
-    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else list(args.registry.published)
-    for name in names:
-        args.registry.entry(name)  # an unknown name is one line before anything is fetched
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else args.registry.models()
+    for name in names:  # an unknown name is one line before anything is fetched
+        if args.registry.entry(name).arch is None:
+            raise KitError(f"{name}: {args.registry.entry(name).about}, not an SR model")
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     report = reproduce(
         names,
@@ -487,7 +494,9 @@ def build_parser():
     p.add_argument(
         "--metrics",
         default="psnr,ssim",
-        help="comma-separated: psnr, ssim, niqe (no-reference, lower is better; MATLAB's niqe)",
+        help="comma-separated: psnr, ssim, lpips (LPIPS v0.1, AlexNet; lower is better), lpips_vgg (VGG16), niqe "
+        "(no-reference, lower is better; MATLAB's niqe). LPIPS fetches its ImageNet trunk by name on first use "
+        "(edsr weights fetch lpips_alex)",
     )
     p.add_argument("--json", default=None, help="write the results as JSON")
     _add_device(p)

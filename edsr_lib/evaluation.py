@@ -9,7 +9,17 @@ import numpy as np
 from .degradations import modcrop
 from .imresize import imresize
 from .images import write_image
-from .metrics import LOWER_IS_BETTER, Protocol, niqe, parse_metrics, protocol_for, psnr, quantize, ssim
+from .metrics import (
+    LOWER_IS_BETTER,
+    Protocol,
+    crop_border,
+    niqe,
+    parse_metrics,
+    protocol_for,
+    psnr,
+    quantize,
+    ssim,
+)
 from .progress import progress_bar
 
 
@@ -63,6 +73,7 @@ def evaluate(
     keep_images: int = 0,
     indices=None,
     metrics=("psnr", "ssim"),
+    lpips=None,
 ) -> dict:
     """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset` (or on the pairs at `indices`: one rank's
     share in distributed validation).
@@ -70,10 +81,15 @@ def evaluate(
     progress: True/False, or a mode of `progress.progress_bar` (auto, text, none).
     Returns {"dataset", "scale", "method", "protocol", "psnr", "ssim", "per_image": [{"name", "psnr", "ssim"}]},
     and "images": [(name, lr, sr, hr)] for the first `keep_images` images when asked. `metrics`: which of
-    `metrics.METRICS` to compute (NIQE scores the output alone, on the protocol's channel crop).
+    `metrics.METRICS` to compute (NIQE scores the output alone, on the protocol's channel crop; LPIPS the RGB
+    output against HR, on the protocol's border crop). `lpips`: metric name -> `lpips.LPIPS` for the LPIPS metrics
+    asked (default: `lpips.for_metrics`, which fetches a trunk by name on first use).
     """
     metrics = parse_metrics(metrics)
     from .inference import upscale
+    from .lpips import for_metrics
+
+    lpips = for_metrics(metrics) if lpips is None else lpips
 
     scale = dataset.scale
     protocol = protocol or protocol_for(dataset.name, scale)
@@ -93,6 +109,8 @@ def evaluate(
             row["psnr"] = psnr(sr, hr, protocol)
         if "ssim" in metrics:
             row["ssim"] = ssim(sr, hr, protocol)
+        for name, model_of_metric in lpips.items():
+            row[name] = model_of_metric(crop_border(sr, protocol.border), crop_border(hr, protocol.border))
         if "niqe" in metrics:
             row["niqe"] = niqe(sr, protocol.border)
         rows.append(row)
@@ -115,7 +133,13 @@ def evaluate(
 
 
 # (column title, width, format) of each metric in tables
-_COLUMNS = {"psnr": ("PSNR (dB)", 11, ".3f"), "ssim": ("SSIM", 9, ".4f"), "niqe": ("NIQE (lower)", 14, ".4f")}
+_COLUMNS = {
+    "psnr": ("PSNR (dB)", 11, ".3f"),
+    "ssim": ("SSIM", 9, ".4f"),
+    "lpips": ("LPIPS (lower)", 15, ".4f"),
+    "lpips_vgg": ("LPIPS-VGG (lower)", 19, ".4f"),
+    "niqe": ("NIQE (lower)", 14, ".4f"),
+}
 
 
 def format_table(result):

@@ -212,6 +212,12 @@ def centre_crops(images, size=96, gap=4):
     return np.concatenate([part for crop in crops for part in (crop, spacer)][:-1], axis=1)
 
 
+def score_label(score):
+    """'32.10 dB / SSIM 0.9012' for (PSNR, SSIM), with a line 'LPIPS 0.123' when a third value is given."""
+    label = f"{score[0]:.2f} dB / SSIM {score[1]:.4f}"
+    return label + (f"\nLPIPS {score[2]:.3f}" if len(score) > 2 else "")
+
+
 def plot_comparison(hr, candidates, box, scores=None, title=""):
     """The full HR image with the crop marked, then the same crop of HR and every candidate with its scores in the
     title, at most three panels per row."""
@@ -227,7 +233,7 @@ def plot_comparison(hr, candidates, box, scores=None, title=""):
     for ax, (name, img) in zip(axes[1:], panels.items()):
         ax.imshow(img[top : top + size, left : left + size], interpolation="nearest")
         score = (scores or {}).get(name)
-        ax.set_title(name + (f"\n{score[0]:.2f} dB / SSIM {score[1]:.4f}" if score else ""), fontsize=11)
+        ax.set_title(name + (f"\n{score_label(score)}" if score else ""), fontsize=11)
     for ax in axes:
         _hide_axes(ax)
     return fig

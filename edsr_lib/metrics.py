@@ -56,12 +56,15 @@ def _prepare(sr, hr, protocol):
         sr, hr = rgb_to_y(sr), rgb_to_y(hr)
     else:
         sr, hr = sr.astype(np.float64), hr.astype(np.float64)
-    b = protocol.border
-    if b:
-        if min(sr.shape[:2]) <= 2 * b:
-            raise KitError(f"image {sr.shape[:2]} too small for a {b}-pixel border crop")
-        sr, hr = sr[b:-b, b:-b], hr[b:-b, b:-b]
-    return sr, hr
+    return crop_border(sr, protocol.border), crop_border(hr, protocol.border)
+
+
+def crop_border(image, border):
+    """The image without `border` pixels on each side (what every metric here scores)."""
+    image = np.asarray(image)
+    if border and min(image.shape[:2]) <= 2 * border:
+        raise KitError(f"image {image.shape[:2]} too small for a {border}-pixel border crop")
+    return image[border:-border, border:-border] if border else image
 
 
 def psnr(sr, hr, protocol):
@@ -104,9 +107,10 @@ def ssim(sr, hr, protocol):
     return float(np.mean([_ssim_single(sr[..., c], hr[..., c]) for c in range(sr.shape[2])]))
 
 
-# Which metrics `evaluate` can report, and the ones where a lower value is better.
-METRICS = ("psnr", "ssim", "niqe")
-LOWER_IS_BETTER = ("niqe",)
+# Which metrics `evaluate` can report, and the ones where a lower value is better. lpips: LPIPS v0.1 with the
+# AlexNet trunk (the `lpips` package's default), lpips_vgg with VGG16 (`edsr_lib.lpips`).
+METRICS = ("psnr", "ssim", "lpips", "lpips_vgg", "niqe")
+LOWER_IS_BETTER = ("lpips", "lpips_vgg", "niqe")
 
 
 def parse_metrics(text):
@@ -115,7 +119,7 @@ def parse_metrics(text):
     names = tuple(dict.fromkeys(n.strip().lower() for n in given if n.strip()))
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
-        raise KitError(f"metrics {text!r}: choose from {', '.join(METRICS)} (LPIPS is not in the kit yet)")
+        raise KitError(f"metrics {text!r}: choose from {', '.join(METRICS)}")
     return names
 
 

@@ -111,6 +111,11 @@ class Options:
     tensorboard: str = option(
         "auto", "TensorBoard event files under <ckpt_save_path>/tb: auto (when tensorboardX is installed), on, off"
     )
+    val_lpips: bool = option(
+        False,
+        "also score validation with LPIPS (AlexNet): lpips in history.csv, val/<set>/x<s>/lpips in TensorBoard; "
+        "its trunk is fetched by name (cache it first for multi-device runs: edsr weights fetch lpips_alex)",
+    )
     ckpt_path: str = option("", "initialise the weights from this checkpoint (e.g. x2 -> x3/x4 fine-tuning)")
     resume: bool = option(False, "continue from latest.ckpt in ckpt_save_path")
     overwrite: bool = option(

@@ -1,10 +1,13 @@
-"""Published weights by name: the eight EDSR-PyTorch files, their mirrors, the local cache, and the user's own names.
+"""Published weights by name: the eight EDSR-PyTorch files, the ImageNet trunks LPIPS needs, their mirrors, the
+local cache, and the user's own names.
 
 `resolve("edsr_baseline_x2")` returns a kit checkpoint, downloading the published `.pt` on first use from the
 mirrors the user gives (`--mirror`, `EDSR_WEIGHTS_MIRROR`), then the official host, verifying it against the hash
 prefix in its file name (the first 8 hex digits of its SHA-256, the torch hub convention) and converting it once.
 A file that does not match is deleted. `edsr weights add NAME PATH` gives the user's own checkpoints names too.
-Cache: `<user cache>/weights/` holds the `.pt` files, the converted `<name>.ckpt` and `registered.json`.
+Cache: `<user cache>/weights/` holds the `.pt` files, the converted `<name>.ckpt` and `registered.json`. A trunk
+torchvision already downloaded (`$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/hub/checkpoints`) is used
+where it is, once its hash matches.
 """
 
 import contextlib
@@ -20,6 +23,7 @@ from .files import atomic_write, user_cache_dir, write_json
 from .model import Architecture, upsampling_factors
 
 OFFICIAL_BASE = "https://cv.snu.ac.kr/research/EDSR/models/"
+TORCHVISION_BASE = "https://download.pytorch.org/models/"
 MIRROR_VARIABLE = "EDSR_WEIGHTS_MIRROR"  # base URLs separated by spaces or commas, tried before the official host
 MIRROR_INDEX = "SHA256SUMS"
 MAX_REGISTRY_BYTES = 1 << 20  # registered.json: a name and a path per entry; a larger file is not the kit's
@@ -27,15 +31,25 @@ MAX_REGISTRY_BYTES = 1 << 20  # registered.json: a name and a path per entry; a 
 
 @dataclass(frozen=True)
 class Published:
-    """One published weight file: `file` carries its SHA-256 prefix after the last '-'."""
+    """One published weight file: `file` carries its SHA-256 prefix after the last '-'. `arch`: the SR model it
+    holds (converted to a kit checkpoint on first use); None for an LPIPS trunk, used as it is, of at most
+    `size_bound` bytes, from `official` (the registry's official host when None)."""
 
     name: str
     file: str
-    arch: Architecture
+    arch: Architecture | None
+    official: str | None = None
+    size_bound: int = 0
+    about: str = ""
 
     @property
     def hash_prefix(self):
         return self.file.rsplit("-", 1)[1].split(".")[0]
+
+    @property
+    def max_bytes(self):
+        """A download longer than this is not the file: the float32 weights plus the pickle's keys and framing."""
+        return (weights_bytes(self.arch) if self.arch else self.size_bound) + (1 << 20)
 
 
 def _edsr(preset, scale):
@@ -51,6 +65,24 @@ PUBLISHED = (
     Published("edsr_x4", "edsr_x4-4f62e9ef.pt", _edsr("paper", 4)),
     Published("mdsr_baseline", "mdsr_baseline-a00cab12.pt", Architecture.from_preset("mdsr_baseline")),
     Published("mdsr", "mdsr-4a78bedf.pt", Architecture.from_preset("mdsr")),
+    # LPIPS' ImageNet trunks as torchvision publishes them (BSD-3-Clause, torchvision): the `lpips` package's
+    # networks start from these; its linear heads ship with the kit (assets/lpips, BSD-2-Clause).
+    Published(
+        "lpips_alex",
+        "alexnet-owt-7be5be79.pth",
+        None,
+        TORCHVISION_BASE,
+        61_100_840 * 4,
+        "LPIPS trunk: torchvision AlexNet, ImageNet (61.10 M parameters)",
+    ),
+    Published(
+        "lpips_vgg",
+        "vgg16-397923af.pth",
+        None,
+        TORCHVISION_BASE,
+        138_357_544 * 4,
+        "LPIPS trunk: torchvision VGG16, ImageNet (138.36 M parameters)",
+    ),
 )
 
 
@@ -163,7 +195,13 @@ class Registry:
     def ckpt_path(self, entry):
         return self.cache_dir / f"{entry.name}.ckpt"
 
+    def models(self):
+        """The published names that are SR models (the LPIPS trunks are not)."""
+        return [name for name, entry in self.published.items() if entry.arch is not None]
+
     def status(self, entry):
+        if entry.arch is None:
+            return "downloaded" if self._cached_pt(entry) else "-"
         ckpt = self.ckpt_path(entry)
         if ckpt.is_file():  # a file shorter than its float32 weights is truncated (fetch converts it again)
             return "converted" if ckpt.stat().st_size >= weights_bytes(entry.arch) else "damaged"
@@ -173,8 +211,9 @@ class Registry:
         """What `edsr weights list` prints: (name, file, size, architecture, cached) per entry."""
         rows = []
         for entry in self.published.values():
-            size = weights_bytes(entry.arch) / 1e6
-            rows.append((entry.name, entry.file, f"{size:.1f} MB", describe(entry.arch), self.status(entry)))
+            size = (entry.max_bytes - (1 << 20)) / 1e6
+            about = describe(entry.arch) if entry.arch else entry.about
+            rows.append((entry.name, entry.file, f"{size:.1f} MB", about, self.status(entry)))
         for name, own in self.own().items():
             cached = "yes" if Path(own["path"]).is_file() else "missing"
             rows.append((name, own["path"], "", own.get("arch", ""), cached))
@@ -204,10 +243,16 @@ class Registry:
         target = self.pt_path(entry)
         if target.is_file():
             return target, self.check_hash(entry, target)
+        found = self._cached_pt(entry)
+        if found:  # torchvision's cache: used in place, never deleted (it is not the kit's)
+            digest = sha256_of(found)
+            if digest.startswith(entry.hash_prefix):
+                return found, digest
+            log(f"{name}: {found} does not have the published hash; not used")
         if offline:
             raise KitError(self._place_by_hand(entry, "offline"))
-        bases = mirrors_from(mirrors, official=self.official)
-        limit = weights_bytes(entry.arch) + (1 << 20)  # the weights plus the pickle's keys and framing
+        bases = mirrors_from(mirrors, official=entry.official or self.official)
+        limit = entry.max_bytes
         for base in bases:
             url = base + entry.file
             resumed = resumable_from(target, url)
@@ -225,9 +270,17 @@ class Registry:
 
     def _place_by_hand(self, entry, why):
         return (
-            f"{entry.name}: {why}; download {entry.file} (e.g. {self.official}{entry.file}) and place it at "
-            f"{self.pt_path(entry)}"
+            f"{entry.name}: {why}; download {entry.file} (e.g. {entry.official or self.official}{entry.file}) and "
+            f"place it at {self.pt_path(entry)}"
         )
+
+    def _cached_pt(self, entry):
+        """The entry's file in the kit's cache, else (trunks only) in torchvision's; None when in neither."""
+        places = [self.pt_path(entry)]
+        if entry.arch is None:
+            torch_home = os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch"
+            places.append(Path(torch_home) / "hub" / "checkpoints" / entry.file)
+        return next((p for p in places if p.is_file()), None)
 
     def fetch(self, name, mirrors=(), offline=False, progress=True, log=print):
         """A kit checkpoint for a published name: downloaded, verified and converted on first use, then cached."""
@@ -236,6 +289,8 @@ class Registry:
         from .weights import read_checkpoint
 
         entry = self.entry(name)
+        if entry.arch is None:  # an LPIPS trunk: read as it is
+            return self.download(name, mirrors, offline, progress, log)[0]
         ckpt = self.ckpt_path(entry)
         if ckpt.is_file():
             try:
@@ -255,6 +310,8 @@ class Registry:
         if path.is_file() or path.suffix in (".ckpt", ".pt", ".pth") or os.sep in str(spec):
             return path  # a path: read_checkpoint says what is wrong with it
         if spec in self.published:  # before the user's names: a published name always means the verified file
+            if self.published[spec].arch is None:
+                raise KitError(f"{spec}: {self.published[spec].about}, not an SR model")
             return self.fetch(spec, mirrors, offline, progress, log)
         own = self.own()
         if spec in own:
@@ -270,7 +327,7 @@ class Registry:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         sums = self._mirror_index(folder)
-        for name in names or list(self.published):
+        for name in names or self.models():
             entry = self.entry(name)
             source, digest = self.download(name, mirrors, progress=progress, log=log)
             target = folder / entry.file

@@ -422,6 +422,12 @@ class Trainer:
                 )
                 for s in scales
             }
+        # LPIPS of validation outputs when asked; several ranks never download at once (the trunk must be cached).
+        self.lpips, self.scale_lpips = {}, {}
+        if opts.val_lpips and self.val_sets:
+            from .lpips import for_metrics
+
+            self.lpips = for_metrics(("lpips",), offline=self.world > 1, log=self._log)
         self.train_set = self.train_sets[scales[0]]
         self.val_set = self.val_sets.get(scales[0])
         self.samples_per_epoch = opts.test_every * opts.batch_size * self.world
@@ -701,25 +707,32 @@ class Trainer:
                 s: self._score_shared(d, self.model.at_scale(s), protocols[s], keep) for s, d in self.val_sets.items()
             }
         self.scale_psnr = {s: r["psnr"] for s, r in results.items()}
+        self.scale_lpips = {s: r["lpips"] for s, r in results.items() if "lpips" in r}
         self.validation = {s: r["per_image"] for s, r in results.items()}
         self._log_validation(results)
         return float(np.mean(list(self.scale_psnr.values())))
 
     def _score_shared(self, dataset, model, protocol, keep=0):
         """evaluate() on this rank's share of `dataset`, then every image's numbers on every rank (a sum over ranks
-        of float64 values split exactly into float32 parts: MindSpore's CPU AllReduce takes float32 only)."""
+        of float64 values split exactly into float32 parts: MindSpore's CPU AllReduce takes float32 only). The
+        model's outputs get LPIPS too when `val_lpips` is on."""
+        lpips = self.lpips if model is not None else {}
+        metrics = ("psnr", "ssim", *lpips)
         share = range(self.rank, len(dataset), self.world)
-        result = evaluate(dataset, model, protocol, progress=False, keep_images=keep, indices=share)
+        result = evaluate(
+            dataset, model, protocol, progress=False, keep_images=keep, indices=share, metrics=metrics, lpips=lpips
+        )
         if self.world == 1:
             return result
-        scores = np.zeros((len(dataset), 2), np.float64)
-        for i, row in zip(share, result["per_image"]):
-            scores[i] = row["psnr"], row["ssim"]
+        scores = np.zeros((len(dataset), len(metrics)), np.float64)
+        for i, row in zip(share, result["per_image"], strict=True):
+            scores[i] = [row[m] for m in metrics]
         scores = join_float64(ops.AllReduce()(Tensor(split_float64(scores))).asnumpy())
         result["per_image"] = [
-            {"name": name, "psnr": float(p), "ssim": float(q)} for name, (p, q) in zip(dataset.names, scores)
+            {"name": name, **{m: float(v) for m, v in zip(metrics, values, strict=True)}}
+            for name, values in zip(dataset.names, scores, strict=True)
         ]
-        result["psnr"], result["ssim"] = float(np.mean(scores[:, 0])), float(np.mean(scores[:, 1]))
+        result.update({m: float(np.mean(scores[:, j])) for j, m in enumerate(metrics)})
         return result
 
     def _log_validation(self, results):
@@ -730,6 +743,7 @@ class Trainer:
         for s, result in results.items():
             tag = f"val/{self.val_sets[s].name}/x{s}"
             scores = {"psnr": result["psnr"], "ssim": result["ssim"], "psnr_bicubic": self.scale_bicubic.get(s)}
+            scores.update({m: result[m] for m in self.lpips})
             self.tb.scalars(step, {f"{tag}/{name}": value for name, value in scores.items()})
             for name, lr, sr, hr in result.get("images", []):
                 self.tb.image(f"{tag}/{name} (bicubic, SR, HR)", centre_crops([bicubic_upscale(lr, s), sr, hr]), step)
@@ -787,6 +801,8 @@ class Trainer:
                 "psnr_bicubic": self.bicubic_psnr,
                 "it_per_s": its,
             }
+            if val is not None and self.scale_lpips:
+                record["lpips"] = float(np.mean(list(self.scale_lpips.values())))
             if val is not None and len(self.val_sets) > 1:
                 for s in self.val_sets:
                     record[f"psnr_x{s}"], record[f"psnr_bicubic_x{s}"] = self.scale_psnr[s], self.scale_bicubic[s]

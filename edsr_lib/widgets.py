@@ -21,7 +21,7 @@ from .figures import crop_box, figure_png, labelled_wipe, plot_comparison, wipe_
 from .files import atomic_write
 from .images import read_image, to_uint8
 from .inference import upscale
-from .metrics import psnr, ssim
+from .metrics import crop_border, psnr, ssim
 
 CONTROLS_NOTE = "(interactive controls: they need a running kernel; the pictures below show their last state)"
 
@@ -45,10 +45,11 @@ def show_controls(widget):
 class Comparison:
     """HR, bicubic and every method's output for the images of a dataset (and for photos added with `add_photo`),
     each (image, method) computed once, on demand: any choice of methods reuses what was computed for another.
-    `models`: name -> a loaded model, or a checkpoint path loaded when first shown."""
+    `models`: name -> a loaded model, or a checkpoint path loaded when first shown. `lpips`: an `lpips.LPIPS`,
+    whose distance then follows PSNR and SSIM in each score (RGB, on the protocol's border crop)."""
 
-    def __init__(self, dataset, models, protocol, cache_size=8):
-        self.dataset, self.protocol = dataset, protocol
+    def __init__(self, dataset, models, protocol, cache_size=8, lpips=None):
+        self.dataset, self.protocol, self.lpips = dataset, protocol, lpips
         self.methods = {"bicubic": None, **models}
         self.photos = {}  # name -> (lr, hr or None)
         # the `cache_size` images seen last: their LR/HR and, filled in as methods are asked for, SR images and scores
@@ -84,7 +85,8 @@ class Comparison:
         return self.photos[self.names[index]]
 
     def outputs(self, index, methods=None):
-        """(HR or None, {method: SR image}, {method: (PSNR, SSIM)}) for image `index` and `methods` (default all)."""
+        """(HR or None, {method: SR image}, {method: (PSNR, SSIM[, LPIPS])}) for image `index` and `methods`
+        (default all)."""
         record = self._outputs(index)
         methods = tuple(methods or self.methods)
         for m in methods:
@@ -94,6 +96,10 @@ class Comparison:
                 record["images"][m] = sr
                 if hr is not None:
                     record["scores"][m] = (psnr(sr, hr, self.protocol), ssim(sr, hr, self.protocol))
+                    if self.lpips is not None:
+                        border = self.protocol.border
+                        distance = self.lpips(crop_border(sr, border), crop_border(hr, border))
+                        record["scores"][m] += (distance,)
         scores = {m: record["scores"][m] for m in methods if m in record["scores"]}
         return record["hr"], {m: record["images"][m] for m in methods}, scores
 

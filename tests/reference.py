@@ -363,3 +363,90 @@ def matlab_nearest_down(img, factor):
     rows = [int(np.floor(i * factor + 0.5 * (1 - factor) + 0.5)) - 1 for i in range(1, h // factor + 1)]
     cols = [int(np.floor(i * factor + 0.5 * (1 - factor) + 0.5)) - 1 for i in range(1, w // factor + 1)]
     return img[np.ix_(rows, cols)]
+
+
+# ---- LPIPS v0.1, written from the `lpips` package's and torchvision's definitions (numpy, float64) --------------
+
+LPIPS_ALEX = [  # torchvision alexnet().features: (index, kind, out, kernel, stride, pad); stages after 1, 4, 7, 9, 11
+    (0, "conv", 64, 11, 4, 2), (1, "relu"), (2, "pool", 3, 2), (3, "conv", 192, 5, 1, 2), (4, "relu"),
+    (5, "pool", 3, 2), (6, "conv", 384, 3, 1, 1), (7, "relu"), (8, "conv", 256, 3, 1, 1), (9, "relu"),
+    (10, "conv", 256, 3, 1, 1), (11, "relu"),
+]  # fmt: skip
+LPIPS_ALEX_STAGES = (1, 4, 7, 9, 11)
+LPIPS_VGG = [  # torchvision vgg16().features, configuration D; stages after relu1_2, 2_2, 3_3, 4_3, 5_3
+    (0, "conv", 64, 3, 1, 1), (1, "relu"), (2, "conv", 64, 3, 1, 1), (3, "relu"), (4, "pool", 2, 2),
+    (5, "conv", 128, 3, 1, 1), (6, "relu"), (7, "conv", 128, 3, 1, 1), (8, "relu"), (9, "pool", 2, 2),
+    (10, "conv", 256, 3, 1, 1), (11, "relu"), (12, "conv", 256, 3, 1, 1), (13, "relu"), (14, "conv", 256, 3, 1, 1),
+    (15, "relu"), (16, "pool", 2, 2), (17, "conv", 512, 3, 1, 1), (18, "relu"), (19, "conv", 512, 3, 1, 1),
+    (20, "relu"), (21, "conv", 512, 3, 1, 1), (22, "relu"), (23, "pool", 2, 2), (24, "conv", 512, 3, 1, 1),
+    (25, "relu"), (26, "conv", 512, 3, 1, 1), (27, "relu"), (28, "conv", 512, 3, 1, 1), (29, "relu"),
+]  # fmt: skip
+LPIPS_VGG_STAGES = (3, 8, 15, 22, 29)
+
+
+def random_lpips_weights(rng, layers, stages):
+    """(trunk state dict as torchvision names it, head state dict as lpips names it), random, He-scaled so the
+    features neither vanish nor explode, with ImageNet classifier entries too (torchvision's file has them)."""
+    trunk, head, cin, channels = OrderedDict(), OrderedDict(), 3, []
+    for layer in layers:
+        if layer[1] == "conv":
+            out, k = layer[2], layer[3]
+            trunk[f"features.{layer[0]}.weight"] = rng.normal(0, np.sqrt(2 / (cin * k * k)), (out, cin, k, k))
+            trunk[f"features.{layer[0]}.bias"] = rng.normal(0, 0.1, out)
+            cin = out
+        if layer[0] in stages:
+            channels.append(cin)
+    trunk["classifier.1.weight"] = rng.normal(0, 0.01, (10, 16))
+    for i, c in enumerate(channels):
+        head[f"lin{i}.model.1.weight"] = np.abs(rng.normal(0, 1, (1, c, 1, 1)))
+    return trunk, head
+
+
+def _conv_nchw(x, w, b, stride, pad):
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
+    out_c, in_c, k, _ = w.shape
+    h = (x.shape[1] - k) // stride + 1
+    wd = (x.shape[2] - k) // stride + 1
+    cols = np.empty((in_c, k, k, h, wd))
+    for dy in range(k):
+        for dx in range(k):
+            cols[:, dy, dx] = x[:, dy : dy + stride * (h - 1) + 1 : stride, dx : dx + stride * (wd - 1) + 1 : stride]
+    return np.tensordot(w, cols, axes=([1, 2, 3], [0, 1, 2])) + b[:, None, None]
+
+
+def _max_pool(x, k, stride):
+    h = (x.shape[1] - k) // stride + 1
+    w = (x.shape[2] - k) // stride + 1
+    out = np.full((x.shape[0], h, w), -np.inf)
+    for dy in range(k):
+        for dx in range(k):
+            window = x[:, dy : dy + stride * (h - 1) + 1 : stride, dx : dx + stride * (w - 1) + 1 : stride]
+            out = np.maximum(out, window)
+    return out
+
+
+def lpips_forward(trunk, head, layers, stages, image0, image1):
+    """LPIPS v0.1 distance of two HxWx3 RGB images on 0-255, as lpips.LPIPS(net, version='0.1') computes it."""
+    shift = np.array([-0.030, -0.088, -0.188])[:, None, None]
+    scale = np.array([0.458, 0.448, 0.450])[:, None, None]
+
+    def features(image):
+        x = (np.asarray(image, np.float64).transpose(2, 0, 1) / (255 / 2) - 1 - shift) / scale
+        out = []
+        for layer in layers:
+            if layer[1] == "conv":
+                w, b = trunk[f"features.{layer[0]}.weight"], trunk[f"features.{layer[0]}.bias"]
+                x = _conv_nchw(x, w, b, layer[4], layer[5])
+            elif layer[1] == "relu":
+                x = np.maximum(x, 0)
+            else:
+                x = _max_pool(x, layer[2], layer[3])
+            if layer[0] in stages:
+                out.append(x / (np.sqrt((x**2).sum(axis=0, keepdims=True)) + 1e-10))
+        return out
+
+    total = 0.0
+    for i, (f0, f1) in enumerate(zip(features(image0), features(image1), strict=True)):
+        weighted = np.tensordot(head[f"lin{i}.model.1.weight"][0, :, 0, 0], (f0 - f1) ** 2, axes=(0, 0))
+        total += weighted.mean()
+    return total

@@ -340,3 +340,24 @@ def test_evicted_plans_free_their_memory():
     assert done.returncode == 0, done.stderr[-2000:]
     after_32, after_232 = map(float, done.stdout.split())
     assert after_232 - after_32 < 5, (after_32, after_232)
+
+
+@needs_fast
+@pytest.mark.parametrize("algorithm", ["direct", "winograd", "winograd2x2"])
+def test_an_empty_input_gives_an_empty_output_and_zero_gradients(algorithm):
+    """A 0-row batch (LPIPS' last tiles, a cropped-away image) returns at once; the Winograd kernels once hung."""
+    script = f"""
+import numpy as np, mindspore as ms
+from mindspore import ops
+from edsr_lib import setup_device
+setup_device("CPU")
+from edsr_lib.conv import make_conv
+conv = make_conv(16, 32, 3, kernel={algorithm!r})
+x = ms.Tensor(np.zeros((2, 16, 0, 7), np.float32))
+print(conv(x).shape)
+grads = ops.grad(lambda x: conv(x).sum(), grad_position=None, weights=conv.trainable_params())(x)
+print(max(float(abs(g.asnumpy()).max()) for g in grads))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["(2, 32, 0, 7)", "0.0"]

@@ -130,5 +130,5 @@ def test_eval_reports_niqe_of_the_images_it_writes(tmp_path):
     for row in result["per_image"]:
         assert row["niqe"] == niqe(_read(out / f"{row['name']}_x2_SR.png"), border=2)
     assert result["niqe"] == pytest.approx(np.mean([r["niqe"] for r in result["per_image"]]), abs=1e-12)
-    bad = run_cli("eval", "--bicubic", "--scale", 2, "--hr-dir", TEST_DATA / "Set5", "--metrics", "psnr,lpips")
-    assert bad.returncode == 2 and "choose from psnr, ssim, niqe" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("eval", "--bicubic", "--scale", 2, "--hr-dir", TEST_DATA / "Set5", "--metrics", "psnr,nique")
+    assert bad.returncode == 2 and "choose from psnr, ssim, lpips" in bad.stderr and "Traceback" not in bad.stderr

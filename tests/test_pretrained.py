@@ -116,7 +116,8 @@ def test_own_names_and_listing(tmp_path, monkeypatch, published):
     listing = run_cli("weights", "list")
     assert listing.returncode == 0
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:-1]}
-    assert len(rows) == 9 and "my_x2" in rows and "EDSR x2, 1 blocks, 8 features" in rows["my_x2"]
+    assert len(rows) == 11 and "my_x2" in rows and "EDSR x2, 1 blocks, 8 features" in rows["my_x2"]
+    assert "alexnet-owt-7be5be79.pth" in rows["lpips_alex"] and "LPIPS trunk" in rows["lpips_vgg"]
     assert "edsr_baseline_x2-1bc95232.pt" in rows["edsr_baseline_x2"] and rows["mdsr"].rstrip().endswith("-")
     assert "MDSR x2+3+4, 80 blocks, 64 features (7.95 M parameters)" in rows["mdsr"]
     unknown = run_cli("upscale", "--ckpt", "no_such_name", tmp_path / "in.png", tmp_path / "o.png")

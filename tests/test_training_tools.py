@@ -121,3 +121,31 @@ def test_tensorboard_off_and_missing(tmp_path, monkeypatch):
     assert not (tmp_path / "auto" / "ckpt" / "tb").exists()
     with pytest.raises(KitError, match="tensorboard on needs tensorboardX"):
         _quiet(_opts(tmp_path / "on", epochs=1, tensorboard="on")).fit()
+
+
+def test_validation_lpips_goes_to_history_and_tensorboard(tmp_path, monkeypatch, rng):
+    """val_lpips: the LPIPS of the validation outputs per epoch in history.csv and under val/<set>/x<s>/lpips."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import edsr_lib.lpips
+    from reference import LPIPS_ALEX, LPIPS_ALEX_STAGES, random_lpips_weights, write_pt_legacy
+
+    trunk, _ = random_lpips_weights(rng, LPIPS_ALEX, LPIPS_ALEX_STAGES)
+    write_pt_legacy(tmp_path / "alex.pth", trunk)
+    asked = []
+
+    def random_trunk(metrics, **kwargs):
+        asked.append((tuple(metrics), kwargs.get("offline")))
+        return {"lpips": edsr_lib.lpips.LPIPS("alex", tmp_path / "alex.pth")}
+
+    monkeypatch.setattr(edsr_lib.lpips, "for_metrics", random_trunk)
+    opts = _opts(tmp_path, data_test="sample", epochs=2, tensorboard="on", val_lpips=True)
+    trainer = _quiet(opts)
+    trainer.fit()
+    assert asked == [(("lpips",), False)]  # one device: the trunk may be downloaded
+    lpips = [h["lpips"] for h in trainer.history]
+    assert all(0 < v < 1 for v in lpips) and "lpips" in (tmp_path / "ckpt" / "history.csv").read_text()
+    events = EventAccumulator(str(tmp_path / "ckpt" / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert np.allclose([e.value for e in events.Scalars("val/sample-test/x2/lpips")], lpips)
+    assert all("lpips" in row for row in trainer.validation[2])

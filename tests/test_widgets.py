@@ -123,3 +123,33 @@ def test_checkpoints_found_under_outputs_are_offered_and_loaded_only_when_chosen
     explorer._handles = (_Handle(), _Handle())
     explorer.methods.value = ("bicubic", "x3/best")
     assert "an x3 model" in explorer.status.value  # a clear message in the view, not a traceback
+
+
+def test_lpips_joins_the_scores_and_the_panel_titles(tmp_path, rng, monkeypatch):
+    """With an LPIPS given, each score is (PSNR, SSIM, LPIPS) on the protocol's RGB border crop, and the
+    comparison figure's titles show it; without, the titles show PSNR/SSIM only."""
+    from edsr_lib.lpips import LPIPS, cached
+    from edsr_lib.metrics import crop_border
+    from edsr_lib.pretrained import Registry
+    from reference import LPIPS_ALEX, LPIPS_ALEX_STAGES, lpips_forward, random_lpips_weights, write_pt_zip
+
+    trunk, head = random_lpips_weights(rng, LPIPS_ALEX, LPIPS_ALEX_STAGES)
+    write_pt_zip(tmp_path / "trunk.pth", trunk)
+    write_pt_zip(tmp_path / "head.pth", head)
+    dataset = SampleImages(2, "test")
+    protocol = protocol_for("sample", 2)
+    lpips = LPIPS("alex", tmp_path / "trunk.pth", tmp_path / "head.pth")
+    comparison = widgets.Comparison(dataset, {}, protocol, lpips=lpips)
+    hr, images, scores = comparison.outputs(0)
+    b = protocol.border
+    expected = lpips_forward(
+        trunk, head, LPIPS_ALEX, LPIPS_ALEX_STAGES, crop_border(images["bicubic"], b), hr[b:-b, b:-b]
+    )
+    assert len(scores["bicubic"]) == 3 and scores["bicubic"][2] == pytest.approx(expected, abs=1e-5)
+    titles = [ax.get_title() for ax in comparison.figure(0).axes]
+    assert any(f"LPIPS {expected:.3f}" in t for t in titles)
+    plain = widgets.Comparison(dataset, {}, protocol).figure(0)
+    assert not any("LPIPS" in ax.get_title() for ax in plain.axes)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torchvision's cache holds no trunk either
+    assert cached("alex", Registry(cache_dir=tmp_path / "empty"))[0] is None  # not cached: no LPIPS, and a note
+    assert "edsr weights fetch lpips_alex" in cached("alex", Registry(cache_dir=tmp_path / "empty"))[1]

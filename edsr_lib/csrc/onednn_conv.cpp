@@ -723,6 +723,7 @@ int WinogradConv(const float *x, const float *w, const float *bias, float *y, in
                  int64_t wd, int64_t o, bool flip, Epilogue epilogue, const float *skip, float scale,
                  int64_t shuffle = 0) {
   constexpr int kAlpha = W::kAlpha, kTile = W::kTile;
+  if (n == 0 || h == 0 || wd == 0 || o == 0) return 0;  // an empty output: nothing to write (and no tiles to split)
   std::lock_guard<std::mutex> lock(pool_mutex);
   Runtime *rt = GetRuntime();
   if (!rt) return kPlanFailed;
@@ -920,6 +921,11 @@ template <class W>
 int WinogradWeightGrad(const float *x, const float *dy, float *dw, float *db, int64_t n, int64_t c, int64_t h,
                        int64_t wd, int64_t o) {
   constexpr int kAlpha = W::kAlpha, kTile = W::kTile;
+  if (n == 0 || h == 0 || wd == 0) {  // no pixels: zero gradients
+    std::fill(dw, dw + o * c * 9, 0.f);
+    if (db) std::fill(db, db + o, 0.f);
+    return 0;
+  }
   std::lock_guard<std::mutex> lock(pool_mutex);
   Runtime *rt = GetRuntime();
   if (!rt) return kPlanFailed;
