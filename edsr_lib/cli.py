@@ -6,6 +6,8 @@ User mistakes raise KitError, printed here as one line with a non-zero exit; no 
 import argparse
 import sys
 
+import numpy as np
+
 from .errors import KitError, OneLineArgumentParser, describe_os_error, sigterm_interrupts
 
 
@@ -312,6 +314,99 @@ def _cmd_export(args):
     return 0
 
 
+def _cmd_compare(args):
+    from pathlib import Path
+
+    from .data import open_dataset
+    from .lpips import for_metrics
+    from .metrics import parse_metrics, protocol_for
+    from .report import build_report
+
+    metrics = parse_metrics(args.metrics or ("niqe" if args.lr_dir else "psnr,ssim"))
+    loaded = {spec: _compared_model(args, spec) for spec in dict.fromkeys(args.method)}
+    scales = {spec: model.arch.scale for spec, model in loaded.items() if model is not None}
+    args.scale = args.scale or next(iter(scales.values()), None)
+    if args.scale is None:
+        raise KitError("give --scale (no model to take it from)")
+    for spec, scale in scales.items():
+        if scale != args.scale:
+            raise KitError(f"{spec}: an x{scale} model, the comparison is x{args.scale}")
+    # labels: bicubic, a weights name, or a file's stem
+    methods = {spec if spec == "bicubic" or "/" not in spec and "." not in spec else Path(spec).stem: model
+               for spec, model in loaded.items()}  # fmt: skip
+    if args.hr_dir or args.data_test:
+        dataset = open_dataset(args.hr_dir or args.data_test, args.scale, args.dir_data, split="test")
+        images = ((dataset.names[i], *map(np.asarray, dataset.pair(i))) for i in range(len(dataset)))
+        count, protocol = len(dataset), protocol_for(dataset.name, args.scale)
+    else:
+        from .images import list_images, read_image, to_uint8
+
+        paths = list_images(args.lr_dir)
+        images = ((path.stem, to_uint8(read_image(path)[0]), None) for path in paths)
+        count, protocol = len(paths), protocol_for(args.lr_dir, args.scale)
+    if not count:
+        raise KitError(f"{args.hr_dir or args.lr_dir or args.data_test}: no images")
+    log = lambda m: print(f"edsr: {m}", file=sys.stderr)  # noqa: E731
+    lpips = {} if args.lr_dir else for_metrics(metrics, args.registry, args.mirror, args.offline, log=log)
+    summary = build_report(_Sized(images, count), args.scale, methods, args.out, protocol, metrics, lpips)
+    print(f"wrote {Path(args.out) / 'index.html'}")
+    if args.figure:
+        from .figures import crop_box, paper_figure
+        from .images import read_image
+
+        row = next((r for r in summary["images"] if r["name"] == args.figure), None)
+        if row is None:
+            names = ", ".join(r["name"] for r in summary["images"][:5])
+            raise KitError(f"--figure {args.figure}: no such image (the images: {names}, ...)")
+        outputs = {label: read_image(Path(args.out) / "images" / file)[0] for label, file in row["files"].items()}
+        shape = next(iter(outputs.values())).shape
+        if args.crop:
+            try:
+                y, x, size = (int(v) for v in args.crop.split(","))
+            except ValueError:
+                raise KitError(f"--crop {args.crop}: give Y,X,SIZE in pixels, e.g. 100,120,64") from None
+            box = crop_box(shape, (y + size // 2, x + size // 2), size)
+        else:
+            box = crop_box(shape, (shape[0] // 2, shape[1] // 2), 64)
+        hr = outputs.get("HR")
+        figure, _ = paper_figure(hr, outputs, box, row["scores"], args.width)
+        path = Path(args.out) / f"figure_{args.figure}.{args.format}"
+        from .files import atomic_write
+
+        undated = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(args.format)  # the same file each time
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format=args.format, dpi=300, metadata=undated))
+        print(f"wrote {path}")
+    return 0
+
+
+def _compared_model(args, spec):
+    """None for bicubic, else the model of a checkpoint (path or weights name) or an exported file."""
+    if spec == "bicubic":
+        return None
+    if spec.lower().endswith((".onnx", ".mindir")):
+        from .export import load_exported
+
+        return load_exported(spec)
+    from .runtime import setup_device
+    from .weights import load_model
+
+    setup_device(args.device_target)
+    return load_model(_checkpoint(args, spec), scale=args.scale)
+
+
+class _Sized:
+    """An iterator with a length (for the progress bar), read one item at a time."""
+
+    def __init__(self, items, count):
+        self.items, self.count = items, count
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self):
+        return self.count
+
+
 def _cmd_reproduce(args):
     from .evaluation import format_reproduction, reproduce
 
@@ -556,6 +651,29 @@ def build_parser():
     p.add_argument("names", nargs="*", help="weights names (and a path or folder, for add and mirror)")
     _add_weights_source(p)
     p.set_defaults(run=_cmd_weights)
+
+    p = sub.add_parser("compare", help="a static HTML comparison report (and paper figures) of SR methods")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hr-dir", "--hr_dir", dest="hr_dir", help="HR images (LR made with MATLAB bicubic)")
+    source.add_argument("--lr-dir", "--lr_dir", dest="lr_dir", help="LR images without ground truth (no PSNR/SSIM)")
+    source.add_argument("--data_test", "--data-test", dest="data_test", help="a dataset by name (sample, Set5, ...)")
+    p.add_argument("--dir_data", "--dir-data", dest="dir_data", default="", help="dataset root for --data_test")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="default: the first model's")
+    p.add_argument(
+        "--method",
+        action="append",
+        required=True,
+        help="repeat: bicubic, a checkpoint (path or weights name) or an exported .onnx/.mindir",
+    )
+    p.add_argument("--out", default="outputs/compare", help="report folder (index.html; replaced as a whole)")
+    p.add_argument("--metrics", default=None, help="as edsr eval (default psnr,ssim; niqe with --lr-dir)")
+    p.add_argument("--figure", default=None, help="also write the paper figure of this image (its name)")
+    p.add_argument("--crop", default=None, help="the figure's crop: Y,X,SIZE in HR pixels (default: a centre 64)")
+    p.add_argument("--format", default="pdf", choices=("pdf", "svg", "png"), help="the figure's file format")
+    p.add_argument("--width", default="two-column", choices=("one-column", "two-column"), help="the figure's width")
+    _add_weights_source(p)
+    _add_device(p)
+    p.set_defaults(run=_cmd_compare)
 
     p = sub.add_parser("reproduce", help="evaluate the published weights on the benchmarks against the papers' table")
     p.add_argument("--models", default=None, help="comma-separated weights names (default: all eight)")

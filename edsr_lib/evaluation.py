@@ -62,6 +62,22 @@ def bicubic_upscale(lr, scale):
     return quantize(imresize(lr, scale))
 
 
+def score_image(sr, hr, protocol, metrics=("psnr", "ssim"), lpips=None):
+    """{metric: value} of one uint8 SR image (HR None: the no-reference metrics only) under `protocol`; `lpips`:
+    metric name -> `lpips.LPIPS` for the LPIPS metrics asked."""
+    row = {}
+    if hr is not None:
+        if "psnr" in metrics:
+            row["psnr"] = psnr(sr, hr, protocol)
+        if "ssim" in metrics:
+            row["ssim"] = ssim(sr, hr, protocol)
+        for name, model_of_metric in (lpips or {}).items():
+            row[name] = model_of_metric(crop_border(sr, protocol.border), crop_border(hr, protocol.border))
+    if "niqe" in metrics:
+        row["niqe"] = niqe(sr, protocol.border)
+    return row
+
+
 def evaluate(
     dataset,
     model=None,
@@ -104,16 +120,7 @@ def evaluate(
             sr = upscale(model, lr, tile=tile, self_ensemble=self_ensemble)
         if save_dir is not None:
             write_image(Path(save_dir) / f"{dataset.names[i]}_x{scale}_SR.png", sr)
-        row = {"name": dataset.names[i]}
-        if "psnr" in metrics:
-            row["psnr"] = psnr(sr, hr, protocol)
-        if "ssim" in metrics:
-            row["ssim"] = ssim(sr, hr, protocol)
-        for name, model_of_metric in lpips.items():
-            row[name] = model_of_metric(crop_border(sr, protocol.border), crop_border(hr, protocol.border))
-        if "niqe" in metrics:
-            row["niqe"] = niqe(sr, protocol.border)
-        rows.append(row)
+        rows.append({"name": dataset.names[i], **score_image(sr, hr, protocol, metrics, lpips)})
         if len(kept) < keep_images:
             kept.append((dataset.names[i], lr, sr, hr))
     result = {

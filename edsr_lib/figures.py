@@ -333,3 +333,37 @@ def plot_degradations(lrs, scale, box=None):
         for ax in axes[:, column]:
             _hide_axes(ax)
     return fig
+
+
+# Page widths of two-column SR papers (IEEE/CVF templates), in inches.
+PAPER_WIDTHS = {"one-column": 3.3, "two-column": 6.9}
+
+
+def paper_figure(hr, outputs, box, scores=None, width="two-column"):
+    """The SR-paper comparison figure: the full image with the crop box, then the same crop of every output, zoomed
+    by repeating pixels, each with its name and PSNR/SSIM beneath. `outputs`: label -> HxWx3 uint8 (HR among them
+    when wanted); text stays text in PDF/SVG. Returns (figure, {label: the crop shown})."""
+    import matplotlib as mpl
+    from matplotlib.patches import Rectangle
+
+    top, left, size = box
+    crops = {label: np.asarray(img)[top : top + size, left : left + size] for label, img in outputs.items()}
+    columns = min(len(crops), 4 if width == "two-column" else 2)
+    rows = -(-len(crops) // columns)
+    page = PAPER_WIDTHS[width]
+    crop_side = page * 0.62 / columns
+    with mpl.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none", "font.size": 7}):
+        fig = Figure(figsize=(page, max(crop_side * rows * 1.25, page * 0.3) + 0.1), layout="constrained")
+        grid = fig.add_gridspec(rows, columns + 2)
+        whole = fig.add_subplot(grid[:, :2])
+        whole.imshow(hr if hr is not None else next(iter(outputs.values())))
+        whole.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="red", lw=1))
+        _hide_axes(whole)
+        for k, (label, crop) in enumerate(crops.items()):
+            ax = fig.add_subplot(grid[k // columns, 2 + k % columns])
+            ax.imshow(crop, interpolation="nearest")
+            score = (scores or {}).get(label) or {}
+            numbers = " / ".join(f"{score[m]:.2f}" if m == "psnr" else f"{score[m]:.4f}" for m in score)
+            ax.set_xlabel(label + (f"\n{numbers}" if numbers else ""), fontsize=7)
+            _hide_axes(ax)
+    return fig, crops

@@ -1,0 +1,139 @@
+"""`edsr compare`: the report's scores are `edsr eval`'s, its files deterministic and replaced atomically, the paper
+figure's crops are the outputs' pixels; in Chromium (when installed) the report works from file:// with no console
+error: sorting, the image page's synchronised zoom and the wipe."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edsr_lib import cli
+from edsr_lib.figures import crop_box, paper_figure
+from edsr_lib.model import Architecture, build_model, state_dict
+from edsr_lib.weights import save_checkpoint
+from conftest import TEST_DATA
+
+CHROMIUM = Path("/usr/lib/chromium/chromium")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A report of bicubic and a random x2 model on Set5, and `edsr eval --json` of both."""
+    work = tmp_path_factory.mktemp("report")
+    arch = Architecture(scale=2, n_resblocks=1, n_feats=8)
+    save_checkpoint(work / "tiny.ckpt", arch, state_dict(build_model(arch)))
+    argv = ["compare", "--hr-dir", str(TEST_DATA / "Set5"), "--scale", "2", "--method", "bicubic"]
+    argv += ["--method", str(work / "tiny.ckpt"), "--out", str(work / "rep"), "--figure", "baby", "--crop", "90,100,48"]
+    assert cli.main(argv) == 0
+    evals = {}
+    for name, method in (("bicubic", ["--bicubic", "--scale", "2"]), ("tiny", ["--ckpt", str(work / "tiny.ckpt")])):
+        out = work / f"{name}.json"
+        assert cli.main(["eval", *method, "--hr-dir", str(TEST_DATA / "Set5"), "--json", str(out)]) == 0
+        evals[name] = json.loads(out.read_text())
+    return work, argv, evals
+
+
+def _digests(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_scores_are_edsr_evals_and_the_best_is_marked(report):
+    work, _, evals = report
+    summary = json.loads((work / "rep" / "report.json").read_text())
+    assert summary["methods"] == ["bicubic", "tiny"] and summary["protocol"] == evals["bicubic"]["protocol"]
+    for label in ("bicubic", "tiny"):
+        expected = {r["name"]: (r["psnr"], r["ssim"]) for r in evals[label]["per_image"]}
+        got = {r["name"]: (r["scores"][label]["psnr"], r["scores"][label]["ssim"]) for r in summary["images"]}
+        assert got == expected
+        assert summary["means"][label]["psnr"] == pytest.approx(evals[label]["psnr"], abs=1e-12)
+    index = (work / "rep" / "index.html").read_text()
+    assert index.count('class="best"') == 2 * len(summary["images"])  # one per image and metric (2 methods)
+    assert "http" not in index.replace("http-equiv", "")  # nothing fetched from the network
+
+
+def test_the_same_inputs_give_the_same_files_and_foreign_folders_are_refused(report, tmp_path, capsys):
+    work, argv, _ = report
+    before = _digests(work / "rep")
+    assert cli.main(argv) == 0
+    assert _digests(work / "rep") == before and not list(work.glob(".rep.partial-*"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    bad = [*argv[: argv.index("--out")], "--out", str(tmp_path / "mine")]
+    assert cli.main(bad) == 2
+    assert "holds files the kit did not write" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+
+
+def test_the_paper_figure_shows_the_outputs_pixels(report):
+    work, _, _ = report
+    assert (work / "rep" / "figure_baby.pdf").read_bytes()[:5] == b"%PDF-"
+    summary = json.loads((work / "rep" / "report.json").read_text())
+    row = next(r for r in summary["images"] if r["name"] == "baby")
+    outputs = {label: np.asarray(Image.open(work / "rep" / "images" / f)) for label, f in row["files"].items()}
+    box = crop_box(outputs["HR"].shape, (90 + 24, 100 + 24), 48)
+    figure, crops = paper_figure(outputs["HR"], outputs, box, row["scores"])
+    assert box == (90, 100, 48) and len(figure.axes) == 1 + len(outputs)
+    for label, crop in crops.items():
+        assert np.array_equal(crop, outputs[label][90:138, 100:148])
+    labels = [ax.get_xlabel() for ax in figure.axes[1:]]
+    assert (
+        labels[0] == "HR"
+        and labels[1].startswith("bicubic\n")
+        and f"{row['scores']['bicubic']['psnr']:.2f}" in labels[1]
+    )
+    shown = [ax.images[0].get_array() for ax in figure.axes[1:]]
+    assert all(np.array_equal(np.asarray(s), crops[label]) for s, label in zip(shown, crops, strict=True))
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (.ci/run installs it as root)")
+def test_the_report_in_chromium(report):
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    work, _, evals = report
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((work / "rep" / "index.html").as_uri())
+        rows = page.locator("#scores tbody tr")
+        assert rows.count() == len(evals["bicubic"]["per_image"])
+        first_psnr = {r["name"]: r["psnr"] for r in evals["bicubic"]["per_image"]}
+        for i in range(rows.count()):
+            name = rows.nth(i).locator("td").first.inner_text()
+            assert float(rows.nth(i).locator("td").nth(1).get_attribute("data-value")) == first_psnr[name]
+        page.locator("#scores th").nth(1).click()  # sort by bicubic PSNR, ascending
+        values = [float(v) for v in page.locator("#scores tbody tr td:nth-child(2)").evaluate_all(
+            "cells => cells.map(c => c.dataset.value)")]  # fmt: skip
+        assert values == sorted(values)
+        page.locator("#scores tbody a", has_text="baby").click()
+        page.wait_for_selector(".panel img")
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        transforms = page.locator(".panel img").evaluate_all("imgs => imgs.map(i => i.style.transform)")
+        page.locator("#zoom-in").click()
+        zoomed = page.locator(".panel img").evaluate_all("imgs => imgs.map(i => i.style.transform)")
+        assert len(set(zoomed)) == 1 and zoomed != transforms and "scale(2)" in zoomed[0]  # every panel moved
+        assert page.evaluate("window.viewState.zoom") == 2
+        wipe = page.locator(".wipe")
+        box = wipe.bounding_box()
+        page.select_option("#wipe-before", "HR")
+        page.select_option("#wipe-after", "tiny")
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        spot = {"x": box["width"] * 0.3, "y": box["height"] * 0.5}
+        left = np.asarray(Image.open(__import__("io").BytesIO(wipe.screenshot())))
+        page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.5)  # the divider to 10%
+        right = np.asarray(Image.open(__import__("io").BytesIO(wipe.screenshot())))
+        y, x = int(spot["y"]), int(spot["x"])
+        assert page.locator("#wipe-position").input_value() == "10"
+        assert not np.array_equal(left[y - 5 : y + 5, x - 5 : x + 5], right[y - 5 : y + 5, x - 5 : x + 5])
+        page.keyboard.press("ArrowRight")
+        assert page.locator("#wipe-position").input_value() == "15"
+        browser.close()
+    assert errors == []
