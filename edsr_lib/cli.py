@@ -323,7 +323,8 @@ def _cmd_compare(args):
     from .report import build_report
 
     metrics = parse_metrics(args.metrics or ("niqe" if args.lr_dir else "psnr,ssim"))
-    loaded = {spec: _compared_model(args, spec) for spec in dict.fromkeys(args.method)}
+    named = dict(_method_label(spec) for spec in args.method)  # label -> spec
+    loaded = {spec: _compared_model(args, spec) for spec in named.values()}
     scales = {spec: model.arch.scale for spec, model in loaded.items() if model is not None}
     args.scale = args.scale or next(iter(scales.values()), None)
     if args.scale is None:
@@ -331,9 +332,7 @@ def _cmd_compare(args):
     for spec, scale in scales.items():
         if scale != args.scale:
             raise KitError(f"{spec}: an x{scale} model, the comparison is x{args.scale}")
-    # labels: bicubic, a weights name, or a file's stem
-    methods = {spec if spec == "bicubic" or "/" not in spec and "." not in spec else Path(spec).stem: model
-               for spec, model in loaded.items()}  # fmt: skip
+    methods = {label: loaded[spec] for label, spec in named.items()}
     if args.hr_dir or args.data_test:
         dataset = open_dataset(args.hr_dir or args.data_test, args.scale, args.dir_data, split="test")
         images = ((dataset.names[i], *map(np.asarray, dataset.pair(i))) for i in range(len(dataset)))
@@ -377,6 +376,16 @@ def _cmd_compare(args):
         atomic_write(path, lambda tmp: figure.savefig(tmp, format=args.format, dpi=300, metadata=undated))
         print(f"wrote {path}")
     return 0
+
+
+def _method_label(spec):
+    """(label, spec) of a --method value: 'LABEL=SPEC' as given, else bicubic, a weights name or a file's stem."""
+    label, sep, rest = spec.partition("=")
+    if sep and label and "/" not in label:
+        return label, rest
+    from pathlib import Path
+
+    return (spec if spec == "bicubic" or ("/" not in spec and "." not in spec) else Path(spec).stem), spec
 
 
 def _compared_model(args, spec):
@@ -663,7 +672,7 @@ def build_parser():
         "--method",
         action="append",
         required=True,
-        help="repeat: bicubic, a checkpoint (path or weights name) or an exported .onnx/.mindir",
+        help="repeat: bicubic, a checkpoint (path or weights name) or an exported .onnx/.mindir; LABEL=... names it",
     )
     p.add_argument("--out", default="outputs/compare", help="report folder (index.html; replaced as a whole)")
     p.add_argument("--metrics", default=None, help="as edsr eval (default psnr,ssim; niqe with --lr-dir)")

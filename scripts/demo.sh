@@ -10,6 +10,6 @@ export DEVICE_TARGET="${DEVICE_TARGET:-CPU}"
 rm -rf outputs/demo
 "$VENV_PY" -m edsr_lib.launch standalone sample --output-dir outputs/demo "$@"
 # The comparison to share: a report that opens from disk in any browser, and the paper-style figure of one photo.
-"$VENV_PY" -m edsr_lib.cli compare --data_test sample --method outputs/demo/ckpt/best.ckpt --method bicubic \
+"$VENV_PY" -m edsr_lib.cli compare --data_test sample --method EDSR=outputs/demo/ckpt/best.ckpt --method bicubic \
   --out outputs/demo/report --figure chelsea --crop 110,200,64
 echo "comparison report: outputs/demo/report/index.html (paper figure: outputs/demo/report/figure_chelsea.pdf)"

@@ -137,3 +137,12 @@ def test_the_report_in_chromium(report):
         assert page.locator("#wipe-position").input_value() == "15"
         browser.close()
     assert errors == []
+
+
+def test_method_labels():
+    from edsr_lib.cli import _method_label
+
+    assert _method_label("EDSR=runs/x2/best.ckpt") == ("EDSR", "runs/x2/best.ckpt")
+    assert _method_label("runs/lr=1e-4/best.ckpt") == ("best", "runs/lr=1e-4/best.ckpt")
+    assert _method_label("edsr_x2") == ("edsr_x2", "edsr_x2") and _method_label("bicubic") == ("bicubic", "bicubic")
+    assert _method_label("m.onnx") == ("m", "m.onnx")
