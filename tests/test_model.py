@@ -47,9 +47,14 @@ def test_parameter_names_mirror_published_keys():
 def test_scales_products_of_two_and_three():
     assert upsampling_factors(6) == [2, 3]
     assert upsampling_factors(8) == [2, 2, 2]
-    for bad in (5, 7, 0, 1):
-        with pytest.raises(KitError):
-            upsampling_factors(bad)
+
+
+@pytest.mark.parametrize(
+    "bad, message", [(5, "scale 5 is not supported"), (7, "scale 7 is not"), (1, "scale 1 is not"), (0, "positive")]
+)
+def test_other_scales_are_refused_with_the_reason(bad, message):
+    with pytest.raises(KitError, match=message):
+        upsampling_factors(bad)
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,23 @@ def test_presets_and_validation():
     paper = Options.for_preset("paper", scale=4, patch_size=192)
     assert (paper.n_resblocks, paper.n_feats, paper.res_scale) == (32, 256, 0.1)
     assert paper.architecture().scale == 4
-    for bad in (dict(decay="400-200"), dict(decay="x"), dict(patch_size=97), dict(amp_level="O9"), dict(epochs=0)):
-        with pytest.raises(KitError):
-            Options(**bad)
     with pytest.raises(KitError, match="unknown option"):
         Options.from_dict({"scale": 2, "lr_typo": 1})
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(decay="400-200"), "decay epochs must be positive and increasing"),
+        (dict(decay="x"), "decay must be positive epochs"),
+        (dict(patch_size=97), "patch_size 97 must be a multiple of scale"),
+        (dict(amp_level="O9"), "amp_level must be O0"),
+        (dict(epochs=0), "epochs must be at least 1"),
+    ],
+)
+def test_bad_options_are_refused_with_their_reason(bad, message):
+    with pytest.raises(KitError, match=message):
+        Options(**bad)
 
 
 def test_patch_size_defaults_to_the_recipe_and_namespace_picks_options():
