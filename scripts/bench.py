@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench.py                 # imresize, data pipeline, inference, training step, layers
     .venv/bin/python scripts/bench.py --quick         # fewer sizes, and one round instead of two
     .venv/bin/python scripts/bench.py --memory        # + tiled paper-x4 inference: time and peak memory (slow);
-                                                      #   with it, one run measures every target of issue 16
+                                                      #   with it, one run measures every one of TARGETS
     .venv/bin/python scripts/bench.py --memory-full --engines kit,torch   # the same at 2040x1356, tile 256 (slower)
     .venv/bin/python scripts/bench.py --train         # training steps only: one graph, multi-graph, host spinning
     .venv/bin/python scripts/bench.py --export        # one image: checkpoint, MINDIR (in process, child), ONNX
@@ -398,7 +398,7 @@ def bench_memory(case="quarter", engines=None):
     return results
 
 
-# The CPU speed and memory targets (issue 16): kit / PyTorch at most this, measured in one run (--memory).
+# The CPU speed and memory targets: kit / PyTorch at most this, measured in one run (--memory).
 TARGETS = {
     "baseline x2 96x96": 0.75,
     "baseline x2 192x192": 0.75,
