@@ -7,6 +7,7 @@ while the controls themselves need a running kernel.
 """
 
 import io
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -145,6 +146,7 @@ class ComparisonExplorer:
         )
         self.status = w.HTML()
         self._handles = None
+        self._pictures = None  # the pictures as widgets (under Voilà)
         for control in (self.image, self.methods, self.y, self.x, self.crop):
             control.observe(self.redraw, names="value")
         for control in (self.left, self.right, self.split):
@@ -199,7 +201,11 @@ class ComparisonExplorer:
         except KitError as exc:
             self._set_status(f"error: {exc}")
             return
-        if self._handles and None not in self._handles:  # (display returns None outside a kernel)
+        if self._pictures:
+            if figure is not None:
+                self._pictures[0].value = figure
+            self._pictures[1].value = wipe
+        elif self._handles and None not in self._handles:  # (display returns None outside a kernel)
             if figure is not None:
                 self._handles[0].update(ShownImage(data=figure))
             self._handles[1].update(ShownImage(data=wipe))
@@ -238,6 +244,15 @@ class ComparisonExplorer:
 
         show_controls(self.controls)
         figure, wipe = self.comparison_png(), self.wipe_png()
+        # Voilà (which sets VOILA_KERNEL_ID in its kernels) renders ordinary outputs once on the server, so there the
+        # pictures are widgets; in Jupyter they are outputs, which a saved notebook keeps as they were last shown.
+        if "VOILA_KERNEL_ID" in os.environ:
+            import ipywidgets as w
+
+            self._pictures = [w.Image(value=png, format="png") for png in (figure, wipe)]
+            show_controls(w.VBox(self._pictures))
+            self._set_status(f"{self.comparison.names[self.image.value]}: ready")
+            return
         self._handles = (
             display(ShownImage(data=figure), display_id=True),
             display(ShownImage(data=wipe), display_id=True),

@@ -146,3 +146,78 @@ def test_method_labels():
     assert _method_label("runs/lr=1e-4/best.ckpt") == ("best", "runs/lr=1e-4/best.ckpt")
     assert _method_label("edsr_x2") == ("edsr_x2", "edsr_x2") and _method_label("bicubic") == ("bicubic", "bicubic")
     assert _method_label("m.onnx") == ("m", "m.onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (.ci/run installs it as root)")
+def test_notebook_04_as_a_voila_app(tmp_path):
+    """`voila notebooks/04_visual_comparison.ipynb` on 127.0.0.1: no code shown, the explorer renders, and dragging
+    its crop slider redraws both its pictures."""
+    pytest.importorskip("voila", reason="voila is in the lab and test extras")
+    pytest.importorskip("playwright")
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    from conftest import ROOT
+
+    shutil.copy(ROOT / "notebooks" / "04_visual_comparison.ipynb", tmp_path / "04.ipynb")
+    arch = Architecture(scale=2, n_resblocks=1, n_feats=8)  # where notebook 04 looks for notebook 02's model
+    save_checkpoint(tmp_path / "outputs" / "02_train" / "ckpt" / "best.ckpt", arch, state_dict(build_model(arch)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "voila.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "voila", "04.ipynb", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:  # a connection, not a page: each page request runs the notebook in a new kernel
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError((tmp_path / "voila.log").read_text()[-3000:]) from None
+                time.sleep(1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/", timeout=300_000)
+            page.wait_for_selector(".widget-image", timeout=300_000)
+            assert page.locator("text=Error displaying widget").count() == 0
+            assert "from edsr_lib" not in page.inner_text("body")  # no code shown
+
+            def pictures():
+                return page.locator(".widget-image").evaluate_all("imgs => imgs.map(i => i.src)")
+
+            before = pictures()
+            assert len(before) == 2, "the explorer shows its comparison and its wipe"
+            handle = page.locator(".widget-slider .noUi-handle").nth(1)  # crop x
+            handle.scroll_into_view_if_needed()
+            box = handle.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 70, box["y"] + box["height"] / 2, steps=5)
+            page.mouse.up()
+            after, deadline = pictures(), time.time() + 60
+            while time.time() < deadline:  # each step of the drag redraws: wait until the pictures settle
+                time.sleep(2)
+                latest = pictures()
+                if latest == after and latest != before:
+                    break
+                after = latest
+            assert after[0] != before[0] and after[1] != before[1], "the crop slider redraws both pictures"
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
