@@ -350,7 +350,7 @@ def _cmd_compare(args):
     summary = build_report(_Sized(images, count), args.scale, methods, args.out, protocol, metrics, lpips)
     print(f"wrote {Path(args.out) / 'index.html'}")
     if args.figure:
-        from .figures import crop_box, paper_figure
+        from .figures import crop_box, paper_figure, save_figure
         from .images import read_image
 
         row = next((r for r in summary["images"] if r["name"] == args.figure), None)
@@ -370,10 +370,7 @@ def _cmd_compare(args):
         hr = outputs.get("HR")
         figure, _ = paper_figure(hr, outputs, box, row["scores"], args.width)
         path = Path(args.out) / f"figure_{args.figure}.{args.format}"
-        from .files import atomic_write
-
-        undated = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(args.format)  # the same file each time
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format=args.format, dpi=300, metadata=undated))
+        save_figure(figure, path, dpi=300)
         print(f"wrote {path}")
     return 0
 

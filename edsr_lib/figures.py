@@ -16,7 +16,11 @@ def figure_png(fig, dpi=110):
 
 
 def save_figure(fig, path, dpi=110):
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:]))
+    """Save `fig` atomically in the format its suffix names; PDF and SVG undated, so the same figure gives the same
+    file."""
+    kind = Path(path).suffix[1:]
+    undated = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(kind)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=kind, metadata=undated))
     return Path(path)
 
 

@@ -225,6 +225,7 @@ def test_notebooks_chain_with_their_defaults(chain):
     assert "03_evaluate/metrics.json" in names and sum(n.endswith("_SR.png") for n in names) == 3
     comparison = json.loads((work / "outputs" / "04_visual_comparison" / "metrics.json").read_text())
     assert set(comparison["scores"]) == {"bicubic", "EDSR"}
+    assert (work / "outputs" / "04_visual_comparison" / "figure.pdf").read_bytes()[:5] == b"%PDF-"  # paper figure
     assert "trained by 02_train.ipynb" in _text_outputs(work / "05.ipynb")
 
 
