@@ -224,6 +224,12 @@ def _array(weights, key, shape):
     return value
 
 
+def _trunk(net):
+    if net not in TRUNKS:
+        raise KitError(f"LPIPS trunk {net!r}: choose from {', '.join(TRUNKS)}")
+    return TRUNKS[net]
+
+
 def _bundled_heads(trunk):
     file, digest = trunk.heads
     path = HEADS_DIR / file
@@ -236,17 +242,13 @@ class LPIPS:
     """LPIPS v0.1 with the `net` trunk ('alex', the package's default, or 'vgg').
 
     `trunk_weights`/`head_weights`: paths to a torchvision `.pth` and an lpips head `.pth` (read with the kit's
-    torch-free reader); by default the registry's trunk (fetched by name on first use, see `load`) and the heads
-    shipped with the kit. `tile`: the crop core side for large images (default: the trunk's)."""
+    torch-free reader); the heads default to those shipped with the kit, and `load` fetches the registry's trunk.
+    `tile`: the crop core side for large images (default: the trunk's)."""
 
-    def __init__(self, net="alex", trunk_weights=None, head_weights=None, tile=None, conv_kernel="auto"):
+    def __init__(self, net, trunk_weights, head_weights=None, tile=None, conv_kernel="auto"):
         from .torch_pickle import load_torch_state_dict
 
-        if net not in TRUNKS:
-            raise KitError(f"LPIPS trunk {net!r}: choose from {', '.join(TRUNKS)}")
-        self.trunk = TRUNKS[net]
-        if trunk_weights is None:
-            raise KitError(f"LPIPS {net}: give the trunk's weights (LPIPS.load fetches {self.trunk.weights})")
+        self.trunk = _trunk(net)
         head_weights = head_weights or _bundled_heads(self.trunk)
         # op by op: as fast as one dynamic-shape graph here, and its intermediates are freed as it goes
         self.network = _StageDistances(
@@ -261,10 +263,8 @@ class LPIPS:
         hash-checked; offline and not cached, one line saying which file to place where."""
         from .pretrained import Registry
 
-        if net not in TRUNKS:
-            raise KitError(f"LPIPS trunk {net!r}: choose from {', '.join(TRUNKS)}")
         registry = registry or Registry()
-        trunk = registry.fetch(TRUNKS[net].weights, mirrors, offline, progress, log)
+        trunk = registry.fetch(_trunk(net).weights, mirrors, offline, progress, log)
         return cls(net, trunk)
 
     def stages(self, image0, image1):

@@ -95,3 +95,25 @@ def server():
     _RangeHandler.length, _RangeHandler.wrong_offset, _RangeHandler.trickle = "exact", False, None
     yield f"http://127.0.0.1:{httpd.server_address[1]}", _RangeHandler
     httpd.shutdown()
+
+
+def drag_crop_slider(page, pictures, before):
+    """Drag the comparison explorer's crop-x slider 70 px (in a Playwright page) and return `pictures()` once they
+    have changed from `before` and settled (each step of the drag redraws), or after 60 s."""
+    import time
+
+    handle = page.locator(".widget-slider .noUi-handle").nth(1)  # crop x
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 70, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    after, deadline = pictures(), time.time() + 60
+    while time.time() < deadline:
+        time.sleep(2)
+        latest = pictures()
+        if latest == after and latest != before:
+            break
+        after = latest
+    return after

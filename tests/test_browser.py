@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, drag_crop_slider
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")  # Debian's binary; /usr/bin/chromium is a wrapper script
 SCREENSHOTS = ROOT / "outputs" / "browser-test"
@@ -182,20 +182,7 @@ def test_notebooks_run_interact_save_and_reopen_in_a_real_browser(lab, browser):
     assert page.locator("text=Error displaying widget").count() == 0
     before = _last_cell_pictures(page)
     assert len(before) == 2, "the explorer shows its comparison and its wipe"
-    handle = page.locator(".widget-slider .noUi-handle").nth(1)  # crop x
-    handle.scroll_into_view_if_needed()
-    box = handle.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 70, box["y"] + box["height"] / 2, steps=5)
-    page.mouse.up()
-    after, deadline = _last_cell_pictures(page), time.time() + 60
-    while time.time() < deadline:  # each step of the drag redraws: wait until the pictures settle
-        time.sleep(2)
-        latest = _last_cell_pictures(page)
-        if latest == after and latest != before:
-            break
-        after = latest
+    after = drag_crop_slider(page, lambda: _last_cell_pictures(page), before)
     assert after[0] != before[0] and after[1] != before[1], "dragging the crop slider redraws both pictures"
     page.screenshot(path=str(SCREENSHOTS / "04_after_drag.png"))
     _save(page)
