@@ -323,7 +323,19 @@ def _cmd_compare(args):
     from .report import build_report
 
     metrics = parse_metrics(args.metrics or ("niqe" if args.lr_dir else "psnr,ssim"))
-    named = dict(_method_label(spec) for spec in args.method)  # label -> spec
+    crop = None  # checked before any work
+    if args.crop:
+        try:
+            crop = tuple(int(v) for v in args.crop.split(","))
+            if len(crop) != 3 or min(crop[:2]) < 0 or crop[2] < 1:
+                raise ValueError
+        except ValueError:
+            raise KitError(f"--crop {args.crop}: give Y,X,SIZE in pixels, e.g. 100,120,64") from None
+    named = {}  # label -> spec
+    for label, spec in map(_method_label, args.method):
+        if named.get(label, spec) != spec:
+            raise KitError(f"--method: {named[label]} and {spec} are both labelled {label}; name one with LABEL={spec}")
+        named[label] = spec
     loaded = {spec: _compared_model(args, spec) for spec in named.values()}
     scales = {spec: model.arch.scale for spec, model in loaded.items() if model is not None}
     args.scale = args.scale or next(iter(scales.values()), None)
@@ -337,17 +349,23 @@ def _cmd_compare(args):
         dataset = open_dataset(args.hr_dir or args.data_test, args.scale, args.dir_data, split="test")
         images = ((dataset.names[i], *map(np.asarray, dataset.pair(i))) for i in range(len(dataset)))
         count, protocol = len(dataset), protocol_for(dataset.name, args.scale)
+        folders = dataset.folders()
     else:
         from .images import list_images, read_image, to_uint8
 
         paths = list_images(args.lr_dir)
         images = ((path.stem, to_uint8(read_image(path)[0]), None) for path in paths)
         count, protocol = len(paths), protocol_for(args.lr_dir, args.scale)
+        folders = [args.lr_dir]
     if not count:
         raise KitError(f"{args.hr_dir or args.lr_dir or args.data_test}: no images")
     log = lambda m: print(f"edsr: {m}", file=sys.stderr)  # noqa: E731
     lpips = {} if args.lr_dir else for_metrics(metrics, args.registry, args.mirror, args.offline, log=log)
-    summary = build_report(_Sized(images, count), args.scale, methods, args.out, protocol, metrics, lpips)
+    inputs = [(spec, "a compared model") for spec in named.values() if Path(spec).exists()]
+    inputs += [(folder, "the images compared") for folder in folders]
+    summary = build_report(
+        _Sized(images, count), args.scale, methods, args.out, protocol, metrics, lpips, inputs=inputs
+    )
     print(f"wrote {Path(args.out) / 'index.html'}")
     if args.figure:
         from .figures import crop_box, paper_figure, save_figure
@@ -359,11 +377,8 @@ def _cmd_compare(args):
             raise KitError(f"--figure {args.figure}: no such image (the images: {names}, ...)")
         outputs = {label: read_image(Path(args.out) / "images" / file)[0] for label, file in row["files"].items()}
         shape = next(iter(outputs.values())).shape
-        if args.crop:
-            try:
-                y, x, size = (int(v) for v in args.crop.split(","))
-            except ValueError:
-                raise KitError(f"--crop {args.crop}: give Y,X,SIZE in pixels, e.g. 100,120,64") from None
+        if crop:
+            y, x, size = crop
             box = crop_box(shape, (y + size // 2, x + size // 2), size)
         else:
             box = crop_box(shape, (shape[0] // 2, shape[1] // 2), 64)

@@ -66,10 +66,11 @@ let drag = null;
 for (const v of [...views, document.querySelector(".wipe")]) {
   v.addEventListener("wheel", e => { e.preventDefault(); const r = v.getBoundingClientRect();
     zoomAt(e.deltaY < 0 ? 1.25 : 0.8, e.clientX - r.left, e.clientY - r.top); });
-  v.addEventListener("mousedown", e => { if (v.classList.contains("wipe") && e.shiftKey === false) return;
-    drag = { x: e.clientX, y: e.clientY }; });
+  // a drag pans; on the wipe only with shift held (a plain drag there moves the divider)
+  v.addEventListener("mousedown", e => {
+    if (!v.classList.contains("wipe") || e.shiftKey) drag = { x: e.clientX, y: e.clientY };
+  });
 }
-for (const v of views) v.addEventListener("mousedown", e => { drag = { x: e.clientX, y: e.clientY }; });
 window.addEventListener("mouseup", () => drag = null);
 window.addEventListener("mousemove", e => { if (!drag) return;
   state.x -= (e.clientX - drag.x) / state.zoom; state.y -= (e.clientY - drag.y) / state.zoom;
@@ -107,31 +108,20 @@ def _method_file(label):
     return f"{keep}.png"
 
 
-def _labels(methods):
-    """Unique, readable labels in the order given ('bicubic', a weights name, a checkpoint's stem, ...)."""
-    labels = []
-    for label in methods:
-        base, n = label, 2
-        while label in labels:
-            label, n = f"{base} ({n})", n + 1
-        labels.append(label)
-    return labels
-
-
-def build_report(images, scale, methods, out, protocol, metrics=("psnr", "ssim"), lpips=None, progress=True):
+def build_report(images, scale, methods, out, protocol, metrics=("psnr", "ssim"), lpips=None, progress=True, inputs=()):
     """Write the report to `out` (replaced atomically). `images`: (name, LR, HR or None) per image, read one at a
-    time; `methods`: label -> model (None: bicubic). Returns {"images": [...], "methods", "means", ...}."""
+    time; `methods`: label -> model (None: bicubic); `inputs`: (path, what it is) that `out` may not overwrite.
+    Returns {"images": [...], "methods", "means", ...}."""
     out = Path(out)
-    prepare_output_folder(out, "--out")  # refuses a folder of someone else's files before any work
+    prepare_output_folder(out, "--out", inputs)  # before any work: no input, no folder of someone else's files
     work = out.parent / f".{out.name}{TEMPORARY_TAG}{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "images").mkdir(parents=True)
-    labels = dict(zip(_labels(list(methods)), methods.values(), strict=True))
     rows = []
     try:
         for index, (name, lr, hr) in enumerate(progress_bar(images, "compare", progress, unit="img")):
-            rows.append(_image_page(work, index, name, lr, hr, scale, labels, protocol, metrics, lpips))
-        summary = _summary(rows, list(labels), protocol, scale, metrics)
+            rows.append(_image_page(work, index, name, lr, hr, scale, methods, protocol, metrics, lpips))
+        summary = _summary(rows, list(methods), protocol, scale, metrics)
         (work / "index.html").write_text(_index_html(summary))
         (work / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         (work / OUTPUT_MARKER).touch()
@@ -146,7 +136,7 @@ def build_report(images, scale, methods, out, protocol, metrics=("psnr", "ssim")
     return summary
 
 
-def _image_page(work, index, name, lr, hr, scale, labels, protocol, metrics, lpips):
+def _image_page(work, index, name, lr, hr, scale, methods, protocol, metrics, lpips):
     from .inference import upscale
 
     folder = work / "images" / f"{index:03d}"
@@ -154,7 +144,7 @@ def _image_page(work, index, name, lr, hr, scale, labels, protocol, metrics, lpi
     if hr is not None:
         write_image(folder / "HR.png", hr)
         files["HR"] = f"{index:03d}/HR.png"
-    for label, model in labels.items():
+    for label, model in methods.items():
         sr = bicubic_upscale(lr, scale) if model is None else upscale(model, lr)
         if hr is not None and sr.shape != hr.shape:
             raise KitError(f"{name}: {label} gives {sr.shape[1]}x{sr.shape[0]}, HR is {hr.shape[1]}x{hr.shape[0]}")

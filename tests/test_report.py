@@ -163,7 +163,7 @@ def test_notebook_04_as_a_voila_app(tmp_path):
 
     from playwright.sync_api import sync_playwright
 
-    from conftest import ROOT
+    from conftest import ROOT, drag_crop_slider
 
     shutil.copy(ROOT / "notebooks" / "04_visual_comparison.ipynb", tmp_path / "04.ipynb")
     arch = Architecture(scale=2, n_resblocks=1, n_feats=8)  # where notebook 04 looks for notebook 02's model
@@ -201,23 +201,31 @@ def test_notebook_04_as_a_voila_app(tmp_path):
 
             before = pictures()
             assert len(before) == 2, "the explorer shows its comparison and its wipe"
-            handle = page.locator(".widget-slider .noUi-handle").nth(1)  # crop x
-            handle.scroll_into_view_if_needed()
-            box = handle.bounding_box()
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.mouse.down()
-            page.mouse.move(box["x"] + 70, box["y"] + box["height"] / 2, steps=5)
-            page.mouse.up()
-            after, deadline = pictures(), time.time() + 60
-            while time.time() < deadline:  # each step of the drag redraws: wait until the pictures settle
-                time.sleep(2)
-                latest = pictures()
-                if latest == after and latest != before:
-                    break
-                after = latest
+            after = drag_crop_slider(page, pictures, before)
             assert after[0] != before[0] and after[1] != before[1], "the crop slider redraws both pictures"
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_no_output_inside_an_input_and_no_two_methods_with_one_label(report, tmp_path, capsys):
+    work, _, _ = report
+    hr = tmp_path / "hr"
+    import shutil
+
+    shutil.copytree(TEST_DATA / "Set5", hr)
+    base = ["compare", "--hr-dir", str(hr), "--scale", "2", "--method", "bicubic"]
+    assert cli.main([*base, "--out", str(tmp_path / "f"), "--figure", "baby", "--crop", "0,0,0"]) == 2
+    assert "--crop 0,0,0: give Y,X,SIZE" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    assert cli.main([*base, "--out", str(hr / "report")]) == 2
+    assert "the images compared" in capsys.readouterr().err and not (hr / "report").exists()
+    (tmp_path / "b").mkdir()
+    shutil.copy(work / "tiny.ckpt", tmp_path / "b" / "tiny.ckpt")
+    two = [*base, "--method", str(work / "tiny.ckpt"), "--method", str(tmp_path / "b" / "tiny.ckpt")]
+    assert cli.main([*two, "--out", str(tmp_path / "out")]) == 2
+    assert "both labelled tiny; name one with LABEL=" in capsys.readouterr().err
+    assert cli.main([*base, "--method", str(work / "tiny.ckpt"), "--method", f"second={tmp_path / 'b' / 'tiny.ckpt'}",
+                     "--out", str(tmp_path / "out")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["methods"] == ["bicubic", "tiny", "second"]
