@@ -1,32 +1,43 @@
 """EDSR super-resolution research kit on MindSpore.
 
-`runtime` is imported first: it sets the process environment MindSpore reads when it loads.
+The package imports lazily (PEP 562): `from edsr_lib import metrics, imresize` loads numpy, not MindSpore. The
+names below load their module on first use; MindSpore always arrives through `edsr_lib.backend`, which sets the
+environment it reads first.
 """
 
-from . import runtime  # noqa: F401  (must precede every MindSpore import)
+import importlib
+
 from .errors import KitError
-from .images import read_image, write_image
-from .imresize import imresize
-from .inference import upscale
-from .model import PRESETS, Architecture, build_model, count_parameters
-from .runtime import setup_device
-from .weights import convert, load_model, read_checkpoint, save_checkpoint
+from .imresize import imresize  # numpy only; eager so `edsr_lib.imresize` is the function, not its module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Architecture",
-    "KitError",
-    "PRESETS",
-    "build_model",
-    "imresize",
-    "convert",
-    "count_parameters",
-    "load_model",
-    "read_checkpoint",
-    "read_image",
-    "save_checkpoint",
-    "setup_device",
-    "upscale",
-    "write_image",
-]
+# Public name -> the module that owns it.
+_EXPORTS = {
+    "read_image": "images",
+    "write_image": "images",
+    "upscale": "inference",
+    "PRESETS": "model",
+    "Architecture": "model",
+    "build_model": "model",
+    "count_parameters": "model",
+    "setup_device": "runtime",
+    "convert": "weights",
+    "load_model": "weights",
+    "read_checkpoint": "weights",
+    "save_checkpoint": "weights",
+}
+
+__all__ = ["KitError", "imresize", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

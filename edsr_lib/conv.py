@@ -13,10 +13,8 @@ checkpoints are interchangeable whatever kernel runs.
 import functools
 import warnings
 
-from mindspore import nn, ops
-from mindspore.ops import CustomRegOp, DataType
-from mindspore.ops.operations._grad_ops import ReluGrad
 
+from .backend import nn, ops
 from .errors import KitError
 from .runtime import current_device, fast_conv_library
 
@@ -33,12 +31,12 @@ _ENTRY_PREFIX = {"direct": "", "winograd": "Winograd", "winograd2x2": "WinogradF
 def _registration(name, inputs, outputs):
     """CPU float32 registration. Naming the op this way is what lets MindSpore find the C++ `<func>InferShape`
     functions, which dynamic-shape graphs need (a Python out_shape cannot be re-run once shapes are known)."""
-    info = CustomRegOp(name)
+    info = ops.CustomRegOp(name)
     for index, input_name in enumerate(inputs):
         info = info.input(index, input_name)
     for index, output_name in enumerate(outputs):
         info = info.output(index, output_name)
-    return info.dtype_format(*[DataType.F32_Default] * (len(inputs) + len(outputs))).target("CPU").get_op_info()
+    return info.dtype_format(*[ops.DataType.F32_Default] * (len(inputs) + len(outputs))).target("CPU").get_op_info()
 
 
 class _FastKernels:
@@ -71,6 +69,8 @@ class _FastKernels:
         self.conv_grads, self.custom, self.prefix = conv_grads, custom, prefix
         # MindSpore's own ReLU backward kernel: 1.2 ms on a 16x64x48x48 gradient, where select(out > 0, ...) takes
         # 6-12 ms on CPU (about 200 ms of a baseline training step)
+        from mindspore.ops.operations._grad_ops import ReluGrad  # no public name; MindSpore is loaded (backend)
+
         relu_grad = ReluGrad()
 
         def forward_bprop(x, w, b, out, dout):

@@ -33,7 +33,7 @@ def _skipped(reason):
 @contextlib.contextmanager
 def counting_host_reads(counter):
     """Counts device-to-host reads (Tensor.asnumpy) made inside the block: the per-step synchronisations."""
-    import mindspore as ms
+    from .backend import ms
 
     real = ms.Tensor.asnumpy
 
@@ -50,7 +50,7 @@ def counting_host_reads(counter):
 
 def mindspore_check():
     """MindSpore's own installation check (mindspore.run_check), with what it printed."""
-    import mindspore as ms
+    from .backend import ms
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -91,6 +91,8 @@ def cuda_version(environ=None):
 
 def visible_devices(device):
     """How many devices of this kind MindSpore sees (1 for CPU: one process uses the whole CPU)."""
+    from . import backend  # noqa: F401  (MindSpore after the kit's environment)
+
     if device == "Ascend":
         from mindspore.device_context.ascend import device_count
 

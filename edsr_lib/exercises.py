@@ -48,8 +48,7 @@ def _report(name, attempt):
 
 def check_pixel_shuffle(pixel_shuffle):
     """pixel_shuffle(x, r): (C*r*r, H, W) -> (C, H*r, W*r), as MindSpore's nn.PixelShuffle (the upsampler's)."""
-    import mindspore as ms
-    from mindspore import nn
+    from .backend import ms, nn
 
     def attempt():
         rng = np.random.default_rng(0)

@@ -14,9 +14,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import mindspore as ms
-from mindspore import nn
 
+from .backend import ms, nn
 from .errors import KitError
 from .files import check_output_file, write_json
 from .inference import forward_tiled, forward_windows

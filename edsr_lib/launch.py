@@ -717,12 +717,13 @@ def check_ranks(output_dir, local_ranks, world):
 def worker(output_dir, parameters):
     """What msrun (or the launcher) starts per process. The msrun scheduler process only joins the rendezvous;
     workers execute the training notebook to their own output notebook."""
-    if os.environ.get("MS_ROLE") == "MS_SCHED":
-        from .runtime import init_distributed
+    from .runtime import LaunchEnvironment, init_distributed
 
+    launched = LaunchEnvironment.read()
+    if launched.scheduler:
         init_distributed()
         return 0
-    rank = int(os.environ.get("RANK_ID") or os.environ.get("MS_NODE_ID") or 0)
+    rank = launched.rank_id
     params = rank_parameters(output_dir, rank, parameters)
     execute_notebook(
         TRAIN, Path(output_dir) / f"rank_{rank}" / TRAIN, params, log=lambda m: print(f"[rank {rank}] {m}", flush=True)

@@ -14,10 +14,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
 
+from .backend import ms, nn, ops
 from .errors import KitError
 
 # The package's ScalingLayer constants (ImageNet statistics in its [-1, 1] input range).

@@ -8,10 +8,9 @@ Input and output are float NCHW on the [0, rgb_range] scale.
 import math
 from dataclasses import asdict, dataclass, replace
 
-import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
 
+from .backend import Parameter, Tensor, ms, nn, ops
 from .conv import FastConv2d, make_conv
 from .errors import KitError
 

@@ -101,7 +101,9 @@ def train_dataset(source, batch_size, start_index=0, num_shards=None, shard_id=N
 
     With `num_shards`, each shard reads a disjoint 1/num_shards of the samples (MindSpore DistributedSampler).
     """
-    import mindspore.dataset as ds
+    from .backend import ms
+
+    ds = ms.dataset
 
     class _Shifted:
         def __init__(self, count, offset):

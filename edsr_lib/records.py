@@ -4,7 +4,6 @@ with `curves.png` (rewritten every epoch, so a killed run keeps them), and Tenso
 import csv
 import io
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -13,23 +12,7 @@ import numpy as np
 from .errors import KitError
 from .figures import plot_history, save_figure
 from .files import atomic_write, write_json
-
-
-def versions():
-    import mindspore
-    import numpy
-    import PIL
-
-    from . import __version__
-
-    return {
-        "edsr_lib": __version__,
-        "mindspore": mindspore.__version__,
-        "numpy": numpy.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+from .runtime import versions
 
 
 def write_run_record(folder, **facts):

@@ -1,86 +1,22 @@
-"""Process set-up and device selection: the only place the kit sets environment variables or picks a device.
+"""Device selection, precision, the data-parallel group: what this process sets up in MindSpore, once.
 
-Import this module before MindSpore (``edsr_lib/__init__.py`` does), so the settings apply to the first op.
+The environment MindSpore reads when it loads is set by `backend`, through which this module imports it.
 """
 
 import contextlib
-import functools
+import dataclasses
 import logging
 import os
-import sys
-import warnings
+import platform
 
 from . import native  # imports no MindSpore
-
-# The kit's own CPU convolution (conv.py) as the cache holds it: built, known not to build (why), or not tried yet.
-# Import builds nothing: `python -m edsr_lib.native build`, or the first CPU convolution (fast_conv_library).
-_CACHED_LIBRARY, _CACHED_REASON = native.find_library()
+from .backend import STOCK_CONV_ENVIRONMENT, cann_home, fast_conv_library, ms, set_host_blocking
+from .errors import KitError
 
 # CANN versions MindSpore 2.10's installation check accepts (mindspore/run_check/_check_version.py, AscendEnvChecker).
 ACCEPTED_CANN_VERSIONS = ("8.2", "8.3", "8.5", "9.0", "9.1")
 
-
-def cann_home(environ=None):
-    """Where CANN is installed ($ASCEND_HOME_PATH, which CANN's set_env.sh exports, else /usr/local/Ascend), or None."""
-    environ = os.environ if environ is None else environ
-    if environ.get("ASCEND_HOME_PATH"):
-        return environ["ASCEND_HOME_PATH"]
-    return "/usr/local/Ascend" if os.path.isdir("/usr/local/Ascend") else None
-
-
-def _expects_cpu():
-    """The device guess before MindSpore loads: $DEVICE_TARGET, else CPU unless CANN or an NVIDIA driver is there."""
-    chosen = os.environ.get("DEVICE_TARGET", "")
-    if chosen:
-        return chosen.lower() == "cpu"
-    return cann_home() is None and not os.path.isdir("/proc/driver/nvidia")
-
-
-# - MS_DEV_HOST_BLOCKING_RUN, CPU runs only: without it the host thread busy-waits for every op launched from Python
-#   and takes one of two cores from the kernels (op by op about 2x slower; the earlier multi-graph training step
-#   1.08x; the one-graph step and graph inference unchanged: docs/benchmarks.md). On Ascend and GPU the host must
-#   keep queueing work while the device runs, so it must not be set there. MindSpore reads it at the first op
-#   launched, not at import (measured: set after `import mindspore` and before the first op it applies, set after
-#   the first op it does not), so setup_device sets or clears it once the device is chosen; the guess at import
-#   only covers ops a caller runs before choosing a device.
-# - ONEDNN_MAX_CPU_ISA, read when MindSpore loads, only where the kit's convolution is not built (or not built yet,
-#   in which case the process that builds it runs it capped; later ones find it built): on AVX-512 CPUs MindSpore's
-#   stock Conv2d pushes oneDNN into its reference loops (100x slower); capping the ISA at AVX2 restores JIT kernels
-#   (~2x PyTorch). The kit's kernel lets oneDNN pick its layouts, so it needs no cap and keeps AVX-512. No effect on
-#   Ascend. Exported MINDIR files always run MindSpore's stock Conv2d: where this process keeps AVX-512,
-#   ExportedModel runs them in a child process started with STOCK_CONV_ENVIRONMENT (`stock_conv_needs_own_process`).
-# A value the user already exported wins.
-HOST_BLOCKING = {"MS_DEV_HOST_BLOCKING_RUN": "1"}
-STOCK_CONV_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
-_USER_ENVIRONMENT = {k for k in (*HOST_BLOCKING, *STOCK_CONV_ENVIRONMENT) if k in os.environ}
-KIT_ENVIRONMENT = dict(HOST_BLOCKING) if _expects_cpu() else {}
-if _CACHED_LIBRARY is None:
-    KIT_ENVIRONMENT.update(STOCK_CONV_ENVIRONMENT)
-
-
-def _set_host_blocking(on_cpu):
-    """MS_DEV_HOST_BLOCKING_RUN for the chosen device (see above), unless the user exported it."""
-    for key, value in HOST_BLOCKING.items():
-        if key in _USER_ENVIRONMENT:
-            continue
-        if on_cpu:
-            os.environ[key] = value
-        else:
-            os.environ.pop(key, None)
-
-
-@functools.lru_cache(maxsize=1)
-def fast_conv_library():
-    """(library, None), or (None, why not): the kit's CPU convolution, built now when no build was tried yet on
-    this machine (once; later processes find it in the cache)."""
-    if _CACHED_LIBRARY is not None or _CACHED_REASON is not None:
-        return _CACHED_LIBRARY, _CACHED_REASON
-    print(
-        "building the kit's CPU convolution once for this machine (about a minute; "
-        "`python -m edsr_lib.native build` does it ahead)",
-        file=sys.stderr,
-    )
-    return native.build()
+__all__ = ["STOCK_CONV_ENVIRONMENT", "cann_home", "fast_conv_library"]  # re-exported: where callers look for them
 
 
 def stock_conv_needs_own_process():
@@ -91,25 +27,50 @@ def stock_conv_needs_own_process():
     )
 
 
-def apply_environment():
-    missing = {k: v for k, v in KIT_ENVIRONMENT.items() if k not in os.environ}
-    too_late = {k: v for k, v in missing.items() if k in STOCK_CONV_ENVIRONMENT}  # read at load, not at first op
-    if too_late and "mindspore" in sys.modules:
-        warnings.warn(
-            "mindspore was imported before edsr_lib, so these settings cannot apply: "
-            + ", ".join(f"{k}={v}" for k, v in too_late.items())
-            + ". Import edsr_lib first (CPU runs may be much slower).",
-            stacklevel=3,
+@dataclasses.dataclass
+class _ProcessState:
+    """What this process has set up in MindSpore, which it can do once: the device, determinism, the group."""
+
+    target: str | None = None
+    deterministic: bool = False
+    world: tuple | None = None
+
+
+_process = _ProcessState()
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchEnvironment:
+    """What a launcher told this process through its environment: the one reader of msrun's and the rank table's
+    variables (MS_ROLE, RANK_TABLE_FILE, RANK_SIZE, RANK_ID or MS_NODE_ID, DEVICE_ID)."""
+
+    role: str = ""
+    rank_table_file: str = ""
+    rank_size: int = 1
+    rank_id: int = 0
+    device_id: int = 0
+
+    @classmethod
+    def read(cls, environ=None):
+        environ = os.environ if environ is None else environ
+        return cls(
+            role=environ.get("MS_ROLE", ""),
+            rank_table_file=environ.get("RANK_TABLE_FILE", ""),
+            rank_size=int(environ.get("RANK_SIZE") or 1),
+            rank_id=int(environ.get("RANK_ID") or environ.get("MS_NODE_ID") or 0),
+            device_id=int(environ.get("DEVICE_ID") or 0),
         )
-    for key, value in missing.items():
-        os.environ[key] = value
 
+    @property
+    def distributed(self):
+        """True when msrun (MS_ROLE) or an HCCL rank table with several ranks started this process."""
+        return bool(self.role) or (bool(self.rank_table_file) and self.rank_size > 1)
 
-apply_environment()
+    @property
+    def scheduler(self):
+        """msrun's scheduler process, which only joins the rendezvous."""
+        return self.role == "MS_SCHED"
 
-import mindspore as ms  # noqa: E402  (must follow apply_environment)
-
-from .errors import KitError  # noqa: E402
 
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
 # What MindSpore 2.10's GPU plugin needs (its wheel's lib/plugin/libmindspore_gpu.so.11.1 and .11.6, readelf -d).
@@ -159,25 +120,22 @@ def require_backend(target, plugin_status=_plugin_status, environ=None):
     )
 
 
-_configured = {}
-
-
 def setup_device(device_target=None):
     """Point MindSpore at the device (device id from $DEVICE_ID) once per process, in PyNative mode (MindSpore's
     default: the kit compiles its own graphs with ms.jit); returns the device name."""
     target = resolve_device(device_target)
-    if _configured:
-        if _configured["target"] != target:
-            raise KitError(f"this process already runs on {_configured['target']}; cannot switch to {target}")
+    if _process.target:
+        if _process.target != target:
+            raise KitError(f"this process already runs on {_process.target}; cannot switch to {target}")
         return target
     require_backend(target)
-    _set_host_blocking(target == "CPU")  # before the first op, which is when MindSpore reads it
-    device_id = int(os.environ.get("DEVICE_ID", "0"))
+    set_host_blocking(target == "CPU")  # before the first op, which is when MindSpore reads it
+    device_id = LaunchEnvironment.read().device_id
     if target == "CPU":
         ms.set_device("CPU")
     else:
         ms.set_device(target, device_id)
-    _configured["target"] = target
+    _process.target = target
     return target
 
 
@@ -283,15 +241,15 @@ def configure_precision(device, precision_mode="", deterministic=False, amp_leve
         record["soc"] = soc
         record["precision_mode"] = in_force or f"{record['precision_mode']} (chip default)"
     record["deterministic"] = bool(deterministic or device == "CPU")
-    if record["deterministic"] and not _configured.get("deterministic"):
+    if record["deterministic"] and not _process.deterministic:
         ms.set_deterministic(True)  # once per process, and before init() so collectives are deterministic too
-        _configured["deterministic"] = True
-    record["deterministic"] = bool(_configured.get("deterministic"))
+        _process.deterministic = True
+    record["deterministic"] = _process.deterministic
     return record
 
 
 def current_device():
-    return _configured.get("target") or setup_device()
+    return _process.target or setup_device()
 
 
 @contextlib.contextmanager
@@ -310,6 +268,23 @@ def mindspore_log_silenced():
         logger.setLevel(level)
 
 
+def versions():
+    """The versions a run record keeps (run.json)."""
+    import numpy
+    import PIL
+
+    from . import __version__
+
+    return {
+        "edsr_lib": __version__,
+        "mindspore": ms.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
 def setup_summary():
     """What a notebook's first cell prints: versions, the device, and which convolution runs on the CPU."""
     device = current_device()
@@ -319,16 +294,12 @@ def setup_summary():
         conv = f"the kit's oneDNN kernel ({fast_conv_library()[0].name})"
     else:
         conv = f"MindSpore's Conv2d ({fast_conv_library()[1]})"
-    from .records import versions
-
     return {**versions(), "device": device, "CPU cores": os.cpu_count(), "convolution": conv}
 
 
 def launched_distributed():
-    """True when msrun (MS_ROLE) or an HCCL rank table with several ranks started this process."""
-    if os.environ.get("MS_ROLE"):
-        return True
-    return bool(os.environ.get("RANK_TABLE_FILE")) and int(os.environ.get("RANK_SIZE", "1")) > 1
+    """True when msrun or an HCCL rank table with several ranks started this process (LaunchEnvironment)."""
+    return LaunchEnvironment.read().distributed
 
 
 def init_distributed(device_target=None):
@@ -339,12 +310,12 @@ def init_distributed(device_target=None):
     setup_device(device_target)
     if not launched_distributed():
         return 0, 1
-    if "world" not in _configured:
+    if _process.world is None:
         from mindspore.communication import get_group_size, get_rank, init
 
         init()
         ms.set_auto_parallel_context(
             parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=get_group_size()
         )
-        _configured["world"] = (get_rank(), get_group_size())
-    return _configured["world"]
+        _process.world = (get_rank(), get_group_size())
+    return _process.world

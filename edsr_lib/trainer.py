@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
+from .backend import Parameter, ParameterTuple, Tensor, ms, nn, ops
 from .data import PairDataset, open_dataset
 from .errors import KitError, sigterm_interrupts
 from .evaluation import bicubic_upscale, evaluate

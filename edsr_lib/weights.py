@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import mindspore as ms
 
+from .backend import ms
 from .errors import KitError, write_error
 from .runtime import mindspore_log_silenced
 from .files import check_output_file

@@ -268,7 +268,7 @@ def test_import_builds_nothing_and_a_failed_build_is_remembered(tmp_path):
         "PIP_NO_INDEX": "1",
     }
     env.pop("ONEDNN_MAX_CPU_ISA", None)
-    probe = "import edsr_lib.runtime as r; print(r._CACHED_LIBRARY, '|', r._CACHED_REASON)"
+    probe = "import edsr_lib.backend as b; print(b._CACHED_LIBRARY, '|', b._CACHED_REASON)"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert imported.stdout.strip() == "None | None" and not calls.exists()
     assert not (tmp_path / "cache" / "edsr_lib" / "onednn-headers").exists()  # no download attempted

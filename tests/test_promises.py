@@ -322,7 +322,8 @@ def test_launcher_mistakes_are_one_line(tmp_path):
         ([script, "sample", str(a_file / "out")], "is a file, not a folder"),
         ([script, "sample", str(tmp_path / "o"), "-p", "epoch", "3"], "-p epoch: no such parameter"),
         ([script, "sample", str(tmp_path / "o"), "-p", "epochs", "[" * 6000 + "]" * 6000], "longer than 10000"),
-        ([script, "sample", str(tmp_path / "o"), "-p", "epochs", "[" * 4000 + "]" * 4000], "epochs must be a finite"),
+        ([script, "sample", str(tmp_path / "o"), "-p", "epochs", "[" * 4000 + "]" * 4000], "nested too deeply"),
+        ([script, "sample", str(tmp_path / "o"), "-p", "epochs", "[[1]]"], "epochs must be a finite"),
     ]
     for command, message in cases:
         proc = subprocess.run(["bash", *command], env=env, capture_output=True, text=True, timeout=120)
