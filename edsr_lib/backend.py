@@ -22,10 +22,10 @@ import os
 import sys
 import warnings
 
-from . import native  # imports no MindSpore
+from .kernels import build as native  # imports no MindSpore
 
 # The kit's own CPU convolution as the cache holds it: built, known not to build (why), or not tried yet.
-# Nothing is built here: `python -m edsr_lib.native build`, or the first CPU convolution (fast_conv_library).
+# Nothing is built here: `python -m edsr_lib.kernels build`, or the first CPU convolution (fast_conv_library).
 _CACHED_LIBRARY, _CACHED_REASON = native.find_library()
 
 HOST_BLOCKING = {"MS_DEV_HOST_BLOCKING_RUN": "1"}
@@ -76,7 +76,7 @@ def fast_conv_library():
         return _CACHED_LIBRARY, _CACHED_REASON
     print(
         "building the kit's CPU convolution once for this machine (about a minute; "
-        "`python -m edsr_lib.native build` does it ahead)",
+        "`python -m edsr_lib.kernels build` does it ahead)",
         file=sys.stderr,
     )
     return native.build()

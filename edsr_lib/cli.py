@@ -34,7 +34,7 @@ def _add_weights_source(parser):
 
 
 def _add_conv_algorithm(parser):
-    from .conv import CONV_ALGORITHMS
+    from .kernels.conv import CONV_ALGORITHMS
 
     parser.add_argument(
         "--conv_algorithm",

@@ -173,7 +173,7 @@ class _StageDistances(nn.Cell):
 
     def __init__(self, trunk, trunk_weights, head_weights, conv_kernel="auto"):
         super().__init__()
-        from .conv import make_conv
+        from .kernels.conv import make_conv
 
         self.trunk = trunk
         convs, cin = [], 3

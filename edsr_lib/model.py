@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .backend import Parameter, Tensor, ms, nn, ops
-from .conv import FastConv2d, make_conv
+from .kernels.conv import FastConv2d, make_conv
 from .errors import KitError
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)

@@ -9,7 +9,7 @@ import logging
 import os
 import platform
 
-from . import native  # imports no MindSpore
+from .kernels import build as native  # imports no MindSpore
 from .backend import STOCK_CONV_ENVIRONMENT, cann_home, fast_conv_library, ms, set_host_blocking
 from .errors import KitError
 

@@ -24,9 +24,9 @@ if ! "$VENV_PY" -m pip install --disable-pip-version-check -e "$SPEC" > .venv/pi
     exit 1
 fi
 "$VENV_PY" -c "import edsr_lib" || { echo "edsr_lib failed to import after install" >&2; exit 1; }
-# The kit's CPU convolution, compiled once per machine (importing the kit never builds: edsr_lib/native); if it
+# The kit's CPU convolution, compiled once per machine (importing the kit never builds: edsr_lib/kernels/build.py); if it
 # cannot be built the reason is printed and the kit runs MindSpore's Conv2d instead.
-"$VENV_PY" -m edsr_lib.native build || true
+"$VENV_PY" -m edsr_lib.kernels build || true
 # JupyterLab's "Save Widget State Automatically", in this venv only: a saved notebook keeps its widgets' state, so
 # reopened without a kernel it shows the explorer's controls as they were instead of "model not found".
 mkdir -p .venv/share/jupyter/lab/settings

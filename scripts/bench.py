@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-import edsr_lib  # noqa: F401  (environment before MindSpore)
+import edsr_lib.backend  # noqa: F401  (environment before MindSpore)
 from edsr_lib import Architecture, build_model
 from edsr_lib.model import compile_dynamic, load_state, state_dict
 from edsr_lib.data import SAMPLE_TEST, ArrayCache, SampleImages, sample_folder
@@ -39,7 +39,7 @@ from edsr_lib.imresize import imresize
 from edsr_lib.inference import forward_tiled, upscale_float
 from edsr_lib.metrics import quantize
 from edsr_lib.pipeline import PatchSource
-from edsr_lib.native import aot_call
+from edsr_lib.kernels.build import aot_call
 from edsr_lib.runtime import fast_conv_library, setup_device
 
 # kit: what load_model and the Trainer use (conv_algorithm auto); kit-direct / kit-winograd: one algorithm for
@@ -433,7 +433,7 @@ def bench_kernel_memory(shapes=232):
         ("oneDNN primitive cache on", {}),
         ("oneDNN primitive cache off", {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}),
     ):
-        done = subprocess.run([sys.executable, "-m", "edsr_lib.native", "probe", str(shapes)], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "edsr_lib.kernels", "probe", str(shapes)], capture_output=True,
                               text=True, env={**os.environ, **extra})  # fmt: skip
         if done.returncode:
             print(f"kernel memory: {done.stderr.strip()}")
@@ -458,7 +458,7 @@ def bench_layers():
     direct kernel and both Winograd variants against PyTorch, with the GFLOP/s each reaches counted as a direct
     convolution's 2 * C * O * 9 * H * W (so Winograd can exceed the sgemm ceiling), and each Winograd variant's largest
     difference from a float64 convolution (numpy), relative to the output's largest value: the numbers
-    `layer_algorithm` (edsr_lib/conv.py) chooses by."""
+    `layer_algorithm` (edsr_lib/kernels/conv.py) chooses by."""
     import ctypes
 
     library = fast_conv_library()[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edsr_lib  # noqa: F401  (sets the process environment before MindSpore loads)
+import edsr_lib.backend  # noqa: F401  (sets the process environment before MindSpore loads)
 from edsr_lib.runtime import setup_device
 
 ROOT = Path(__file__).resolve().parents[1]

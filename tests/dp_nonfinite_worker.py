@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-import edsr_lib  # noqa: F401  (process environment before MindSpore)
+import edsr_lib.backend  # noqa: F401  (process environment before MindSpore)
 from edsr_lib.runtime import init_distributed
 
 if os.environ.get("MS_ROLE") == "MS_SCHED":

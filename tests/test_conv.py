@@ -1,4 +1,4 @@
-"""The kit's CPU convolution (csrc/onednn_conv.cpp via conv.py): agreement with MindSpore's Conv2d forward and
+"""The kit's CPU convolution (kernels/src via kernels/conv.py): agreement with MindSpore's Conv2d forward and
 backward, identical training losses, interchangeable parameters, the build cache and the fallback."""
 
 import json
@@ -13,8 +13,8 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from edsr_lib import native
-from edsr_lib.conv import FastConv2d, make_conv
+from edsr_lib.kernels import build as native
+from edsr_lib.kernels.conv import FastConv2d, make_conv
 from edsr_lib.model import Architecture, build_model, compile_dynamic
 from edsr_lib.runtime import fast_conv_library
 
@@ -236,6 +236,52 @@ def test_winograd_training_losses_match_direct_over_20_adam_steps():
 
 
 @needs_fast
+def test_the_library_exports_every_entry_point_the_python_side_names():
+    import ctypes
+
+    library = ctypes.CDLL(str(FAST_CONV_LIBRARY))
+    missing = [name for name in native.entry_points() if not hasattr(library, name)]
+    assert not missing and len(native.entry_points()) == 40, missing  # 3 algorithms x 7 ops (2 Winograd-only) x 2
+    with pytest.raises(KeyError):
+        native.entry_point("direct", "ConvShuffleForward")
+
+
+def _disassembly_uses_zmm(library):
+    text = subprocess.run(["objdump", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    return "%zmm" in text
+
+
+@needs_fast
+@pytest.mark.slow
+def test_both_code_paths_compile_without_warnings_and_the_portable_one_passes_the_conv_tests(tmp_path):
+    """Each machine builds one of the kernel's two paths (-march=native picks AVX-512 intrinsics or the portable
+    loops). Here both compile with -Wall -Wextra -Werror, and this file's quick tests run against the portable one."""
+    native_build = tmp_path / "native.so"
+    portable = tmp_path / "portable.so"
+    assert native.compile_library(native_build, extra_flags=("-Werror",)) == ""
+    assert native.compile_library(portable, extra_flags=(*native.PORTABLE_FLAGS, "-Werror")) == ""
+    if shutil.which("objdump"):
+        assert not _disassembly_uses_zmm(portable)
+        assert _disassembly_uses_zmm(native_build) == (" avx512f" in native.cpu_description())
+    run_against = (
+        "import sys, pathlib, pytest\n"
+        "import edsr_lib.backend as backend\n"
+        "backend._CACHED_LIBRARY, backend._CACHED_REASON = pathlib.Path(sys.argv[1]), None\n"
+        "sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', '-m', 'not slow', sys.argv[2]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", run_against, str(portable), __file__],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+@needs_fast
+@pytest.mark.slow
 def test_library_is_built_once_and_keyed_by_source(tmp_path, monkeypatch):
     assert FAST_CONV_LIBRARY.parent.name == native.build_key()
     mtime = FAST_CONV_LIBRARY.stat().st_mtime_ns
@@ -278,7 +324,7 @@ def test_import_builds_nothing_and_a_failed_build_is_remembered(tmp_path):
             headers.parent,
             tmp_path / "cache" / "edsr_lib" / "onednn-headers" / native.HEADERS_REQUIREMENT.split("==")[1],
         )
-    build = [sys.executable, "-m", "edsr_lib.native", "build"]
+    build = [sys.executable, "-m", "edsr_lib.kernels", "build"]
     first = subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 1 and "was not built" in first.stderr and "Traceback" not in first.stderr
     reason = "fatal: no compiler here" if headers is not None else "oneDNN headers unavailable"
@@ -335,7 +381,7 @@ def test_evicted_plans_free_their_memory():
     (bounded, 1024 entries) is switched off here so that only the kit's objects are counted; before plans owned their
     oneDNN objects, this grew by ~17 MB."""
     env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
-    probe = [sys.executable, "-m", "edsr_lib.native", "probe", "232"]  # calls the kernel directly, no MindSpore
+    probe = [sys.executable, "-m", "edsr_lib.kernels", "probe", "232"]  # calls the kernel directly, no MindSpore
     done = subprocess.run(probe, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     after_32, after_232 = map(float, done.stdout.split())
@@ -351,7 +397,7 @@ import numpy as np, mindspore as ms
 from mindspore import ops
 from edsr_lib import setup_device
 setup_device("CPU")
-from edsr_lib.conv import make_conv
+from edsr_lib.kernels.conv import make_conv
 conv = make_conv(16, 32, 3, kernel={algorithm!r})
 x = ms.Tensor(np.zeros((2, 16, 0, 7), np.float32))
 print(conv(x).shape)

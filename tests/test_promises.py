@@ -339,7 +339,7 @@ def test_native_build_with_an_unusable_cache_is_one_line_and_the_kit_falls_back(
     cache.write_text("x")
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     proc = subprocess.run(
-        [sys.executable, "-m", "edsr_lib.native", "build", "--force"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "edsr_lib.kernels", "build", "--force"], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "cannot write the kernel cache" in proc.stderr
     image = tmp_path / "in.png"

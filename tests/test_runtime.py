@@ -93,7 +93,7 @@ def _mindspore_imports(tree):
 
 def _backend_imports(tree):
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:  # `.backend` or, from a subpackage, `..backend`
             if node.module == "backend" or (node.module is None and any(a.name == "backend" for a in node.names)):
                 yield node.lineno
 

@@ -1,7 +1,7 @@
 """The network's convolution layer, kept in one swappable place.
 
 Every 3x3 convolution in the model is made by `make_conv`. On CPU it is a oneDNN kernel of our own
-(`csrc/onednn_conv.cpp`, built by `native/`: Winograd F(4x4, 3x3) or F(2x2, 3x3), or oneDNN's direct
+(`src/`, built by `build.py`: Winograd F(4x4, 3x3) or F(2x2, 3x3), or oneDNN's direct
 convolution) with its own backward pass, run inside MindSpore graphs with dynamic shapes (`model.compile_dynamic`:
 inference and the training step): 0.5-0.75x PyTorch's time on the same CPU, where MindSpore's stock CPU Conv2d in
 the same graphs takes 2-3x PyTorch's (docs/benchmarks.md). On Ascend and GPU,
@@ -14,18 +14,17 @@ import functools
 import warnings
 
 
-from .backend import nn, ops
-from .errors import KitError
-from .runtime import current_device, fast_conv_library
+from ..backend import nn, ops
+from ..errors import KitError
+from ..runtime import current_device, fast_conv_library
+from .build import ENTRY_PREFIXES, entry_point
 
 # auto: the kit's CPU kernel on CPU (its algorithm chosen per layer, see `layer_algorithm`), stock elsewhere; fast:
 # require the kit's kernel; direct / winograd (F(4x4, 3x3)) / winograd2x2 (F(2x2, 3x3)): the kit's kernel with that
 # algorithm for 3x3 layers; stock: nn.Conv2d.
-ALGORITHMS = ("direct", "winograd", "winograd2x2")
+ALGORITHMS = tuple(ENTRY_PREFIXES)  # direct, winograd, winograd2x2
 CONV_KERNELS = ("auto", "fast", *ALGORITHMS, "stock")
 CONV_ALGORITHMS = ("auto", *ALGORITHMS)  # what users choose (`conv_algorithm`, `--conv_algorithm`)
-# the kernel library's entry points for each algorithm are named <prefix><name>
-_ENTRY_PREFIX = {"direct": "", "winograd": "Winograd", "winograd2x2": "WinogradF2"}
 
 
 def _registration(name, inputs, outputs):
@@ -45,7 +44,6 @@ class _FastKernels:
 
     def __init__(self, library, algorithm="direct"):
         # Winograd replaces the forward, backward-data and backward-weights convolutions.
-        prefix = _ENTRY_PREFIX[algorithm]
 
         def custom(function, inputs, outputs, out_dtype, bprop=None):
             return ops.Custom(
@@ -57,16 +55,19 @@ class _FastKernels:
                 reg_info=_registration(f"edsr_{function}", inputs, outputs),
             )
 
-        self.backward_data = custom(f"{prefix}ConvBackwardData", ["dy", "w"], ["dx"], lambda dy, w: dy)
+        def named(operation):
+            return entry_point(algorithm, operation)
+
+        self.backward_data = custom(named("ConvBackwardData"), ["dy", "w"], ["dx"], lambda dy, w: dy)
         self.backward_weights = custom(
-            f"{prefix}ConvBackwardWeights", ["x", "dy", "w"], ["dw", "db"], lambda x, dy, w: (x, x)
+            named("ConvBackwardWeights"), ["x", "dy", "w"], ["dw", "db"], lambda x, dy, w: (x, x)
         )
 
         def conv_grads(x, w, dy):
             dw, db = self.backward_weights(x, dy, w)
             return self.backward_data(dy, w), dw, db
 
-        self.conv_grads, self.custom, self.prefix = conv_grads, custom, prefix
+        self.conv_grads, self.custom, self.algorithm = conv_grads, custom, algorithm
         # MindSpore's own ReLU backward kernel: 1.2 ms on a 16x64x48x48 gradient, where select(out > 0, ...) takes
         # 6-12 ms on CPU (about 200 ms of a baseline training step)
         from mindspore.ops.operations._grad_ops import ReluGrad  # no public name; MindSpore is loaded (backend)
@@ -92,16 +93,16 @@ class _FastKernels:
 
         # A whole residual block in one op, for inference.
         self.block = custom(
-            f"{prefix}ResBlockForward",
+            named("ResBlockForward"),
             ["x", "w1", "b1", "w2", "b2", "scale"],
             ["y"],
             lambda x, *rest: x,
             block_bprop,
         )
-        self.forward = custom(f"{prefix}ConvForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, forward_bprop)
-        self.forward_relu = custom(f"{prefix}ConvReluForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, relu_bprop)
+        self.forward = custom(named("ConvForward"), ["x", "w", "b"], ["y"], lambda x, w, b: x, forward_bprop)
+        self.forward_relu = custom(named("ConvReluForward"), ["x", "w", "b"], ["y"], lambda x, w, b: x, relu_bprop)
         self.forward_residual = custom(
-            f"{prefix}ConvResidualForward",
+            named("ConvResidualForward"),
             ["x", "w", "b", "skip", "scale"],
             ["y"],
             lambda x, w, b, skip, scale: x,
@@ -114,7 +115,9 @@ class _FastKernels:
         def bprop(x, w, b, out, dout):
             return self.conv_grads(x, w, ops.pixel_unshuffle(dout, factor))
 
-        return self.custom(f"{self.prefix}ConvShuffleForward", ["x", "w", "b"], ["y"], lambda x, w, b: x, bprop)
+        return self.custom(
+            entry_point(self.algorithm, "ConvShuffleForward"), ["x", "w", "b"], ["y"], lambda x, w, b: x, bprop
+        )
 
 
 @functools.lru_cache(maxsize=len(ALGORITHMS))

@@ -1,17 +1,17 @@
-"""Building the fast CPU convolution (`csrc/onednn_conv.cpp`) once per machine, on request.
+"""Building the kit's CPU convolution (`src/`, one C++ translation unit) once per machine, on request.
 
-    python -m edsr_lib.native build [--force]     # scripts/_venv.sh runs it after installing the kit
+    python -m edsr_lib.kernels build [--force]    # scripts/_venv.sh runs it after installing the kit
 
 It is compiled with the system C++ compiler ($CXX, else g++) against oneDNN's public headers and linked to the
 oneDNN library inside the MindSpore wheel, into `~/.cache/edsr_lib/kernels/<key>/`, where the key covers the
-source, the MindSpore version, the compiler, the CPU and the headers. The headers come from the `onednn-devel` wheel
+sources, the MindSpore version, the compiler, the CPU and the headers. The headers come from the `onednn-devel` wheel
 on the package index: taken from the environment when installed, otherwise downloaded once (`pip download`, headers
 only, 1 MB) into `~/.cache/edsr_lib/onednn-headers/`; installing the package itself would pull ~2 GB of Intel
 runtimes the kit does not use.
 
 Importing the kit only looks in the cache (`find_library`). When nothing is built yet, the first convolution built
 on the CPU builds it (`build`); a failed build is remembered with its reason in the key's folder, so later processes
-neither wait nor retry, until `build --force`. Nothing here imports MindSpore: `runtime` needs the answer before
+neither wait nor retry, until `build --force`. Nothing here imports MindSpore: `backend` needs the answer before
 MindSpore loads.
 """
 
@@ -31,11 +31,39 @@ from pathlib import Path
 from ..errors import KitError
 from ..files import atomic_write, check_archive_member, user_cache_dir
 
-SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "onednn_conv.cpp"
+SOURCES = Path(__file__).resolve().parent / "src"
+SOURCE = SOURCES / "conv.cpp"  # includes the other files of src/
 LIBRARY_NAME = "onednn_conv.so"
 # -march=native: the Winograd transforms are loops the compiler vectorises for this CPU (the build key includes the
-# CPU and these flags, so a library never runs on another kind of machine).
-COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+# CPU and these flags, so a library never runs on another kind of machine). On AVX-512 CPUs that also compiles the
+# intrinsics path; PORTABLE_FLAGS build the other one here, which tests/test_conv.py does to test both.
+COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra")
+PORTABLE_FLAGS = ("-mno-avx512f",)
+
+# The C entry points kernels/conv.py makes MindSpore ops of: <prefix><operation> per algorithm, each with its C++
+# shape function <prefix><operation>InferShape. The fused upsampler exists for the Winograd algorithms only.
+ENTRY_PREFIXES = {"direct": "", "winograd": "Winograd", "winograd2x2": "WinogradF2"}
+OPERATIONS = ("ConvForward", "ConvReluForward", "ConvResidualForward", "ResBlockForward", "ConvBackwardData",
+              "ConvBackwardWeights", "ConvShuffleForward")  # fmt: skip
+
+
+def entry_point(algorithm, operation):
+    """The library's function for `operation` run by `algorithm` (a KeyError for one it does not have)."""
+    if operation == "ConvShuffleForward" and algorithm == "direct":
+        raise KeyError(f"no {operation} for the direct algorithm")
+    return ENTRY_PREFIXES[algorithm] + operation
+
+
+def entry_points():
+    """Every function the Python side expects the built library to export."""
+    names = []
+    for algorithm in ENTRY_PREFIXES:
+        for operation in OPERATIONS:
+            if not (operation == "ConvShuffleForward" and algorithm == "direct"):
+                names += [entry_point(algorithm, operation), entry_point(algorithm, operation) + "InferShape"]
+    return names
+
+
 # oneDNN 3.13 headers; only the stable public C API is used, which MindSpore 2.10's libdnnl.so.3 (3.10) provides.
 HEADERS_REQUIREMENT = "onednn-devel==2026.1.0"
 
@@ -143,7 +171,7 @@ def build_key():
     compiler = Path(_compiler() or "none")
     stamp = f"{compiler.resolve()}:{compiler.stat().st_size}:{compiler.stat().st_mtime_ns}" if compiler.exists() else ""
     parts = [
-        SOURCE.read_bytes(),
+        *(path.read_bytes() for path in sorted(SOURCES.iterdir())),
         importlib.metadata.version("mindspore").encode(),
         stamp.encode(),
         cpu_description().encode(),
@@ -167,7 +195,7 @@ def find_library():
         return folder / LIBRARY_NAME, None
     if (folder / FAILURE_RECORD).is_file():
         recorded = (folder / FAILURE_RECORD).read_text().strip()
-        return None, f"{recorded} (remembered; retry with: python -m edsr_lib.native build --force)"
+        return None, f"{recorded} (remembered; retry with: python -m edsr_lib.kernels build --force)"
     return None, None
 
 
@@ -195,20 +223,26 @@ def build(force=False):
     include = _onednn_include() or fetch_headers()
     if include is None:
         return _remember_failure(folder, f"oneDNN headers unavailable (could not download {HEADERS_REQUIREMENT})")
-    lib = _mindspore_lib()
-
-    def compile_into(tmp):
-        command = [_compiler(), *COMPILE_FLAGS, f"-I{include}", str(SOURCE), "-o", tmp, f"-L{lib}",
-                   "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise subprocess.SubprocessError((result.stderr.strip().splitlines() or ["unknown error"])[0])
-
     try:  # atomic: concurrent ranks building the same key are harmless
-        atomic_write(folder / LIBRARY_NAME, compile_into)
+        atomic_write(folder / LIBRARY_NAME, lambda tmp: compile_library(tmp, include))
     except (KitError, OSError, subprocess.SubprocessError) as exc:
         return _remember_failure(folder, f"compiling {SOURCE.name} failed: {exc}")
     return folder / LIBRARY_NAME, None
+
+
+def compile_library(output, include=None, extra_flags=()):
+    """Compile src/ into the shared library `output` with COMPILE_FLAGS and `extra_flags` (e.g. PORTABLE_FLAGS,
+    "-Werror"); returns the compiler's messages (warnings), or raises SubprocessError with its first error line."""
+    include = include or _onednn_include() or fetch_headers()
+    lib = _mindspore_lib()
+    if include is None or lib is None:
+        raise subprocess.SubprocessError("oneDNN's headers or MindSpore's oneDNN library are missing")
+    command = [_compiler(), *COMPILE_FLAGS, *extra_flags, f"-I{include}", str(SOURCE), "-o", str(output),
+               f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise subprocess.SubprocessError((result.stderr.strip().splitlines() or ["unknown error"])[0])
+    return result.stderr
 
 
 def aot_call(lib, name, *arrays):
@@ -231,7 +265,8 @@ def aot_call(lib, name, *arrays):
 def probe_memory(library, shapes=232, keep=32):
     """Run the library's forward convolution on `shapes` distinct input shapes (16 -> 16 channels, 3x3), calling it
     directly as MindSpore would; returns (resident MB after `keep` shapes, after all). The kernel keeps `keep`
-    plans, so past that every new shape evicts one: the two figures should be close."""
+    plans and empties its plan cache when a new shape would make one more (oneDNN objects freed, not an LRU), so
+    memory stays bounded past `keep` shapes: the two figures should be close."""
     import ctypes
 
     import numpy as np
@@ -260,7 +295,7 @@ def probe_memory(library, shapes=232, keep=32):
 def main(argv=None):
     from ..errors import OneLineArgumentParser
 
-    parser = OneLineArgumentParser(prog="python -m edsr_lib.native", description="build the kit's CPU convolution")
+    parser = OneLineArgumentParser(prog="python -m edsr_lib.kernels", description="build the kit's CPU convolution")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="build it now (once per machine; kept in the user cache)")
     p.add_argument("--force", action="store_true", help="retry even if an earlier build failed")
