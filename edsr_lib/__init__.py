@@ -23,7 +23,7 @@ _EXPORTS = {
     "count_parameters": "model",
     "setup_device": "runtime",
     "convert": "weights",
-    "load_model": "weights",
+    "load_model": "loading",
     "read_checkpoint": "weights",
     "save_checkpoint": "weights",
 }

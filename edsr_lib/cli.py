@@ -106,7 +106,7 @@ def _cmd_weights(args):
 def _cmd_upscale(args):
     from .inference import upscale_paths
     from .runtime import setup_device
-    from .weights import load_model
+    from .loading import load_model
 
     setup_device(args.device_target)
     if args.model:
@@ -165,7 +165,7 @@ def _cmd_eval(args):
             raise KitError(f"{args.model}: an x{scale} model (its export record), not x{args.scale}")
     elif args.ckpt:
         from .runtime import setup_device
-        from .weights import load_model
+        from .loading import load_model
 
         setup_device(args.device_target)
         checkpoint = _checkpoint(args, args.ckpt)
@@ -409,7 +409,7 @@ def _compared_model(args, spec):
 
         return load_exported(spec)
     from .runtime import setup_device
-    from .weights import load_model
+    from .loading import load_model
 
     setup_device(args.device_target)
     return load_model(_checkpoint(args, spec), scale=args.scale)

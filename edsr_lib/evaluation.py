@@ -342,7 +342,7 @@ def reproduce(
     import json
 
     from .files import atomic_write, prepare_output_folder, write_json
-    from .weights import load_model
+    from .loading import load_model
 
     out = prepare_output_folder(out, "--out", kit_files=("reproduce.json",))
     record_path = out / "reproduce.json"

@@ -21,7 +21,7 @@ from .files import check_output_file, write_json
 from .inference import forward_tiled, forward_windows
 from .model import Architecture, check_size
 from .runtime import STOCK_CONV_ENVIRONMENT, current_device, mindspore_log_silenced, stock_conv_needs_own_process
-from .weights import load_model
+from .loading import checkpoint_path, load_model
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 
@@ -148,7 +148,7 @@ def export_all_scales(checkpoint, file_format, output, scale=None, **kwargs):
     per scale beside it (`model.mindir` -> `model_x2.mindir`, `model_x3.mindir`, ...)."""
     from .weights import read_checkpoint
 
-    arch, _, _ = read_checkpoint(checkpoint)
+    arch, _, _ = read_checkpoint(checkpoint_path(checkpoint))
     if not arch.is_multiscale or scale is not None:
         return [export_model(checkpoint, file_format, output, scale=scale, **kwargs)]
     output = Path(output)

@@ -21,6 +21,7 @@ from .download import fetch, partial_path, resumable_from, sha256_of
 from .errors import KitError
 from .files import atomic_write, user_cache_dir, write_json
 from .model import Architecture, upsampling_factors
+from .weights import convert, read_checkpoint
 
 OFFICIAL_BASE = "https://cv.snu.ac.kr/research/EDSR/models/"
 TORCHVISION_BASE = "https://download.pytorch.org/models/"
@@ -164,8 +165,6 @@ class Registry:
 
     def add(self, name, path):
         """Register the checkpoint at `path` (any format `read_checkpoint` reads) under `name`."""
-        from .weights import read_checkpoint
-
         if not name.replace("_", "").replace("-", "").isalnum() or len(name) > 100:
             raise KitError(f"weights name {name!r}: use up to 100 letters, digits, '_' and '-'")
         if name in self.published:
@@ -284,10 +283,6 @@ class Registry:
 
     def fetch(self, name, mirrors=(), offline=False, progress=True, log=print):
         """A kit checkpoint for a published name: downloaded, verified and converted on first use, then cached."""
-        from .weights import convert
-
-        from .weights import read_checkpoint
-
         entry = self.entry(name)
         if entry.arch is None:  # an LPIPS trunk: read as it is
             return self.download(name, mirrors, offline, progress, log)[0]

@@ -38,9 +38,9 @@ from .runtime import (
     mindspore_log_silenced,
     setup_device,
 )
+from .loading import init_from_checkpoint
 from .weights import (
     EMA_PREFIX,
-    init_from_checkpoint,
     read_checkpoint,
     restore_training_state,
     save_checkpoint,

@@ -18,7 +18,7 @@ from .backend import ms
 from .errors import KitError, write_error
 from .runtime import mindspore_log_silenced
 from .files import check_output_file
-from .model import EDSR, Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
+from .model import Architecture, build_model, check_size, load_state, mean_shift_values, upsampling_factors
 from .torch_pickle import load_torch_state_dict
 
 ARCH_KEY = "edsr_arch"
@@ -196,16 +196,13 @@ def read_checkpoint(
 ) -> tuple[Architecture, dict, dict]:
     """Any supported checkpoint -> (Architecture, model weights in published layout, other entries).
 
-    Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats), ModelZoo `.ckpt`, and the names
-    `edsr weights list` shows (a published name is downloaded and converted on first use).
+    Accepts kit checkpoints, published EDSR-PyTorch `.pt` (both formats) and ModelZoo `.ckpt` files. A weights
+    name (`edsr weights list`) is resolved before this, at the edges: `loading.load_model`, the CLI, notebooks.
     A training checkpoint with an EMA of its weights (`ema_decay`) gives the EMA weights unless `ema` is False; the
     EMA stays in the other entries (`ema.<name>`) when `ema` is False (resuming needs both sets).
     `res_scale` overrides the inferred value for files that do not record it. The architecture must be within
     `model.check_size` (unless allow_large_model) and every weight a finite floating-point array.
     """
-    from .pretrained import Registry
-
-    path = Registry().resolve(path)  # a weights name (edsr weights list) becomes its cached checkpoint
     arch, weights, rest = _read_any_checkpoint(Path(path), res_scale)
     averaged = {k[len(EMA_PREFIX) :]: v for k, v in rest.items() if k.startswith(EMA_PREFIX)}
     if ema and averaged:
@@ -286,100 +283,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, res_scale: float | N
     return arch
 
 
-def choose_scale(path, arch, scale=None, default_scale=None):
-    """The scale to run `arch` at: an EDSR's own (`scale`, when given, must equal it); for an MDSR, `scale`, else
-    `default_scale` (a notebook's `scale` parameter), which must be one of its scales. Errors name the checkpoint and
-    what it offers."""
-    offered = ", ".join(f"x{s}" for s in arch.scales)
-    if arch.is_multiscale:
-        scale = default_scale if scale is None else scale
-        if scale is None:
-            raise KitError(f"{path} is an MDSR for {offered}: choose one with --scale (scale=...)")
-        if scale not in arch.scales:
-            raise KitError(f"{path} is an MDSR for {offered}, not x{scale}")
-        return int(scale)
-    if scale is not None and scale != arch.scale:
-        raise KitError(f"{path} is an x{arch.scale} model but scale {scale} was asked for")
-    return arch.scale
-
-
-def load_model(
-    path: str | os.PathLike,
-    res_scale: float | None = None,
-    conv_kernel: str = "auto",
-    into: EDSR | None = None,
-    scale: int | None = None,
-    default_scale: int | None = None,
-    ema: bool = True,
-) -> EDSR:
-    """The ready network (inference mode) at one scale from any supported checkpoint; run it with
-    `model.forward_array` or `inference.upscale`. conv_kernel as in `model.build_model` (exports ask for "stock").
-    `scale`: required for an MDSR (one of its scales); for an EDSR, optional and checked. `default_scale`: the
-    MDSR's scale when `scale` is not given; an EDSR ignores it (notebooks pass their `scale` parameter).
-    `ema`: a training checkpoint's EMA weights when it has them (ema_decay), else its raw weights.
-
-    into: a network of the same architecture to load the weights into instead of building one. It keeps its
-    compiled graph, and MindSpore 2.10 never frees a compiled network, so going through many checkpoints in one
-    process should reuse one network this way."""
-    from .runtime import current_device
-
-    current_device()
-    arch, weights, _ = read_checkpoint(path, res_scale, ema=ema)
-    scale = choose_scale(path, arch, scale, default_scale)
-    if into is not None and into.arch != arch.at_scale(scale):
-        raise KitError(f"{path}: architecture {arch.to_dict()} differs from the network's {into.arch.to_dict()}")
-    network = getattr(into, "network", into) if into is not None else build_model(arch, conv_kernel)
-    try:
-        load_state(network, weights)
-    except KitError as exc:
-        raise KitError(f"{path}: {exc}") from None
-    network.set_train(False)
-    return network.at_scale(scale)
-
-
-def init_from_checkpoint(model, path):
-    """Initialise `model` from any checkpoint for fine-tuning; tail tensors of another scale are skipped."""
-    arch, weights, _ = read_checkpoint(path)
-    try:
-        return load_state(model, weights, skip_mismatched_tail=arch.scale != model.arch.scale)
-    except KitError as exc:
-        raise KitError(f"{path}: {exc}") from None
-
-
 __all__ = [
     "convert",
-    "load_model",
     "read_checkpoint",
     "save_checkpoint",
-    "init_from_checkpoint",
     "infer_architecture",
     "modelzoo_to_published",
     "upsampling_factors",
 ]
-
-
-# Where notebook 02 leaves its best model with its default parameters, relative to the folder the notebooks run in.
-NOTEBOOK_02_CHECKPOINT = Path("outputs/02_train/ckpt/best.ckpt")
-
-
-def default_checkpoint(checkpoint="", trained=NOTEBOOK_02_CHECKPOINT):
-    """(checkpoint or None, one sentence saying which and why) for notebooks 03-05: `checkpoint` when given, else
-    the best one notebook 02 trained when it exists, else None and how to get one."""
-    if checkpoint:
-        return str(checkpoint), f"checkpoint: {checkpoint}"
-    if Path(trained).is_file():
-        return str(trained), f"checkpoint: {trained} (trained by 02_train.ipynb; set `checkpoint` to use another)"
-    return None, (
-        f"no checkpoint yet: {trained} is made by 02_train.ipynb (a few minutes on a CPU); run it first, "
-        "or set `checkpoint` to a kit .ckpt, a published EDSR-PyTorch .pt or a ModelZoo .ckpt"
-    )
-
-
-def find_checkpoints(root="outputs", exclude=()):
-    """Kit checkpoints under `root` (e.g. every run notebook 02 or `edsr train` left there), by a short name
-    (`02_train/ckpt/best`), for a notebook to offer; not loaded, so listing is cheap. `exclude`: paths to leave out."""
-    root, skip = Path(root), {Path(p).resolve() for p in exclude if p}
-    if not root.is_dir():
-        return {}
-    found = sorted(p for p in root.rglob("*.ckpt") if not p.name.startswith(".") and p.resolve() not in skip)
-    return {str(p.relative_to(root).with_suffix("")): p for p in found}

@@ -61,7 +61,7 @@ class Comparison:
         return list(self.dataset.names) + list(self.photos)
 
     def model(self, name):
-        from .weights import load_model
+        from .loading import load_model
 
         if isinstance(self.methods[name], (str, Path)):
             self.methods[name] = load_model(self.methods[name], default_scale=self.dataset.scale)

@@ -557,7 +557,8 @@ def bench_export(rounds=3):
     ExportedModel uses on such CPUs), and ONNX (onnxruntime, tiled). Best of `rounds` after one warm-up call."""
     from edsr_lib.export import MindirProcess, export_model, load_exported, load_mindir
     from edsr_lib.model import state_dict
-    from edsr_lib.weights import load_model, save_checkpoint
+    from edsr_lib.loading import load_model
+    from edsr_lib.weights import save_checkpoint
 
     setup_device("CPU")
     arch = Architecture.from_preset("baseline", 2)

@@ -115,7 +115,7 @@ def test_every_rank_validates_its_share_and_all_hold_one_devices_numbers(two_wor
     from edsr_lib.data import open_dataset
     from edsr_lib.evaluation import evaluate
     from edsr_lib.metrics import protocol_for
-    from edsr_lib.weights import load_model
+    from edsr_lib.loading import load_model
 
     out, proc = two_worker_run
     assert proc.returncode == 0, proc.stdout[-3000:]

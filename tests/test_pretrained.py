@@ -106,13 +106,16 @@ def test_ckpt_name_end_to_end_in_the_cli(tmp_path, server, published, rng, capsy
 
 
 def test_own_names_and_listing(tmp_path, monkeypatch, published):
-    from edsr_lib.weights import convert, load_model
+    from edsr_lib.loading import load_model
+    from edsr_lib.weights import convert, read_checkpoint
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     convert(tmp_path / "tiny.pt", tmp_path / "mine.ckpt")
     result = run_cli("weights", "add", "my_x2", tmp_path / "mine.ckpt")
     assert result.returncode == 0, result.stderr
     assert load_model("my_x2").arch.scale == 2  # a name wherever a checkpoint path goes
+    with pytest.raises(KitError, match="my_x2: no such checkpoint file"):
+        read_checkpoint("my_x2")  # the file-format reader takes files: names are resolved at the edges
     listing = run_cli("weights", "list")
     assert listing.returncode == 0
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:-1]}
@@ -138,3 +141,15 @@ def test_a_written_mirror_serves_another_machine(tmp_path, server, published):
     handler.files = {f"/lab/{p.name}": p.read_bytes() for p in folder.iterdir()}
     other = Registry([entry], cache_dir=tmp_path / "other", official=f"{base}/gone/")
     assert other.fetch("tiny_x2", [f"{base}/lab"], progress=False, log=lambda m: None).is_file()
+
+
+def test_the_file_format_layer_does_not_reach_the_registry():
+    """weights.py reads and writes files; the registry (which downloads) calls it, never the reverse."""
+    import ast
+
+    import edsr_lib.weights
+
+    with open(edsr_lib.weights.__file__) as source:
+        tree = ast.parse(source.read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"pretrained", "download", "loading"}, imported

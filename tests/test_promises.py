@@ -143,7 +143,7 @@ def test_a_16_bit_upload_is_scaled_not_wrapped(tmp_path, tiny_ckpt):
 
     from edsr_lib.data import open_dataset
     from edsr_lib.metrics import protocol_for
-    from edsr_lib.weights import load_model
+    from edsr_lib.loading import load_model
     from edsr_lib.widgets import Comparison, ComparisonExplorer
 
     rng = np.random.default_rng(3)

@@ -100,7 +100,8 @@ def test_an_uploaded_photo_is_compared_as_hr_or_used_as_lr(tmp_path, rng):
 
 
 def test_checkpoints_found_under_outputs_are_offered_and_loaded_only_when_chosen(tmp_path, rng):
-    from edsr_lib.weights import find_checkpoints, save_checkpoint
+    from edsr_lib.notebook_helpers import find_checkpoints
+    from edsr_lib.weights import save_checkpoint
     from reference import random_published_weights
 
     arch = Architecture(scale=2, n_resblocks=1, n_feats=4)
