@@ -341,6 +341,7 @@ def plot_degradations(lrs, scale, box=None):
 
 # Page widths of two-column SR papers (IEEE/CVF templates), in inches.
 PAPER_WIDTHS = {"one-column": 3.3, "two-column": 6.9}
+PAPER_FIGURE_FORMATS = ("pdf", "svg", "png")  # vector for LaTeX, or a 300 dpi raster
 
 
 def paper_figure(hr, outputs, box, scores=None, width="two-column"):

@@ -18,6 +18,9 @@ from .errors import KitError
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 
 
+CHANNELS = ("y", "rgb")  # what PSNR and SSIM are computed on: BT.601 luma (the papers' benchmarks) or RGB (DIV2K)
+
+
 @dataclass(frozen=True)
 class Protocol:
     channel: str  # "y" or "rgb"
@@ -33,7 +36,7 @@ def protocol_for(dataset, scale, override=None):
     `override` ("y" or "rgb") forces a channel, keeping that channel's usual border.
     """
     channel = override or ("rgb" if str(dataset).upper().startswith("DIV2K") else "y")
-    if channel not in ("y", "rgb"):
+    if channel not in CHANNELS:
         raise KitError(f"metric channel must be 'y' or 'rgb', got {override!r}")
     return Protocol(channel, scale + 6 if channel == "rgb" else scale)
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
 from .degradations import Degradation, RealisticRanges
-from .kernels.conv import CONV_ALGORITHMS
+from .kernels import CONV_ALGORITHMS
 from .errors import KitError
 from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse_scales
 

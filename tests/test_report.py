@@ -140,7 +140,7 @@ def test_the_report_in_chromium(report):
 
 
 def test_method_labels():
-    from edsr_lib.cli import _method_label
+    from edsr_lib.cli.compare import _method_label
 
     assert _method_label("EDSR=runs/x2/best.ckpt") == ("EDSR", "runs/x2/best.ckpt")
     assert _method_label("runs/lr=1e-4/best.ckpt") == ("best", "runs/lr=1e-4/best.ckpt")

@@ -6,5 +6,11 @@
   entry-point names, and a memory probe. It imports no MindSpore.
 - `src/`: the C++ (one translation unit, `conv.cpp`, split by concern into headers).
 
-Importing this package imports neither MindSpore nor the layer: `from edsr_lib.kernels import conv` does.
+Importing this package (its algorithm names) imports neither MindSpore nor the layer: `from edsr_lib.kernels import
+conv` does.
 """
+
+from .build import ENTRY_PREFIXES
+
+ALGORITHMS = tuple(ENTRY_PREFIXES)  # direct, winograd (F(4x4, 3x3)), winograd2x2 (F(2x2, 3x3))
+CONV_ALGORITHMS = ("auto", *ALGORITHMS)  # what users choose (`conv_algorithm`, `--conv_algorithm`)

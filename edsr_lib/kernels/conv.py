@@ -17,14 +17,14 @@ import warnings
 from ..backend import nn, ops
 from ..errors import KitError
 from ..runtime import current_device, fast_conv_library
-from .build import ENTRY_PREFIXES, entry_point
+from . import ALGORITHMS, CONV_ALGORITHMS
+from .build import entry_point
 
 # auto: the kit's CPU kernel on CPU (its algorithm chosen per layer, see `layer_algorithm`), stock elsewhere; fast:
 # require the kit's kernel; direct / winograd (F(4x4, 3x3)) / winograd2x2 (F(2x2, 3x3)): the kit's kernel with that
 # algorithm for 3x3 layers; stock: nn.Conv2d.
-ALGORITHMS = tuple(ENTRY_PREFIXES)  # direct, winograd, winograd2x2
 CONV_KERNELS = ("auto", "fast", *ALGORITHMS, "stock")
-CONV_ALGORITHMS = ("auto", *ALGORITHMS)  # what users choose (`conv_algorithm`, `--conv_algorithm`)
+__all__ = ["CONV_ALGORITHMS", "CONV_KERNELS", "FastConv2d", "make_conv"]
 
 
 def _registration(name, inputs, outputs):
