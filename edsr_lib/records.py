@@ -1,9 +1,12 @@
 """A training run's records in its folder: `run.json` (options, versions, device, precision), `history.csv`
 with `curves.png` (rewritten every epoch, so a killed run keeps them), and TensorBoard event files under `tb/`."""
 
+import contextlib
 import csv
 import io
 import math
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -84,3 +87,54 @@ class TensorBoardLog:
         closing = threading.Thread(target=writer.close, daemon=True)
         closing.start()
         closing.join(timeout)
+
+
+@contextlib.contextmanager
+def run_lock(folder):
+    """One training run at a time per run folder: `.lock` holds the owner's host and pid. A lock left by a process
+    that no longer runs on this host (killed) is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, me = folder / ".lock", f"{socket.gethostname()} {os.getpid()}"
+    for attempt in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = lock.read_bytes()[:200].decode(errors="replace").strip()
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:  # released meanwhile
+                continue
+            host, _, pid = holder.partition(" ")
+            gone = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+            # a lock that never got its owner written (a start on a full disk) or holds garbage: stale once it is
+            # older than the instant between creating and writing it
+            garbled = not (host and pid.isdigit()) and age > 10
+            if attempt < 2 and (gone or garbled):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            if not (host and pid.isdigit()):
+                host, pid = "unknown host", "unknown"
+            raise KitError(
+                f"{folder}: another training run is using this folder (process {pid} on {host}); "
+                f"wait for it, or remove {lock} if it is no longer running"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    else:
+        raise KitError(f"{lock}: could not take this run folder's lock; try again")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -172,6 +172,41 @@ def training_state(model, optimizer, scaler, ema=()):
     return weights, extra
 
 
+def training_info(epoch, iterations, next_sample, seed, world_size, options, history, best_psnr):
+    """The loop's state a training checkpoint keeps beside `training_state`'s: where the run stands, the options
+    and the history. Patches are a pure function of (seed, sample index), so `next_sample` is the whole data-order
+    and augmentation state."""
+    return {
+        "epoch": int(epoch),
+        "iteration": int(iterations),
+        "next_sample": int(next_sample),
+        "seed": int(seed),
+        "world_size": int(world_size),
+        "options": json.dumps(options),
+        "history": json.dumps(history),
+        "best_psnr": float(best_psnr),
+    }
+
+
+def read_training_info(path, entries):
+    """(epoch, history, best_psnr, saved options, world size) from a training checkpoint's other entries (as
+    `read_checkpoint(..., ema=False)` returns them); a KitError for a checkpoint that holds weights only."""
+    missing = [k for k in ("epoch", "history", "best_psnr") if k not in entries]
+    if missing:
+        raise KitError(
+            f"{path}: holds weights but no training state ({', '.join(missing)} missing; converted "
+            "and published checkpoints have none): start from it with ckpt_path instead of resume"
+        )
+    world = entries.get("world_size")
+    return (
+        int(np.asarray(entries["epoch"])),
+        json.loads(entries["history"]),
+        float(np.asarray(entries["best_psnr"])),
+        json.loads(entries.get("options", "{}")),
+        None if world is None else int(np.asarray(world)),
+    )
+
+
 def restore_training_state(model, optimizer, scaler, weights, entries, ema=()):
     """Put back what `training_state` saved (`weights` and `entries` as `read_checkpoint(..., ema=False)` returns
     them), in place, so compiled graphs keep seeing the same parameters. EMA Parameters missing from the entries

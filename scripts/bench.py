@@ -144,12 +144,12 @@ class MindSporeEngine:
         return step
 
     def train_step_one_graph(self):
-        """One Adam step as the Trainer runs it now: trainer.TrainStep (forward, gradients, overflow check, update,
-        loss-scale adjustment) as one static graph; the loss is read every step here, the Trainer reads it less."""
+        """One Adam step as the Trainer runs it now: training_step.TrainStep (forward, gradients, overflow check,
+        update, loss-scale adjustment) as one static graph; the loss is read every step here, the Trainer less."""
         import mindspore as ms
         from mindspore import nn
 
-        from edsr_lib.trainer import TrainStep
+        from edsr_lib.training_step import TrainStep
 
         model = build_model(Architecture.from_preset("baseline", 2), conv_kernel=self.kernel)
         model.set_train(True)  # as the Trainer does: the train-mode graph (no recomputed block intermediates)

@@ -18,7 +18,8 @@ if os.environ.get("MS_ROLE") == "MS_SCHED":
 
 from edsr_lib.options import Options  # noqa: E402
 from edsr_lib.pipeline import PatchSource  # noqa: E402
-from edsr_lib.trainer import Trainer, TrainingStopped, param_digest  # noqa: E402
+from edsr_lib.ranks import param_digest  # noqa: E402
+from edsr_lib.trainer import Trainer, TrainingStopped  # noqa: E402
 
 
 class NaNSource(PatchSource):

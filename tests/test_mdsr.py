@@ -165,7 +165,8 @@ def _tiny_mdsr_opts(folder, **overrides):
 
 
 def test_mdsr_resume_is_exact_and_validation_reports_every_scale(tmp_path):
-    from edsr_lib.trainer import Trainer, param_digest
+    from edsr_lib.ranks import param_digest
+    from edsr_lib.trainer import Trainer
 
     straight = Trainer(_tiny_mdsr_opts(tmp_path / "a"), log=lambda m: None, progress=False)
     history = straight.fit()

@@ -389,7 +389,7 @@ def test_a_broken_network_is_an_error_not_an_image(tmp_path):
 
 
 def test_an_empty_or_garbled_lock_does_not_block_the_folder_for_ever(tmp_path):
-    from edsr_lib.trainer import run_lock
+    from edsr_lib.records import run_lock
 
     for content in (b"", b"\x00\xff\xfe binary"):
         (tmp_path / ".lock").write_bytes(content)

@@ -271,8 +271,8 @@ def test_a_training_step_is_one_graph_launch_and_the_host_reads_only_every_print
     trainer = _quiet(_opts(tmp_path, epochs=2, test_every=6, print_every=3))
     trainer.train_epoch()  # compiles the step graph once (compilation reads the parameters)
     launches, reads = [], []
-    graph = trainer._step_graph
-    monkeypatch.setattr(trainer, "_step_graph", lambda *a: launches.append(1) or graph(*a))
+    graph = trainer.step
+    monkeypatch.setattr(trainer, "step", lambda *a: launches.append(1) or graph(*a))
     real_asnumpy = ms.Tensor.asnumpy
     monkeypatch.setattr(ms.Tensor, "asnumpy", lambda self: reads.append(1) or real_asnumpy(self))
     loss, _ = trainer.train_epoch()
@@ -283,7 +283,7 @@ def test_a_training_step_is_one_graph_launch_and_the_host_reads_only_every_print
 
 
 def test_a_run_folder_belongs_to_one_run(tmp_path):
-    from edsr_lib.trainer import run_lock
+    from edsr_lib.records import run_lock
 
     _quiet(_opts(tmp_path, epochs=1)).fit()
     best = (tmp_path / "ckpt" / "best.ckpt").read_bytes()
@@ -389,7 +389,7 @@ def test_a_validation_image_too_small_for_the_metrics_is_refused_before_training
 def test_loss_option_in_edsr_pytorch_syntax_matches_its_formula(rng):
     import mindspore as ms
 
-    from edsr_lib.trainer import make_loss
+    from edsr_lib.training_step import make_loss
 
     sr = rng.uniform(0, 255, (2, 3, 6, 5)).astype(np.float32)
     hr = rng.uniform(0, 255, (2, 3, 6, 5)).astype(np.float32)

@@ -8,7 +8,8 @@ from edsr_lib import load_model
 from edsr_lib.data import SampleImages
 from edsr_lib.errors import KitError
 from edsr_lib.evaluation import evaluate
-from edsr_lib.trainer import Trainer, param_digest
+from edsr_lib.ranks import param_digest
+from edsr_lib.trainer import Trainer
 from edsr_lib.weights import read_checkpoint
 from test_trainer import _opts
 
@@ -24,7 +25,7 @@ def _batch(trainer, step):
 
 
 def _trained(trainer):
-    return {p.name: p.asnumpy().copy() for p in trainer.step.weights}
+    return {p.name: p.asnumpy().copy() for p in trainer.step_cell.weights}
 
 
 def test_ema_weights_equal_a_hand_computed_ema_over_three_steps(tmp_path):
@@ -36,7 +37,7 @@ def test_ema_weights_equal_a_hand_computed_ema_over_three_steps(tmp_path):
         assert applied
         for name, value in _trained(trainer).items():
             expected[name] = decay * expected[name] + (1 - decay) * value
-    averages = {p.name[len("ema.") :]: p.asnumpy() for p in trainer.step.ema}
+    averages = {p.name[len("ema.") :]: p.asnumpy() for p in trainer.step_cell.ema}
     assert set(averages) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(averages[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
@@ -50,7 +51,7 @@ def test_straight_and_resumed_runs_with_ema_are_bit_identical(tmp_path):
     resumed = _quiet(_opts(tmp_path / "b", ema_decay=0.9, resume=True))
     resumed.fit()
     assert param_digest(resumed.model) == param_digest(straight.model)
-    assert param_digest(resumed.step.ema) == param_digest(straight.step.ema)
+    assert param_digest(resumed.step_cell.ema) == param_digest(straight.step_cell.ema)
     raw = read_checkpoint(tmp_path / "b" / "ckpt" / "latest.ckpt", ema=False)
     assert any(k.startswith("ema.") for k in raw[2])
 
