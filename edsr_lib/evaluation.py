@@ -180,6 +180,47 @@ class Convention:
         return Protocol(self.channel, {"0": 0, "scale": scale, "scale+6": scale + 6}[self.border])
 
 
+def dataset_rows(results, scale, degradation="bicubic"):
+    """One table row per dataset for notebook 03: bicubic and EDSR PSNR/SSIM (NIQE when scored) next to the
+    published EDSR number. `results`: [(dataset, bicubic result, EDSR result or None)] as `evaluate` returns them."""
+    rows = []
+    for dataset, bicubic, edsr in results:
+        row = {"dataset": dataset.name, "images": len(dataset), "protocol": bicubic["protocol"]}
+        row["bicubic PSNR/SSIM"] = f"{bicubic['psnr']:.2f}/{bicubic['ssim']:.4f}"
+        row["EDSR PSNR/SSIM"] = f"{edsr['psnr']:.2f}/{edsr['ssim']:.4f}" if edsr else "no checkpoint"
+        if "niqe" in bicubic:
+            edsr_niqe = f"{edsr['niqe']:.3f}" if edsr else "-"
+            row["NIQE bicubic / EDSR (lower)"] = f"{bicubic['niqe']:.3f} / {edsr_niqe}"
+        row["published EDSR"] = published_row(dataset.name, scale, degradation)
+        rows.append(row)
+    return rows
+
+
+def per_image_rows(bicubic, edsr=None):
+    """One row per image: bicubic's PSNR/SSIM, and EDSR's when it was scored."""
+    rows = []
+    edsr_rows = edsr["per_image"] if edsr else [None] * len(bicubic["per_image"])
+    for b, e in zip(bicubic["per_image"], edsr_rows, strict=True):
+        row = {"image": b["name"], "bicubic PSNR": b["psnr"], "bicubic SSIM": b["ssim"]}
+        if e is not None:
+            row.update({"EDSR PSNR": e["psnr"], "EDSR SSIM": e["ssim"]})
+        rows.append(row)
+    return rows
+
+
+def convention_rows(result):
+    """compare_conventions' rows as a display table (the papers' convention marked)."""
+    return [
+        {
+            "convention": r["convention"] + (" (paper)" if r["paper"] else ""),
+            "PSNR (dB)": f"{r['psnr']:.3f}",
+            "vs paper (dB)": f"{r['delta_psnr']:+.3f}",
+            "SSIM": f"{r['ssim']:.4f}",
+        }
+        for r in result["rows"]
+    ]
+
+
 def conventions_for(dataset_name):
     """The conventions compared, the dataset's paper protocol first: Y/border scale for the benchmarks (every SR
     paper since SRCNN), RGB/border scale+6 for DIV2K (EDSR-PyTorch, NTIRE 2017). The first three rows after it

@@ -95,6 +95,28 @@ class TrainingParts:
     lpips: dict
 
 
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What this process runs on: the device, the precision record (run.json's), its rank in a world of `world`."""
+
+    device: str
+    precision: dict
+    rank: int
+    world: int
+
+
+def prepare_run(opts):
+    """Ready the process for training as `opts` says, before any network is built: the device, its precision and
+    determinism (before init(), so collectives are deterministic too), the data-parallel group when launched for
+    one, and the seed (the same initial weights on every rank). Call it once; pass the result to Trainer(run=...)
+    when you build the parts yourself (notebook 02), or let the Trainer call it."""
+    device = setup_device(opts.device_target)
+    precision = configure_precision(device, opts.precision_mode, opts.deterministic, opts.amp_level, opts.loss_scale)
+    rank, world = init_distributed(opts.device_target)
+    ms.set_seed(opts.seed)
+    return RunContext(device, precision, rank, world)
+
+
 def _per_scale(given, scales):
     """A given dataset (one scale) or {scale: dataset} as {scale: dataset}; {} when none was given."""
     if given is None:
@@ -197,7 +219,8 @@ class Trainer:
     options' architecture, so its checkpoints load), `loss` (a Cell of (sr, hr) -> scalar), `train_set` and
     `val_set` (datasets as `data.open_dataset` returns them; `val_set=None` with data_test "none" validates
     nothing), `optimizer` (a MindSpore optimizer over the model's trainable parameters with a Parameter
-    learning rate, which the lr schedule sets every epoch)."""
+    learning rate, which the lr schedule sets every epoch). `run`: prepare_run's result, when the caller readied
+    the process itself to build parts after the seed was set (notebook 02); otherwise the Trainer calls it."""
 
     def __init__(
         self,
@@ -210,16 +233,13 @@ class Trainer:
         train_set: PairDataset | None = None,
         val_set: PairDataset | None = None,
         optimizer: nn.Optimizer | None = None,
+        run: RunContext | None = None,
     ):
         self.opts, self.log, self.progress = opts, log, progress
-        self.device = setup_device(opts.device_target)
-        self.precision = configure_precision(
-            self.device, opts.precision_mode, opts.deterministic, opts.amp_level, opts.loss_scale
-        )
-        self.rank, self.world = init_distributed(opts.device_target)
+        run = run or prepare_run(opts)
+        self.device, self.precision, self.rank, self.world = run.device, run.precision, run.rank, run.world
         # An MDSR's batches change shape with their scale: no fixed-shape device loop.
         self.sink = opts.sink_mode(self.device) and opts.model != "MDSR"
-        ms.set_seed(opts.seed)  # the same initial weights on every rank
         parts = build_parts(
             opts, self.device, self.precision, self.world, self._log,
             model=model, loss=loss, train_set=train_set, val_set=val_set, optimizer=optimizer,

@@ -82,6 +82,25 @@ def test_notebook_is_committed_clean_and_thin(path):
             assert not line.lstrip().startswith(("def ", "class ", "lambda", "async def ")), line
 
 
+def test_the_exercises_notebook_is_committed_clean_and_its_only_functions_are_the_stubs():
+    nb = nbformat.read(ROOT / "notebooks" / "exercises" / "exercises.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].cell_type == "markdown" and "papermill" in nb.cells[0].source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs"
+    assert len([c for c in code if "parameters" in c.metadata.get("tags", [])]) == 1
+    stubs = []
+    for cell in code:
+        assert len(cell.source.splitlines()) <= MAX_CELL_LINES, cell.source[:80]
+        lines = cell.source.splitlines()
+        if lines and lines[0].startswith("def "):  # an exercise: the signature and a stub body, nothing else
+            assert lines[1:] == ["    raise NotImplementedError"], cell.source
+            stubs.append(lines[0].split("(")[0][4:])
+        else:
+            assert not any(line.lstrip().startswith(("def ", "class ", "lambda")) for line in lines), cell.source
+    assert stubs == ["pixel_shuffle", "cubic", "psnr_y", "receptive_radius"]
+
+
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     out = tmp_path_factory.mktemp("standalone")

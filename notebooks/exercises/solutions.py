@@ -26,7 +26,9 @@ def psnr_y(sr, hr, border):
         img = img.astype(np.float64)
         return 16 + (65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2]) / 255
 
-    diff = (luma(sr) - luma(hr))[border:-border, border:-border]
+    # [border:-border] would be empty for border 0: slice to the far edge explicitly
+    height, width = hr.shape[:2]
+    diff = (luma(sr) - luma(hr))[border : height - border, border : width - border]
     return 10 * np.log10(255**2 / np.mean(diff**2))
 
 
