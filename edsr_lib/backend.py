@@ -4,7 +4,7 @@ so no import order can load it before the environment is set (tests/test_runtime
 
 The environment variables the kit sets, and why (a value the user already exported wins):
 - MS_DEV_HOST_BLOCKING_RUN, CPU runs only: without it the host thread busy-waits for every op launched from Python
-  and takes one of two cores from the kernels (op by op about 2x slower: docs/benchmarks.md). On Ascend and GPU the
+  and takes one of two cores from the kernels (op by op much slower: docs/benchmarks.md). On Ascend and GPU the
   host must keep queueing work while the device runs, so it must not be set there. MindSpore reads it at the first
   op launched, not at import (set after `import mindspore` and before the first op it applies), so
   runtime.setup_device sets or clears it once the device is chosen; the guess here only covers ops a caller runs

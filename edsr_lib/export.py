@@ -122,7 +122,7 @@ def export_model(
         if file_format == "ONNX":  # MindSpore 2.10 marks ms.export(file_format="ONNX") for removal
             ms.onnx.export(net, example, file_name=str(scratch / "model.onnx"), input_names=["x"])
         else:
-            with mindspore_log_silenced():  # AIR: 2.10's deprecation notice (the README says so, and what to use)
+            with mindspore_log_silenced():  # AIR: 2.10's deprecation notice (docs/deployment.md)
                 ms.export(net, example, file_name=str(scratch / "model"), file_format=file_format)
         produced = next(scratch.glob("model*"), None)
         if produced is None:
@@ -339,7 +339,7 @@ def _die_with_parent():
 
 class MindirProcess:
     """A MINDIR run by MindSpore in a child process whose oneDNN is capped at AVX2 (runtime.STOCK_CONV_ENVIRONMENT):
-    its stock Conv2d then runs JIT kernels instead of reference loops, ~100x faster, while this process keeps
+    its stock Conv2d then runs JIT kernels instead of reference loops, far faster, while this process keeps
     AVX-512 for the kit's own kernel. Arrays go through a pipe, which costs milliseconds per call."""
 
     def __init__(self, path):

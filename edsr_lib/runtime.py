@@ -21,7 +21,7 @@ __all__ = ["STOCK_CONV_ENVIRONMENT", "cann_home", "fast_conv_library"]  # re-exp
 
 def stock_conv_needs_own_process():
     """True when MindSpore's stock CPU Conv2d would fall into oneDNN's reference loops in this process (an AVX-512
-    CPU and no ISA cap, which the kit's own kernel prefers): ~100x slower than in a process with the cap."""
+    CPU and no ISA cap, which the kit's own kernel prefers): far slower than in a process with the cap."""
     return (
         current_device() == "CPU" and "ONEDNN_MAX_CPU_ISA" not in os.environ and " avx512f" in native.cpu_description()
     )

@@ -1,5 +1,6 @@
-"""The README's promises, case by case: nothing a user owns is destroyed, nothing unverified is used, nothing is
-left running, and every mistake is one line before any work. Each test is one case class of the red-team report."""
+"""The promises of docs/promises.md, case by case: nothing a user owns is destroyed, nothing unverified is used,
+nothing is left running, and every mistake is one line before any work. Each test is one case class of the red-team
+report."""
 
 import hashlib
 import json

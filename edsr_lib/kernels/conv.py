@@ -3,8 +3,8 @@
 Every 3x3 convolution in the model is made by `make_conv`. On CPU it is a oneDNN kernel of our own
 (`src/`, built by `build.py`: Winograd F(4x4, 3x3) or F(2x2, 3x3), or oneDNN's direct
 convolution) with its own backward pass, run inside MindSpore graphs with dynamic shapes (`model.compile_dynamic`:
-inference and the training step): 0.5-0.75x PyTorch's time on the same CPU, where MindSpore's stock CPU Conv2d in
-the same graphs takes 2-3x PyTorch's (docs/benchmarks.md). On Ascend and GPU,
+inference and the training step): faster than PyTorch on the same CPU, where MindSpore's stock CPU Conv2d in the
+same graphs is several times slower (figures and commands: docs/benchmarks.md). On Ascend and GPU,
 in exports, and wherever that kernel cannot be built, it is the stock `nn.Conv2d`.
 Parameters are always named, shaped and initialised as `nn.Conv2d` (`weight` [out, in, k, k], `bias`), so
 checkpoints are interchangeable whatever kernel runs.
@@ -68,8 +68,8 @@ class _FastKernels:
             return self.backward_data(dy, w), dw, db
 
         self.conv_grads, self.custom, self.algorithm = conv_grads, custom, algorithm
-        # MindSpore's own ReLU backward kernel: 1.2 ms on a 16x64x48x48 gradient, where select(out > 0, ...) takes
-        # 6-12 ms on CPU (about 200 ms of a baseline training step)
+        # MindSpore's own ReLU backward kernel: select(out > 0, ...) is several times slower on CPU and was a large
+        # share of a baseline training step (docs/benchmarks.md, "ReluGrad")
         from mindspore.ops.operations._grad_ops import ReluGrad  # no public name; MindSpore is loaded (backend)
 
         relu_grad = ReluGrad()

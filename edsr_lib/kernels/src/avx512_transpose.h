@@ -14,7 +14,7 @@ namespace {
 
 // r[l][q] -> r[q][l] for a 16 x 16 block of floats in registers (unpack pairs, then pairs of pairs, then 128-bit
 // lanes twice), instead of 256 scalar moves: packing NCHW rows into NHWC and writing 4x4 output tiles back to NCHW
-// were each about 15% of a 64-channel Winograd convolution with scalar loops.
+// were each a large share of a 64-channel Winograd convolution with scalar loops (docs/benchmarks.md).
 inline void Transpose16(__m512 r[16]) {
   __m512 t[16], u[16];
   for (int i = 0; i < 16; i += 2) {

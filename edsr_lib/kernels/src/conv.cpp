@@ -18,8 +18,8 @@
 // `Winograd<name>` by F(4x4, 3x3), `WinogradF2<name>` by F(2x2, 3x3),
 // each with its `<name>InferShape`: MindSpore calls these C++ shape functions (not Python ones) when it runs a graph
 // whose N, H and W are only known at run time, so one compiled graph serves every image size.
-// The fused forms exist because each MindSpore op between two convolutions costs ~0.3-0.5 ms of launch overhead
-// on CPU, about 15% of an EDSR-baseline forward pass.
+// The fused forms exist because each MindSpore op between two convolutions costs launch overhead on CPU, a sizeable
+// share of an EDSR-baseline forward pass (docs/benchmarks.md).
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_threadpool.h>
 #include <oneapi/dnnl/dnnl_threadpool_iface.hpp>

@@ -177,7 +177,7 @@ std::mutex pool_mutex;  // one job on the thread pool at a time: each uses all c
 std::map<std::array<int64_t, 7>, std::unique_ptr<Plan>> plans;
 
 // Buffers for operands in the primitive's layout, shared by all plans (one convolution runs at a time) and reused
-// from call to call: allocating them per call cost ~10% of a forward pass in page faults, and keeping them per plan
+// from call to call: allocating them per call cost a visible share of a forward pass in page faults, and keeping them per plan
 // grew to gigabytes over the tile shapes of a large image. A slot larger than kKeptSlotBytes is freed after use.
 constexpr size_t kKeptSlotBytes = size_t(64) << 20;
 struct Slot {
