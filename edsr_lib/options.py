@@ -6,28 +6,18 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
 from .degradations import Degradation, RealisticRanges
-from .kernels import CONV_ALGORITHMS
 from .errors import KitError
+from .kernels import CONV_ALGORITHMS
 from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse_scales
+from .records import TENSORBOARD_MODES
+from .runtime import PRECISION_MODES
+from .training_step import AMP_LEVELS, OPTIMIZERS, SINK_MODES, WeightedLoss
 
 
-OPTIMIZERS = ("ADAM", "SGD")
 # A loss weight scales the gradients like the lr: beyond this the float32 loss of 0-255 images overflows (the
 # recipe's weights are 1 and 0.1).
 MAX_LOSS_WEIGHT = 1e3
 MAX_BATCH_SIZE = 1024
-LOSSES = ("L1", "MSE")
-# CANN's operator precision modes (mindspore.device_context.ascend.op_precision.precision_mode).
-PRECISION_MODES = (
-    "force_fp16",
-    "allow_fp32_to_fp16",
-    "allow_mix_precision",
-    "must_keep_origin_dtype",
-    "force_fp32",
-    "allow_fp32_to_bf16",
-    "allow_mix_precision_fp16",
-    "allow_mix_precision_bf16",
-)
 
 
 # The network's fields keep Architecture's defaults: options name them flat (the ModelZoo EDSR's names), and
@@ -44,6 +34,11 @@ def option(default, help_text):
 
 @dataclass
 class Options:
+    """Flat fields with the ModelZoo EDSR's names (the public contract of notebooks, flags and checkpoints), in four
+    groups, each checked by its own method when the options are made: data (`_validate_data`), model
+    (`_validate_model`), schedule (`_validate_schedule`) and run: checkpoints, precision and device
+    (`_validate_run`)."""
+
     # data
     dir_data: str = option("", "root folder of the datasets (DIV2K/, benchmark/)")
     data_train: str = option("sample", "training set: sample (built in), DIV2K, or a folder of HR images")
@@ -104,7 +99,7 @@ class Options:
     )
     seed: int = option(1, "random seed (weights and patch sampling)")
     print_every: int = option(100, "steps between loss reads for the progress bar (the only per-step host syncs)")
-    # checkpoints
+    # run: checkpoints, precision and device
     ckpt_save_path: str = option("ckpt", "run folder: checkpoints, history.csv, curves.png, run.json")
     ckpt_save_interval: int = option(10, "keep a numbered checkpoint every this many epochs")
     ckpt_save_max: int = option(5, "numbered checkpoints kept at most")
@@ -121,8 +116,7 @@ class Options:
     overwrite: bool = option(
         False, "start a new run in a ckpt_save_path that holds an earlier run (its files are replaced)"
     )
-    task_id: int = option(0, "task index (kept for the ModelZoo EDSR's scripts; not used in training)")
-    # precision and device
+    task_id: int = option(0, "task index: accepted so the ModelZoo EDSR's command lines run; the kit does not use it")
     amp_level: str = option("O0", "mixed precision O0 (float32), O1, O2 or O3")
     loss_scale: float = option(
         0.0, "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend"
@@ -146,6 +140,12 @@ class Options:
 
     def __post_init__(self):
         self.device_target = self.device_target or None  # notebooks pass "" for "choose for me"
+        self._validate_model()
+        self._validate_data()
+        self._validate_schedule()
+        self._validate_run()
+
+    def _validate_model(self):
         self.model = str(self.model).upper()
         if self.model not in MODELS:
             raise KitError(f"model {self.model!r} is not supported; choose one of {', '.join(MODELS)}")
@@ -154,33 +154,58 @@ class Options:
             raise KitError(f"scale {self.scale}: several scales in one network need model MDSR (--model MDSR)")
         # One scale stays an int (the ModelZoo EDSR's option); several are written as EDSR-PyTorch does, "2+3+4".
         self.scale = scales[0] if len(scales) == 1 else "+".join(map(str, scales))
-        if self.patch_size is None:
-            self.patch_size = 48 if self.model == "MDSR" else 48 * scales[0]
-        self._check_numbers()
+        self._check_numbers({"res_scale": lambda v: v > 0, "rgb_range": lambda v: v > 0}, n_resblocks=0, n_feats=1)
+        if self.n_colors != 3:
+            raise KitError(f"n_colors must be 3 (the kit trains and evaluates RGB images), got {self.n_colors!r}")
         check_size(self.architecture(), self.allow_large_model)
+
+    def _validate_data(self):
+        if self.patch_size is None:
+            self.patch_size = 48 if self.model == "MDSR" else 48 * self.scales()[0]
+        self._check_numbers({}, patch_size=1, num_workers=1)
         if self.model == "EDSR" and self.patch_size % self.scale:
             raise KitError(f"patch_size {self.patch_size} must be a multiple of scale {self.scale}")
-        if self.amp_level not in ("O0", "O1", "O2", "O3"):
-            raise KitError(f"amp_level must be O0, O1, O2 or O3, got {self.amp_level!r}")
+        self.degradation = str(self.degradation).lower()
+        self.degradation_model()  # validates
+
+    def _validate_schedule(self):
+        # lr: Adam's steps are about lr in size whatever the gradient; beyond 1 the 0-255 network's weights jump by
+        # more than their own scale in one step and training diverges at once (the recipe uses 1e-4).
+        rules = {
+            "lr": lambda v: 0 < v <= 1,
+            "gamma": lambda v: v > 0,
+            "momentum": lambda v: 0 <= v < 1,
+            "weight_decay": lambda v: v >= 0,
+            "gclip": lambda v: v >= 0,
+            "ema_decay": lambda v: 0 <= v < 1,
+        }
+        self._check_numbers(rules, seed=0, test_every=1, epochs=1, batch_size=1, print_every=1)
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise KitError(
+                f"batch_size {self.batch_size} is per device: above {MAX_BATCH_SIZE} no card holds the activations "
+                "(the recipe uses 16 in all, e.g. 2 per card on 8 cards)"
+            )
         self.optimizer = str(self.optimizer).upper()
         if self.optimizer not in OPTIMIZERS:
             raise KitError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if str(self.dataset_sink).lower() not in ("auto", "on", "off", "true", "false"):
+        self.decay_epochs()  # validates
+        self.loss_terms()  # validates
+
+    def _validate_run(self):
+        self._check_numbers({"loss_scale": lambda v: v >= 0}, ckpt_save_interval=1, ckpt_save_max=1)
+        if self.amp_level not in AMP_LEVELS:
+            levels = f"{', '.join(AMP_LEVELS[:-1])} or {AMP_LEVELS[-1]}"
+            raise KitError(f"amp_level must be {levels}, got {self.amp_level!r}")
+        if str(self.dataset_sink).lower() not in SINK_MODES:
             raise KitError(f"dataset_sink must be auto, on or off, got {self.dataset_sink!r}")
         self.conv_algorithm = str(self.conv_algorithm).lower()
         if self.conv_algorithm not in CONV_ALGORITHMS:
             raise KitError(f"conv_algorithm must be one of {', '.join(CONV_ALGORITHMS)}, got {self.conv_algorithm!r}")
         self.tensorboard = str(self.tensorboard).lower()
-        if self.tensorboard not in ("auto", "on", "off"):
-            raise KitError(f"tensorboard must be auto, on or off, got {self.tensorboard!r}")
+        if self.tensorboard not in TENSORBOARD_MODES:
+            raise KitError(f"tensorboard must be one of {', '.join(TENSORBOARD_MODES)}, got {self.tensorboard!r}")
         if self.precision_mode and self.precision_mode not in PRECISION_MODES:
             raise KitError(f"precision_mode must be one of {', '.join(PRECISION_MODES)}, got {self.precision_mode!r}")
-        if self.gclip < 0:
-            raise KitError(f"gclip must be 0 (off) or positive, got {self.gclip}")
-        self.decay_epochs()  # validates
-        self.degradation = str(self.degradation).lower()
-        self.degradation_model()  # validates
-        self.loss_terms()  # validates
 
     def loss_terms(self):
         """`loss` as [(weight, name)]: "1*L1+0.1*MSE" -> [(1.0, "L1"), (0.1, "MSE")], as EDSR-PyTorch writes it."""
@@ -191,17 +216,19 @@ class Options:
                 value = float(weight) if weight else 1.0
             except ValueError:
                 value = float("nan")
-            if name.upper() not in LOSSES or not math.isfinite(value) or not 0 < value <= MAX_LOSS_WEIGHT:
+            losses = tuple(WeightedLoss.TERMS)
+            if name.upper() not in losses or not math.isfinite(value) or not 0 < value <= MAX_LOSS_WEIGHT:
                 raise KitError(
                     f"loss {self.loss!r}: each term is WEIGHT*NAME with a weight in (0, {MAX_LOSS_WEIGHT:g}] and "
-                    f"NAME one of {', '.join(LOSSES)}, e.g. 1*L1+0.1*MSE"
+                    f"NAME one of {', '.join(losses)}, e.g. 1*L1+0.1*MSE"
                 )
             terms.append((value, name.upper()))
         return terms
 
-    def _check_numbers(self):
-        """Every numeric option, before any work starts: a NaN lr or a negative seed would otherwise train garbage
-        or fail deep inside MindSpore."""
+    def _check_numbers(self, rules, **integers):
+        """Numeric options before any work starts (a NaN lr or a negative seed would otherwise train garbage or fail
+        deep inside MindSpore): each of `rules` {name: predicate} a finite number passing its predicate, each of
+        `integers` {name: lowest} an integer at least that."""
 
         def number(name, kind=(int, float)):
             value = getattr(self, name)
@@ -209,47 +236,13 @@ class Options:
                 raise KitError(f"{name} must be a finite number, got {value!r:.60}")
             return value
 
-        # lr: Adam's steps are about lr in size whatever the gradient; beyond 1 the 0-255 network's weights jump by
-        # more than their own scale in one step and training diverges at once (the recipe uses 1e-4).
-        rules = {
-            "lr": lambda v: 0 < v <= 1,
-            "gamma": lambda v: v > 0,
-            "res_scale": lambda v: v > 0,
-            "rgb_range": lambda v: v > 0,
-            "momentum": lambda v: 0 <= v < 1,
-            "weight_decay": lambda v: v >= 0,
-            "loss_scale": lambda v: v >= 0,
-            "gclip": lambda v: v >= 0,
-            "ema_decay": lambda v: 0 <= v < 1,
-        }
         for name, ok in rules.items():
             if not ok(number(name)):
                 raise KitError(f"{name} {getattr(self, name)!r} is out of range")
-        integers = {
-            "patch_size": 1,
-            "num_workers": 1,
-            "seed": 0,
-            "n_resblocks": 0,
-            "n_feats": 1,
-            "test_every": 1,
-            "epochs": 1,
-            "batch_size": 1,  # and at most MAX_BATCH_SIZE, below
-            "ckpt_save_interval": 1,
-            "ckpt_save_max": 1,
-            "print_every": 1,
-            "task_id": 0,
-        }
         for name, low in integers.items():
             value = number(name, int)
             if value < low:
                 raise KitError(f"{name} must be at least {low}, got {value}")
-        if self.batch_size > MAX_BATCH_SIZE:
-            raise KitError(
-                f"batch_size {self.batch_size} is per device: above {MAX_BATCH_SIZE} no card holds the activations "
-                "(the recipe uses 16 in all, e.g. 2 per card on 8 cards)"
-            )
-        if self.n_colors != 3:
-            raise KitError(f"n_colors must be 3 (the kit trains and evaluates RGB images), got {self.n_colors!r}")
 
     @classmethod
     def for_preset(cls, preset, **overrides):

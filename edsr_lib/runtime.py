@@ -145,6 +145,17 @@ def setup_device(device_target=None):
 # Cube unit: convolutions run in float16 whatever the mode, and their chip default is allow_fp32_to_fp16. Atlas A2
 # and later (910B, ...) default to must_keep_origin_dtype with HF32 convolutions (float32's exponent range, a
 # shorter mantissa: conv_allow_hf32 is on by default, op_precision.py), and compute float32 when HF32 is switched off.
+# CANN's operator precision modes (mindspore.device_context.ascend.op_precision.precision_mode).
+PRECISION_MODES = (
+    "force_fp16",
+    "allow_fp32_to_fp16",
+    "allow_mix_precision",
+    "must_keep_origin_dtype",
+    "force_fp32",
+    "allow_fp32_to_bf16",
+    "allow_mix_precision_fp16",
+    "allow_mix_precision_bf16",
+)
 FLOAT32_PRECISION_MODES = ("must_keep_origin_dtype", "force_fp32")  # with HF32 off: float32 convolutions on A2
 BFLOAT16_PRECISION_MODES = ("allow_fp32_to_bf16", "allow_mix_precision_bf16")
 CHIP_DEFAULT_MODE = {"910A": "allow_fp32_to_fp16", "A2": "must_keep_origin_dtype"}

@@ -21,6 +21,12 @@ def open_sink(step, dataset, sink_size):
     return ms.data_sink(step, dataset, sink_size=sink_size, jit_config=ms.JitConfig(jit_level=STEP_JIT_LEVEL))
 
 
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+OPTIMIZERS = ("ADAM", "SGD")
+# auto: the dataset sink on Ascend and GPU, off on CPU; on: required (refused on CPU); off: host-fed steps.
+SINK_MODES = ("auto", "on", "off", "true", "false")
+
+
 def apply_mixed_precision(model, amp_level):
     """O0: float32. O1: float16 convolutions (EDSR's only white-list op), float32 elsewhere.
     O2: float16 network with float32 output. O3: float16 everywhere. The loss is always float32.
