@@ -27,9 +27,11 @@ NETWORK_DEFAULTS = {f.name: f.default for f in fields(Architecture)}
 REALISTIC_DEFAULTS = {f.name: f.default for f in fields(RealisticRanges)}
 
 
-def option(default, help_text):
-    """A field of Options with its help text (shown by `edsr train --help`): each option is declared once."""
-    return field(default=default, metadata={"help": help_text})
+def option(default, help_text, recipe=False):
+    """A field of Options with its help text (shown by `edsr train --help`): each option is declared once.
+    `recipe`: part of the published training recipe, which batch runs on real data use whatever the training
+    notebook's demo values (launch/recipe.py); data placement, devices and run folders are not."""
+    return field(default=default, metadata={"help": help_text, "recipe": recipe})
 
 
 @dataclass
@@ -48,13 +50,17 @@ class Options:
         NETWORK_DEFAULTS["scale"], "upscaling factor (2, 3, 4, ...); MDSR: several joined by '+', e.g. 2+3+4"
     )
     patch_size: Optional[int] = option(
-        None, "EDSR: HR training patch size (default 48 * scale); MDSR: LR patch size (default 48), as EDSR-PyTorch"
+        None,
+        "EDSR: HR training patch size (default 48 * scale); MDSR: LR patch size (default 48), as EDSR-PyTorch",
+        recipe=True,
     )
     rgb_range: int = option(int(NETWORK_DEFAULTS["rgb_range"]), "pixel range the network sees (255)")
     n_colors: int = option(NETWORK_DEFAULTS["n_colors"], "image channels (3)")
-    no_augment: bool = option(False, "turn off the 8 flip/transpose augmentations")
+    no_augment: bool = option(False, "turn off the 8 flip/transpose augmentations", recipe=True)
     degradation: str = option(
-        "bicubic", "how LR is made from HR: bicubic (BI), bd, bd-bicubic, dn or realistic (see degradations.py)"
+        "bicubic",
+        "how LR is made from HR: bicubic (BI), bd, bd-bicubic, dn or realistic (see degradations.py)",
+        recipe=True,
     )
     realistic_blur_sigma: str = option(
         REALISTIC_DEFAULTS["blur_sigma"], "realistic: blur sigma range, first stage (HR pixels)"
@@ -79,30 +85,36 @@ class Options:
     num_workers: int = option(1, "data loading worker processes")
     # model
     model: str = option("EDSR", "network: EDSR (one scale) or MDSR (several scales in one network)")
-    n_resblocks: int = option(NETWORK_DEFAULTS["n_resblocks"], "residual blocks (baseline 16, paper 32)")
-    n_feats: int = option(NETWORK_DEFAULTS["n_feats"], "feature channels (baseline 64, paper 256)")
-    res_scale: float = option(NETWORK_DEFAULTS["res_scale"], "residual scaling (baseline 1.0, paper 0.1)")
+    n_resblocks: int = option(NETWORK_DEFAULTS["n_resblocks"], "residual blocks (baseline 16, paper 32)", recipe=True)
+    n_feats: int = option(NETWORK_DEFAULTS["n_feats"], "feature channels (baseline 64, paper 256)", recipe=True)
+    res_scale: float = option(NETWORK_DEFAULTS["res_scale"], "residual scaling (baseline 1.0, paper 0.1)", recipe=True)
     # schedule (EDSR-PyTorch recipe)
-    test_every: int = option(1000, "iterations per epoch")
-    epochs: int = option(300, "number of epochs")
-    batch_size: int = option(16, "patches per step on each device (global batch = batch_size x ranks)")
-    lr: float = option(1e-4, "Adam learning rate")
-    decay: str = option("200", "epochs after which lr is multiplied by gamma, e.g. 200 or 200-400")
-    gamma: float = option(0.5, "lr decay factor")
-    loss: str = option("1*L1", "weighted loss terms in EDSR-PyTorch's syntax: 1*L1 (the recipe), 1*MSE, 1*L1+0.1*MSE")
-    optimizer: str = option("ADAM", "ADAM (the recipe) or SGD")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(0.0, "L2 weight decay")
-    gclip: float = option(0.0, "clip gradient elements to [-gclip, gclip] (0 = off)")
+    test_every: int = option(1000, "iterations per epoch", recipe=True)
+    epochs: int = option(300, "number of epochs", recipe=True)
+    batch_size: int = option(16, "patches per step on each device (global batch = batch_size x ranks)", recipe=True)
+    lr: float = option(1e-4, "Adam learning rate", recipe=True)
+    decay: str = option("200", "epochs after which lr is multiplied by gamma, e.g. 200 or 200-400", recipe=True)
+    gamma: float = option(0.5, "lr decay factor", recipe=True)
+    loss: str = option(
+        "1*L1", "weighted loss terms in EDSR-PyTorch's syntax: 1*L1 (the recipe), 1*MSE, 1*L1+0.1*MSE", recipe=True
+    )
+    optimizer: str = option("ADAM", "ADAM (the recipe) or SGD", recipe=True)
+    momentum: float = option(0.9, "SGD momentum", recipe=True)
+    weight_decay: float = option(0.0, "L2 weight decay", recipe=True)
+    gclip: float = option(0.0, "clip gradient elements to [-gclip, gclip] (0 = off)", recipe=True)
     ema_decay: float = option(
-        0.0, "keep an exponential moving average of the weights with this decay (0 = off; BasicSR uses 0.999)"
+        0.0,
+        "keep an exponential moving average of the weights with this decay (0 = off; BasicSR uses 0.999)",
+        recipe=True,
     )
     seed: int = option(1, "random seed (weights and patch sampling)")
-    print_every: int = option(100, "steps between loss reads for the progress bar (the only per-step host syncs)")
+    print_every: int = option(
+        100, "steps between loss reads for the progress bar (the only per-step host syncs)", recipe=True
+    )
     # run: checkpoints, precision and device
     ckpt_save_path: str = option("ckpt", "run folder: checkpoints, history.csv, curves.png, run.json")
-    ckpt_save_interval: int = option(10, "keep a numbered checkpoint every this many epochs")
-    ckpt_save_max: int = option(5, "numbered checkpoints kept at most")
+    ckpt_save_interval: int = option(10, "keep a numbered checkpoint every this many epochs", recipe=True)
+    ckpt_save_max: int = option(5, "numbered checkpoints kept at most", recipe=True)
     tensorboard: str = option(
         "auto", "TensorBoard event files under <ckpt_save_path>/tb: auto (when tensorboardX is installed), on, off"
     )
@@ -117,9 +129,9 @@ class Options:
         False, "start a new run in a ckpt_save_path that holds an earlier run (its files are replaced)"
     )
     task_id: int = option(0, "task index: accepted so the ModelZoo EDSR's command lines run; the kit does not use it")
-    amp_level: str = option("O0", "mixed precision O0 (float32), O1, O2 or O3")
+    amp_level: str = option("O0", "mixed precision O0 (float32), O1, O2 or O3", recipe=True)
     loss_scale: float = option(
-        0.0, "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend"
+        0.0, "fixed loss scale; 0 = dynamic under O1-O3; under O0 none on CPU/GPU, 1024 on Ascend", recipe=True
     )
     precision_mode: str = option(
         "", "Ascend: CANN precision mode, e.g. must_keep_origin_dtype for float32 convolutions"
@@ -243,6 +255,11 @@ class Options:
             value = number(name, int)
             if value < low:
                 raise KitError(f"{name} must be at least {low}, got {value}")
+
+    @classmethod
+    def recipe_fields(cls):
+        """The options that make up the published training recipe (declared with `recipe=True`)."""
+        return [f.name for f in fields(cls) if f.metadata["recipe"]]
 
     @classmethod
     def for_preset(cls, preset, **overrides):

@@ -117,3 +117,15 @@ def drag_crop_slider(page, pictures, before):
             break
         after = latest
     return after
+
+
+def hccl_rank_table(servers):
+    """HCCL rank table 1.0 for [[server_id, devices], ...], rank ids numbered across servers."""
+    server_list, rank = [], 0
+    for server_id, devices in servers:
+        device = []
+        for d in range(devices):
+            device.append({"device_id": str(d), "device_ip": f"192.0.2.{rank + 1}", "rank_id": str(rank)})
+            rank += 1
+        server_list.append({"server_id": server_id, "device": device, "host_nic_ip": "reserve"})
+    return {"version": "1.0", "server_count": str(len(servers)), "status": "completed", "server_list": server_list}
