@@ -220,7 +220,7 @@ class SampleImages(PairDataset):
 def open_dataset(
     spec: str | os.PathLike,
     scale: int,
-    dir_data: str = "",
+    dir_data: str | os.PathLike = "",
     split: str = "test",
     data_range: str = "1-800/801-810",
     **kwargs,
@@ -232,23 +232,23 @@ def open_dataset(
     (either layout or a plain HR folder).
     """
     spec = str(spec)
-    dir_data = Path(dir_data or ".")
+    data_root = Path(dir_data or ".")
     if spec.lower() == "sample":
         return SampleImages(scale, split, **kwargs)
     if spec.upper() == "DIV2K":
         train_range, test_range = parse_data_range(data_range)
         chosen = train_range if split == "train" else (test_range or train_range)
-        root = dir_data / "DIV2K" if (dir_data / "DIV2K").is_dir() else dir_data
-        return DIV2K(root, scale, chosen, **kwargs)
+        div2k = data_root / "DIV2K" if (data_root / "DIV2K").is_dir() else data_root
+        return DIV2K(div2k, scale, chosen, **kwargs)
     if spec in BENCHMARKS or spec.lower() in {b.lower() for b in BENCHMARKS}:
         name = next(b for b in BENCHMARKS if b.lower() == spec.lower())
-        for root in (dir_data / "benchmark" / name, dir_data / name):
+        for root in (data_root / "benchmark" / name, data_root / name):
             if (root / "HR").is_dir():
                 return BenchmarkDataset(root, name, scale, **kwargs)
             if root.is_dir():
                 return HRFolder(root, scale, name=name, **kwargs)
-        raise KitError(f"benchmark {name} not found under {dir_data} (looked for benchmark/{name} and {name})")
-    path = Path(spec) if Path(spec).is_dir() else dir_data / spec
+        raise KitError(f"benchmark {name} not found under {data_root} (looked for benchmark/{name} and {name})")
+    path = Path(spec) if Path(spec).is_dir() else data_root / spec
     if path.is_dir():
         if (path / "HR").is_dir():
             return BenchmarkDataset(path, path.name, scale, **kwargs)

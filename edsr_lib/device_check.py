@@ -22,8 +22,8 @@ import numpy as np
 from .errors import KitError, OneLineArgumentParser
 from .files import atomic_write, prepare_output_folder, write_json
 
-CHECKS = ("mindspore", "device", "training_sink_off", "training_sink_on", "training_amp_O1", "validation")
-CHECKS += ("distributed", "export")
+CHECKS = ("mindspore", "device", "training_sink_off", "training_sink_on", "training_amp_O1", "validation",
+          "distributed", "export")  # fmt: skip
 
 
 def _skipped(reason):

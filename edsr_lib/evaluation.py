@@ -21,6 +21,7 @@ from .metrics import (
     ssim,
 )
 from .progress import progress_bar
+from collections.abc import Callable, Iterable, Sequence
 
 
 # Published EDSR (paper model) PSNR/SSIM on the Y channel (Lim et al. 2017, Table 3), and EDSR-PyTorch's README
@@ -62,7 +63,13 @@ def bicubic_upscale(lr, scale):
     return quantize(imresize(lr, scale))
 
 
-def score_image(sr, hr, protocol, metrics=("psnr", "ssim"), lpips=None):
+def score_image(
+    sr: np.ndarray,
+    hr: np.ndarray,
+    protocol: Protocol,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    lpips: dict | None = None,
+) -> dict:
     """{metric: value} of one uint8 SR image (HR None: the no-reference metrics only) under `protocol`; `lpips`:
     metric name -> `lpips.LPIPS` for the LPIPS metrics asked."""
     row = {}
@@ -87,9 +94,9 @@ def evaluate(
     save_dir: str | os.PathLike | None = None,
     progress: bool | str = True,
     keep_images: int = 0,
-    indices=None,
-    metrics=("psnr", "ssim"),
-    lpips=None,
+    indices: Iterable[int] | None = None,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    lpips: dict | None = None,
 ) -> dict:
     """PSNR/SSIM of `model` (None = bicubic) on every pair of `dataset` (or on the pairs at `indices`: one rank's
     share in distributed validation).
@@ -109,7 +116,8 @@ def evaluate(
 
     scale = dataset.scale
     protocol = protocol or protocol_for(dataset.name, scale)
-    rows, kept = [], []
+    rows: list = []
+    kept: list = []
     indices = range(len(dataset)) if indices is None else list(indices)
     for i in progress_bar(indices, f"eval {dataset.name} x{scale}", progress, unit="img", leave=False):
         lr, hr = dataset.pair(i)
@@ -149,7 +157,7 @@ _COLUMNS = {
 }
 
 
-def format_table(result):
+def format_table(result: dict) -> str:
     shown = [m for m in _COLUMNS if m in result]
     lines = [
         f"{result['method']} on {result['dataset']} x{result['scale']}, {result.get('degradation', 'bicubic')} LR"
@@ -180,7 +188,7 @@ class Convention:
         return Protocol(self.channel, {"0": 0, "scale": scale, "scale+6": scale + 6}[self.border])
 
 
-def dataset_rows(results, scale, degradation="bicubic"):
+def dataset_rows(results: Sequence[tuple], scale: int, degradation: str = "bicubic") -> list[dict]:
     """One table row per dataset for notebook 03: bicubic and EDSR PSNR/SSIM (NIQE when scored) next to the
     published EDSR number. `results`: [(dataset, bicubic result, EDSR result or None)] as `evaluate` returns them."""
     rows = []
@@ -196,7 +204,7 @@ def dataset_rows(results, scale, degradation="bicubic"):
     return rows
 
 
-def per_image_rows(bicubic, edsr=None):
+def per_image_rows(bicubic: dict, edsr: dict | None = None) -> list[dict]:
     """One row per image: bicubic's PSNR/SSIM, and EDSR's when it was scored."""
     rows = []
     edsr_rows = edsr["per_image"] if edsr else [None] * len(bicubic["per_image"])
@@ -208,7 +216,7 @@ def per_image_rows(bicubic, edsr=None):
     return rows
 
 
-def convention_rows(result):
+def convention_rows(result: dict) -> list[dict]:
     """compare_conventions' rows as a display table (the papers' convention marked)."""
     return [
         {
@@ -258,7 +266,14 @@ def make_lr(hr, scale, method, modcrop_first=True):
     return quantize(imresize(hr, 1 / scale, antialias=method != "no-antialias"))
 
 
-def compare_conventions(dataset, model=None, self_ensemble=False, tile=None, super_resolve=None, progress=True):
+def compare_conventions(
+    dataset,
+    model=None,
+    self_ensemble: bool = False,
+    tile: int | None = None,
+    super_resolve: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: bool | str = True,
+) -> dict:
     """The same SR method scored under every convention of `conventions_for(dataset.name)`, on the dataset's HR
     images (the LR is made here, as each convention says). `super_resolve(lr) -> float HxWx3 on 0-255` overrides
     the method (default: `model`, or bicubic when None). Returns {"dataset", "scale", "method", "rows": [...]},
@@ -273,7 +288,7 @@ def compare_conventions(dataset, model=None, self_ensemble=False, tile=None, sup
             else (lambda lr: upscale_float(model, lr, tile=tile, self_ensemble=self_ensemble))
         )
     conventions = conventions_for(dataset.name)
-    scores = {c: [] for c in conventions}
+    scores: dict = {c: [] for c in conventions}
     for i in progress_bar(range(len(dataset)), f"conventions {dataset.name} x{scale}", progress, unit="img"):
         full = np.asarray(dataset.hr(i))
         outputs = {}  # one SR per way of making the LR

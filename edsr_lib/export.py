@@ -143,7 +143,9 @@ def export_model(
     return output, meta
 
 
-def export_all_scales(checkpoint, file_format, output, scale=None, **kwargs):
+def export_all_scales(
+    checkpoint: str | os.PathLike, file_format: str, output: str | os.PathLike, scale: int | None = None, **kwargs
+) -> list[tuple[Path, dict]]:
     """[(path, metadata)]: `output` itself for an EDSR or a chosen `scale`; for an MDSR without `scale`, one file
     per scale beside it (`model.mindir` -> `model_x2.mindir`, `model_x3.mindir`, ...)."""
     from .weights import read_checkpoint
@@ -416,7 +418,7 @@ def _serve_mindir(path):
             return 0
 
 
-def load_exported(path, engine="auto"):
+def load_exported(path: str | os.PathLike, engine: str = "auto") -> "ExportedModel":
     return ExportedModel(path, engine)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .files import atomic_write
+import os
 
 
 def figure_png(fig, dpi=110):
@@ -15,7 +16,7 @@ def figure_png(fig, dpi=110):
     return buffer.getvalue()
 
 
-def save_figure(fig, path, dpi=110):
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save `fig` atomically in the format its suffix names; PDF and SVG undated, so the same figure gives the same
     file."""
     kind = Path(path).suffix[1:]
@@ -24,7 +25,7 @@ def save_figure(fig, path, dpi=110):
     return Path(path)
 
 
-def plot_history(history, title="training"):
+def plot_history(history: list[dict], title: str = "training"):
     """Loss per epoch and validation PSNR with the bicubic line, side by side."""
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(10, 3.6))
@@ -200,7 +201,7 @@ def plot_pixel_stats(dataset):
     return fig, means
 
 
-def crop_box(shape, center, size):
+def crop_box(shape: tuple, center: tuple[int, int], size: int) -> tuple[int, int, int]:
     """(top, left, size) of a square crop of `size` pixels around `center` (y, x), kept inside `shape`."""
     size = int(min(size, shape[0], shape[1]))
     top = int(np.clip(center[0] - size // 2, 0, shape[0] - size))
@@ -344,7 +345,9 @@ PAPER_WIDTHS = {"one-column": 3.3, "two-column": 6.9}
 PAPER_FIGURE_FORMATS = ("pdf", "svg", "png")  # vector for LaTeX, or a 300 dpi raster
 
 
-def paper_figure(hr, outputs, box, scores=None, width="two-column"):
+def paper_figure(
+    hr: np.ndarray | None, outputs: dict, box: tuple, scores: dict | None = None, width: str = "two-column"
+) -> tuple:
     """The SR-paper comparison figure: the full image with the crop box, then the same crop of every output, zoomed
     by repeating pixels, each with its name and PSNR/SSIM beneath. `outputs`: label -> HxWx3 uint8 (HR among them
     when wanted); text stays text in PDF/SVG. Returns (figure, {label: the crop shown})."""

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import KitError
 from .files import atomic_write
+import os
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 ALPHA_MODES = ("white", "drop")
@@ -113,7 +114,7 @@ def _read_png16(path, alpha):
     return _to_rgb(array, info["alpha"], alpha, 65535)
 
 
-def read_image(path, alpha="white"):
+def read_image(path: str | os.PathLike, alpha: str = "white") -> tuple[np.ndarray, str | None]:
     """Read any supported image as HxWx3 RGB; returns (array, note). uint16 only for 16-bit PNGs.
 
     `alpha`: 'white' composites transparent pixels on white, 'drop' discards the alpha channel.
@@ -186,7 +187,7 @@ def to_uint8(image):
     return np.round(image / 257.0).astype(np.uint8)
 
 
-def write_image(path, array):
+def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Write HxWx3 uint8 (any Pillow format) or uint16 (PNG only) atomically."""
     path = Path(path)
     ext = path.suffix.lower()

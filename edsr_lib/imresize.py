@@ -52,7 +52,7 @@ def output_size(size, scale):
     return int(math.ceil(size * scale - 1e-9))
 
 
-def imresize(img, scale, antialias=True):
+def imresize(img: np.ndarray, scale: float, antialias: bool = True) -> np.ndarray:
     """Resize an HxW or HxWxC array by `scale` like MATLAB's imresize(..., 'bicubic'); float64 out, unrounded."""
     img = np.asarray(img)
     if img.ndim not in (2, 3):

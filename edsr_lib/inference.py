@@ -12,6 +12,8 @@ import numpy as np
 from .errors import KitError
 from .images import IMAGE_EXTENSIONS, list_images, read_image, write_image
 from .progress import progress_bar
+import os
+from typing import Callable
 
 
 def exact_windows(length, window, margin):
@@ -40,7 +42,7 @@ def forward_windows(forward, x, scale, n_colors, window, margin):
     return out
 
 
-def forward_tiled(model, x, tile=None):
+def forward_tiled(model, x: np.ndarray, tile: int | None = None) -> np.ndarray:
     """Network output for a float32 NxCxHxW array on the [0, rgb_range] scale, computed `tile` LR pixels at a time
     (each tile read with the network's receptive radius around it, so the result is exact).
 
@@ -137,8 +139,15 @@ def _png_if_16bit(dst, image, log):
 
 
 def upscale_paths(
-    model, source, destination, tile=None, self_ensemble=False, alpha="white", log=print, progress="auto"
-):
+    model,
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    tile: int | None = None,
+    self_ensemble: bool = False,
+    alpha: str = "white",
+    log: Callable[[str], object] = print,
+    progress: str | bool = "auto",
+) -> tuple[list[Path], list[Path]]:
     """File -> file, or every image of a folder -> a folder (same names). Returns (written, failed) paths."""
     source, destination = Path(source), Path(destination)
     if source.is_dir():

@@ -6,21 +6,25 @@ flags, and passes paths.
 """
 
 import os
+from typing import cast
 
 from .errors import KitError
 from .model import EDSR, build_model, load_state
 from .pretrained import Registry
 from .runtime import current_device
 from .weights import read_checkpoint
+from .model import Architecture
 
 
-def checkpoint_path(path_or_name):
+def checkpoint_path(path_or_name: str | os.PathLike) -> str | os.PathLike:
     """A checkpoint file for a path or a weights name (`edsr weights list`; a published one is downloaded and
     converted on first use). A path is returned as it is: `read_checkpoint` says what is wrong with it."""
     return Registry().resolve(path_or_name)
 
 
-def choose_scale(path, arch, scale=None, default_scale=None):
+def choose_scale(
+    path: str | os.PathLike, arch: Architecture, scale: int | None = None, default_scale: int | None = None
+) -> int:
     """The scale to run `arch` at: an EDSR's own (`scale`, when given, must equal it); for an MDSR, `scale`, else
     `default_scale` (a notebook's `scale` parameter), which must be one of its scales. Errors name the checkpoint and
     what it offers."""
@@ -62,7 +66,10 @@ def load_model(
     scale = choose_scale(path, arch, scale, default_scale)
     if into is not None and into.arch != arch.at_scale(scale):
         raise KitError(f"{path}: architecture {arch.to_dict()} differs from the network's {into.arch.to_dict()}")
-    network = getattr(into, "network", into) if into is not None else build_model(arch, conv_kernel)
+    if into is None:
+        network = build_model(arch, conv_kernel)
+    else:
+        network = cast(EDSR, getattr(into, "network", into))  # an MDSR's one-scale view holds the whole network
     try:
         load_state(network, weights)
     except KitError as exc:
@@ -71,7 +78,7 @@ def load_model(
     return network.at_scale(scale)
 
 
-def init_from_checkpoint(model, path):
+def init_from_checkpoint(model: EDSR, path: str | os.PathLike) -> list[str]:
     """Initialise `model` from any checkpoint (or weights name) for fine-tuning; tail tensors of another scale are
     skipped."""
     path = checkpoint_path(path)

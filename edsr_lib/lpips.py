@@ -18,6 +18,7 @@ import numpy as np
 
 from .backend import ms, nn, ops
 from .errors import KitError
+from collections.abc import Callable, Sequence
 
 # The package's ScalingLayer constants (ImageNet statistics in its [-1, 1] input range).
 SHIFT = (-0.030, -0.088, -0.188)
@@ -301,7 +302,13 @@ class LPIPS:
 METRIC_TRUNKS = {"lpips": "alex", "lpips_vgg": "vgg"}
 
 
-def for_metrics(metrics, registry=None, mirrors=(), offline=False, log=print):
+def for_metrics(
+    metrics: Sequence[str],
+    registry=None,
+    mirrors: Sequence[str] = (),
+    offline: bool = False,
+    log: Callable[[str], object] = print,
+) -> dict:
     """metric name -> LPIPS for the LPIPS metrics among `metrics` (an empty dict when none is asked)."""
     return {
         name: LPIPS.load(METRIC_TRUNKS[name], registry, mirrors, offline, log=log)
@@ -310,7 +317,7 @@ def for_metrics(metrics, registry=None, mirrors=(), offline=False, log=print):
     }
 
 
-def cached(net="alex", registry=None):
+def cached(net: str = "alex", registry=None) -> tuple["LPIPS | None", str]:
     """(LPIPS, note) when `net`'s trunk is already cached (nothing is downloaded), else (None, a note saying how
     to get it): for notebooks, which show LPIPS when they can and say why not otherwise."""
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import KitError
+from collections.abc import Iterable
 
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 
@@ -30,7 +31,7 @@ class Protocol:
         return f"{'Y' if self.channel == 'y' else 'RGB'}, border {self.border}"
 
 
-def protocol_for(dataset, scale, override=None):
+def protocol_for(dataset: str, scale: int, override: str | None = None) -> Protocol:
     """The papers' rule per dataset: DIV2K -> RGB with border scale+6; everything else -> Y with border scale.
 
     `override` ("y" or "rgb") forces a channel, keeping that channel's usual border.
@@ -41,12 +42,12 @@ def protocol_for(dataset, scale, override=None):
     return Protocol(channel, scale + 6 if channel == "rgb" else scale)
 
 
-def quantize(img, rgb_range=255.0):
+def quantize(img: np.ndarray, rgb_range: float = 255.0) -> np.ndarray:
     """Model output on [0, rgb_range] -> uint8 the way the papers do it: clamp, then round (never truncate)."""
     return np.round(np.clip(np.asarray(img, np.float64) * (255.0 / rgb_range), 0, 255)).astype(np.uint8)
 
 
-def rgb_to_y(img):
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img, np.float64)
     return 16.0 + (65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2]) / 255.0
 
@@ -62,7 +63,7 @@ def _prepare(sr, hr, protocol):
     return crop_border(sr, protocol.border), crop_border(hr, protocol.border)
 
 
-def crop_border(image, border):
+def crop_border(image: np.ndarray, border: int) -> np.ndarray:
     """The image without `border` pixels on each side (what every metric here scores)."""
     image = np.asarray(image)
     if border and min(image.shape[:2]) <= 2 * border:
@@ -70,7 +71,7 @@ def crop_border(image, border):
     return image[border:-border, border:-border] if border else image
 
 
-def psnr(sr, hr, protocol):
+def psnr(sr: np.ndarray, hr: np.ndarray, protocol: Protocol) -> float:
     """PSNR in dB between two uint8 RGB images (already quantised) under `protocol`."""
     sr, hr = _prepare(sr, hr, protocol)
     mse = np.mean((sr - hr) ** 2)
@@ -100,7 +101,7 @@ def _ssim_single(a, b):
     return float(ssim_map.mean())
 
 
-def ssim(sr, hr, protocol):
+def ssim(sr: np.ndarray, hr: np.ndarray, protocol: Protocol) -> float:
     """SSIM (Wang et al., MATLAB version) under `protocol`; RGB is the mean over channels."""
     sr, hr = _prepare(sr, hr, protocol)
     if min(sr.shape[:2]) < 11:
@@ -116,7 +117,7 @@ METRICS = ("psnr", "ssim", "lpips", "lpips_vgg", "niqe")
 LOWER_IS_BETTER = ("lpips", "lpips_vgg", "niqe")
 
 
-def parse_metrics(text):
+def parse_metrics(text: str | Iterable[str]) -> tuple[str, ...]:
     """'psnr,ssim,niqe' (or a sequence of names) -> ('psnr', 'ssim', 'niqe'), each known, in the order given."""
     given = text.split(",") if isinstance(text, str) else text
     names = tuple(dict.fromkeys(n.strip().lower() for n in given if n.strip()))

@@ -16,7 +16,7 @@ from .errors import KitError
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
-PRESETS = {
+PRESETS: dict[str, dict] = {
     "baseline": dict(n_resblocks=16, n_feats=64, res_scale=1.0),
     "paper": dict(n_resblocks=32, n_feats=256, res_scale=0.1),
     "mdsr_baseline": dict(model="MDSR", n_resblocks=16, n_feats=64, res_scale=1.0),
@@ -309,7 +309,7 @@ class MDSR(nn.Cell):
         self.upsample = nn.CellList([_upsampler(s, feats, k) for s in arch.scales])
         self.tail = nn.SequentialCell([make_conv(feats, arch.n_colors, kernel=k)])
         self.add_mean = MeanShift(arch.rgb_range, +1, arch.n_colors)
-        self._views = {}
+        self._views: dict = {}
 
     def construct(self, x, scale_index=0):
         x = self.pre_process[scale_index](self.head(self.sub_mean(x)))
@@ -370,7 +370,7 @@ def build_model(arch: Architecture, conv_kernel: str = "auto", allow_large_model
     return network(check_size(arch, allow_large_model), conv_kernel)
 
 
-def count_parameters(model, trainable_only=True):
+def count_parameters(model: nn.Cell, trainable_only: bool = True) -> int:
     params = model.trainable_params() if trainable_only else model.get_parameters()
     return int(sum(math.prod(p.shape) for p in params))
 

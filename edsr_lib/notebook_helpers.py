@@ -1,13 +1,17 @@
 """What notebooks 03-05 call to find a checkpoint: the one notebook 02 trained, or the ones under outputs/."""
 
 from pathlib import Path
+import os
+from collections.abc import Iterable
 
 
 # Where notebook 02 leaves its best model with its default parameters, relative to the folder the notebooks run in.
 NOTEBOOK_02_CHECKPOINT = Path("outputs/02_train/ckpt/best.ckpt")
 
 
-def default_checkpoint(checkpoint="", trained=NOTEBOOK_02_CHECKPOINT):
+def default_checkpoint(
+    checkpoint: str | os.PathLike = "", trained: str | os.PathLike = NOTEBOOK_02_CHECKPOINT
+) -> tuple[str | None, str]:
     """(checkpoint or None, one sentence saying which and why) for notebooks 03-05: `checkpoint` when given, else
     the best one notebook 02 trained when it exists, else None and how to get one."""
     if checkpoint:
@@ -20,7 +24,7 @@ def default_checkpoint(checkpoint="", trained=NOTEBOOK_02_CHECKPOINT):
     )
 
 
-def find_checkpoints(root="outputs", exclude=()):
+def find_checkpoints(root: str | os.PathLike = "outputs", exclude: Iterable = ()) -> dict[str, Path]:
     """Kit checkpoints under `root` (e.g. every run notebook 02 or `edsr train` left there), by a short name
     (`02_train/ckpt/best`), for a notebook to offer; not loaded, so listing is cheap. `exclude`: paths to leave out."""
     root, skip = Path(root), {Path(p).resolve() for p in exclude if p}

@@ -12,6 +12,8 @@ from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse
 from .records import TENSORBOARD_MODES
 from .runtime import PRECISION_MODES
 from .training_step import AMP_LEVELS, OPTIMIZERS, SINK_MODES, WeightedLoss
+from collections.abc import Mapping
+from typing import Any
 
 
 # A loss weight scales the gradients like the lr: beyond this the float32 loss of 0-255 images overflows (the
@@ -22,7 +24,7 @@ MAX_BATCH_SIZE = 1024
 
 # The network's fields keep Architecture's defaults: options name them flat (the ModelZoo EDSR's names), and
 # `Options.architecture()` turns them back into an Architecture, which validates them.
-NETWORK_DEFAULTS = {f.name: f.default for f in fields(Architecture)}
+NETWORK_DEFAULTS: dict = {f.name: f.default for f in fields(Architecture)}
 # The realistic degradation's ranges likewise keep RealisticRanges' defaults (Real-ESRGAN's), as realistic_<name>.
 REALISTIC_DEFAULTS = {f.name: f.default for f in fields(RealisticRanges)}
 
@@ -257,23 +259,23 @@ class Options:
                 raise KitError(f"{name} must be at least {low}, got {value}")
 
     @classmethod
-    def recipe_fields(cls):
+    def recipe_fields(cls) -> list[str]:
         """The options that make up the published training recipe (declared with `recipe=True`)."""
         return [f.name for f in fields(cls) if f.metadata["recipe"]]
 
     @classmethod
-    def for_preset(cls, preset, **overrides):
+    def for_preset(cls, preset: str, **overrides) -> "Options":
         """EDSR-PyTorch's recipe for `baseline`, `paper`, `mdsr_baseline` or `mdsr` (scales 2+3+4 unless
         overridden), with overrides."""
         if preset not in PRESETS:
             raise KitError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        values = {**PRESETS[preset], **overrides}
+        values: dict = {**PRESETS[preset], **overrides}
         if values.get("model") == "MDSR":
             values.setdefault("scale", "+".join(map(str, MDSR_SCALES)))
         return cls(**values)
 
     @classmethod
-    def from_dict(cls, values, strict=True):
+    def from_dict(cls, values: Mapping[str, Any], strict: bool = True) -> "Options":
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown and strict:
@@ -281,19 +283,19 @@ class Options:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
-    def from_namespace(cls, namespace):
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "Options":
         """The options among a notebook's variables (its parameters cell), ignoring everything else."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in namespace.items() if k in known})
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return asdict(self)
 
     def degradation_model(self):
         """The `degradations.Degradation` the datasets make their LR with (the kind, the seed and the ranges)."""
         return Degradation.from_options(self)
 
-    def scales(self):
+    def scales(self) -> tuple[int, ...]:
         """The scales trained: (2,) for EDSR x2, (2, 3, 4) for MDSR with scale "2+3+4"."""
         return parse_scales(self.scale)
 
@@ -302,7 +304,7 @@ class Options:
         patch is then patch_size * scale (EDSR-PyTorch's multi-scale rule)."""
         return self.patch_size if self.model == "MDSR" else self.patch_size // scale
 
-    def architecture(self):
+    def architecture(self) -> Architecture:
         scales = self.scales()
         network = {k: v for k, v in self.to_dict().items() if k in NETWORK_DEFAULTS}
         network.update(rgb_range=float(self.rgb_range), scale=scales[0], scales=scales, model=self.model)
@@ -334,6 +336,6 @@ class Options:
         epoch ends on a read."""
         return max(d for d in range(1, min(self.print_every, self.test_every) + 1) if self.test_every % d == 0)
 
-    def learning_rate(self, epoch):
+    def learning_rate(self, epoch: int) -> float:
         """lr during (0-based) `epoch`: halved (times gamma) once for every milestone already passed."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.decay_epochs())

@@ -11,6 +11,7 @@ import html
 import json
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from .errors import KitError
 from .evaluation import bicubic_upscale, score_image
 from .files import OUTPUT_MARKER, TEMPORARY_TAG, prepare_output_folder
 from .images import write_image
-from .metrics import LOWER_IS_BETTER
+from .metrics import LOWER_IS_BETTER, Protocol
 from .progress import progress_bar
 
 STYLE = """
@@ -108,7 +109,17 @@ def _method_file(label):
     return f"{keep}.png"
 
 
-def build_report(images, scale, methods, out, protocol, metrics=("psnr", "ssim"), lpips=None, progress=True, inputs=()):
+def build_report(
+    images: Iterable,
+    scale: int,
+    methods: dict,
+    out: str | os.PathLike,
+    protocol: Protocol,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    lpips: dict | None = None,
+    progress: bool | str = True,
+    inputs: Iterable = (),
+) -> dict:
     """Write the report to `out` (replaced atomically). `images`: (name, LR, HR or None) per image, read one at a
     time; `methods`: label -> model (None: bicubic); `inputs`: (path, what it is) that `out` may not overwrite.
     Returns {"images": [...], "methods", "means", ...}."""

@@ -12,6 +12,7 @@ import platform
 from .kernels import build as native  # imports no MindSpore
 from .backend import STOCK_CONV_ENVIRONMENT, cann_home, fast_conv_library, ms, set_host_blocking
 from .errors import KitError
+from collections.abc import Mapping
 
 # CANN versions MindSpore 2.10's installation check accepts (mindspore/run_check/_check_version.py, AscendEnvChecker).
 ACCEPTED_CANN_VERSIONS = ("8.2", "8.3", "8.5", "9.0", "9.1")
@@ -80,7 +81,7 @@ GPU_REQUIREMENTS = (
 )
 
 
-def resolve_device(device_target=None, environ=None):
+def resolve_device(device_target: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The device to run on: the explicit choice, else $DEVICE_TARGET, else Ascend where CANN is installed, else
     CPU. Whether that device's MindSpore plugin works is `require_backend`'s question."""
     environ = os.environ if environ is None else environ
@@ -120,7 +121,7 @@ def require_backend(target, plugin_status=_plugin_status, environ=None):
     )
 
 
-def setup_device(device_target=None):
+def setup_device(device_target: str | None = None) -> str:
     """Point MindSpore at the device (device id from $DEVICE_ID) once per process, in PyNative mode (MindSpore's
     default: the kit compiles its own graphs with ms.jit); returns the device name."""
     target = resolve_device(device_target)
@@ -177,11 +178,13 @@ def ascend_chip():
     return ("910A" if classic else "A2"), str(context.get_ascend_soc_version())
 
 
-def precision_plan(device, chip=None, precision_mode="", amp_level="O0", loss_scale=0.0):
+def precision_plan(
+    device: str, chip: str | None = None, precision_mode: str = "", amp_level: str = "O0", loss_scale: float = 0.0
+) -> dict:
     """What the convolutions compute in and which loss scale that needs: a dict for run.json, or a KitError for a
     combination the chip cannot do. `chip`: ascend_chip()'s family on Ascend. `loss_scale`: the option (0 = the
     kit chooses). Pure: the decision table, tested without hardware."""
-    plan = {"device": device, "chip": chip if device == "Ascend" else None, "precision_mode": None}
+    plan: dict = {"device": device, "chip": chip if device == "Ascend" else None, "precision_mode": None}
     if device == "Ascend":
         if chip == "910A" and precision_mode in FLOAT32_PRECISION_MODES + BFLOAT16_PRECISION_MODES:
             raise KitError(
@@ -190,7 +193,7 @@ def precision_plan(device, chip=None, precision_mode="", amp_level="O0", loss_sc
                 "default (float16 convolutions under a fixed loss scale of 1024) or amp_level O1-O3, or use an Atlas "
                 "A2 card (910B) for float32 convolutions"
             )
-        mode = precision_mode or CHIP_DEFAULT_MODE[chip]
+        mode = precision_mode or CHIP_DEFAULT_MODE[str(chip)]
         plan["precision_mode"] = mode
         if chip == "910A":
             convs = "float16 (910A Cube unit)"
@@ -226,7 +229,9 @@ def precision_plan(device, chip=None, precision_mode="", amp_level="O0", loss_sc
     return plan
 
 
-def configure_precision(device, precision_mode="", deterministic=False, amp_level="O0", loss_scale=0.0):
+def configure_precision(
+    device: str, precision_mode: str = "", deterministic: bool = False, amp_level: str = "O0", loss_scale: float = 0.0
+) -> dict:
     """Set what the device computes float32 work in, and whether runs repeat bit for bit; returns the record
     run.json keeps under "precision" (`precision_plan`'s, with the mode read back from MindSpore on Ascend).
 
@@ -296,7 +301,7 @@ def versions():
     }
 
 
-def setup_summary():
+def setup_summary() -> dict:
     """What a notebook's first cell prints: versions, the device, and which convolution runs on the CPU."""
     device = current_device()
     if device != "CPU":
@@ -313,7 +318,7 @@ def launched_distributed():
     return LaunchEnvironment.read().distributed
 
 
-def init_distributed(device_target=None):
+def init_distributed(device_target: str | None = None) -> tuple[int, int]:
     """Join the data-parallel group when launched for it; returns (rank, world_size), (0, 1) otherwise.
 
     `init()` picks HCCL on Ascend, NCCL on GPU and mccl on CPU. Gradients are averaged over ranks.

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -105,7 +105,7 @@ class RunContext:
     world: int
 
 
-def prepare_run(opts):
+def prepare_run(opts: Options) -> RunContext:
     """Ready the process for training as `opts` says, before any network is built: the device, its precision and
     determinism (before init(), so collectives are deterministic too), the data-parallel group when launched for
     one, and the seed (the same initial weights on every rank). Call it once; pass the result to Trainer(run=...)
@@ -127,7 +127,7 @@ def _per_scale(given, scales):
     return {s: given[s] for s in scales}
 
 
-def build_model_for(opts, device):
+def build_model_for(opts: Options, device: str) -> nn.Cell:
     """The network the options describe, initialised from `ckpt_path` when set. The kit's CPU convolution is float32
     only: mixed precision, Ascend and GPU keep MindSpore's Conv2d."""
     conv_kernel = opts.conv_algorithm if opts.amp_level == "O0" and device == "CPU" else "stock"
@@ -167,8 +167,19 @@ def build_datasets(opts, train_set=None, val_set=None):
     return train_sets, val_sets
 
 
-def build_parts(opts, device, precision, world=1, log=print, *, model=None, loss=None, train_set=None,
-                val_set=None, optimizer=None):  # fmt: skip
+def build_parts(
+    opts: Options,
+    device: str,
+    precision: dict,
+    world: int = 1,
+    log: Callable[[str], object] = print,
+    *,
+    model: nn.Cell | None = None,
+    loss: nn.Cell | None = None,
+    train_set: PairDataset | dict | None = None,
+    val_set: PairDataset | dict | None = None,
+    optimizer: nn.Optimizer | None = None,
+) -> TrainingParts:
     """The run's ingredients (TrainingParts), each built from the options unless given. The model's architecture
     must be the options' (its checkpoints must load); `ckpt_path` initialises a built or given model."""
     model = model if model is not None else build_model_for(opts, device)
@@ -257,11 +268,14 @@ class Trainer:
             self.model, self.loss_fn, self.optimizer, self.scaler, self.world, opts.gclip, opts.ema_decay
         )
         self.step = ms.jit(self.step_cell, jit_level=STEP_JIT_LEVEL)
-        self._run_bar = None  # the whole run's bar while fit() runs
-        self._feed, self._feed_epoch = None, None
-        self.epoch, self.history, self.best_psnr = 0, [], -np.inf
-        self.tb = None  # TensorBoardLog while fit() runs
-        self.last_loss, self.skipped_steps = None, 0
+        self._run_bar: Any = None  # the whole run's bar while fit() runs
+        self._feed: Callable[[int], None] | None = None
+        self._feed_epoch: int | None = None
+        self.epoch, self.best_psnr = 0, -np.inf
+        self.history: list[dict] = []
+        self.tb: TensorBoardLog | None = None  # while fit() runs
+        self.last_loss: float | None = None
+        self.skipped_steps = 0
         self.ckpt_dir = Path(opts.ckpt_save_path)
         self._check_run_folder()
 
@@ -291,7 +305,7 @@ class Trainer:
             with tqdm.external_write_mode():  # a terminal bar is cleared, the line written, the bar redrawn
                 self.log(message)
 
-    def summary(self):
+    def summary(self) -> dict:
         o = self.opts
         return {
             "parameters": count_parameters(self.model),
@@ -328,7 +342,7 @@ class Trainer:
     validation = property(lambda self: self.validator.per_image)  # {scale: [{"name", "psnr", "ssim"}, ...]}
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
-    def save(self, is_best):
+    def save(self, is_best: bool) -> Path | None:
         if self.rank != 0:
             return None
         weights, extra = training_state(self.model, self.optimizer, self.scaler, self.step_cell.ema)
@@ -379,7 +393,7 @@ class Trainer:
         self._log(f"resumed from {path} at epoch {self.epoch}")
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    def train_step(self, lr_img, hr_img):
+    def train_step(self, lr_img: np.ndarray | Tensor, hr_img: np.ndarray | Tensor) -> tuple[float, bool]:
         """One optimizer step (the compiled step, then a host read); returns (loss, applied). A non-finite loss or
         gradient on any rank skips the step on every rank and lets a dynamic loss scale shrink."""
         loss, finite = self.step(Tensor(lr_img), Tensor(hr_img), self._scale_index(lr_img, hr_img))
@@ -416,21 +430,21 @@ class Trainer:
                     self.step(lr_img, hr_img, self._scale_index(lr_img, hr_img))
 
         self._feed, self._feed_epoch = run, self.epoch
+        return run
 
-    def train_epoch(self):
+    def train_epoch(self) -> tuple[float, float]:
         o = self.opts
         self.model.set_train(True)
         # In-place assign: the optimizer's compiled graph keeps seeing the old tensor after a set_data().
         ops.assign(self.optimizer.learning_rate, Tensor(o.learning_rate(self.epoch), ms.float32))
-        if self._feed is None or self._feed_epoch != self.epoch:
-            self._open_feed()
+        feed = self._feed if self._feed is not None and self._feed_epoch == self.epoch else self._open_feed()
         counters = self.step_cell.counters
         counters.restart()
         loss_sum, applied, t0, every = 0.0, 0, time.perf_counter(), o.sync_every()
         last_read = t0
         bar = self._run_bar or self._new_bar(o.test_every, f"epoch {self.epoch + 1}/{o.epochs}")
         for done in range(every, o.test_every + 1, every):
-            self._feed(every)
+            feed(every)
             counts = counters.read()
             loss_sum, applied = loss_sum + counts["loss_sum"], applied + int(counts["applied"])
             self._check_skipped(int(counts["skipped"]), int(counts["streak"]), done, every, bar)
@@ -480,7 +494,7 @@ class Trainer:
                 f"{self.ckpt_dir / 'latest.ckpt'} (epoch {self.epoch})"
             )
 
-    def validate(self):
+    def validate(self) -> float | None:
         """Validation PSNR on the EMA weights when they are kept (the mean over the scales of an MDSR; each scale's
         is in `scale_psnr`, each image's in `validation`). Each rank scores every world-th image; the numbers are
         then shared, so every rank holds every image's PSNR/SSIM, exactly as one device computes them."""
@@ -510,7 +524,7 @@ class Trainer:
     def _new_bar(self, total, desc):
         return progress_bar(total, desc, self.progress if self.rank == 0 else "none", unit="it")
 
-    def fit(self):
+    def fit(self) -> list[dict]:
         """Train the remaining epochs under one progress bar for the whole run (with its ETA), a line per epoch."""
         remaining = (self.opts.epochs - self.epoch) * self.opts.test_every
         with run_lock(self.ckpt_dir) if self.rank == 0 else contextlib.nullcontext(), sigterm_interrupts():
@@ -577,7 +591,7 @@ class Trainer:
     def write_curves(self):
         return write_curves(self.ckpt_dir, self.history, self.opts.architecture().name)
 
-    def gather_final_metrics(self):
+    def gather_final_metrics(self) -> dict:
         """What every rank reports: equal `param_checksum` and `param_digest` (and loss, averaged over ranks) on all.
         With several ranks, `ranks_agree` is the all-rank comparison (ranks.all_ranks_agree), which is also the
         closing barrier: every rank leaves it together, so the kernels that papermill shuts down next finish

@@ -1,11 +1,16 @@
 """The training step and what it is built from: the loss, the optimizer, the loss scaler, mixed precision, and the
 step itself, one graph that `Trainer.fit` and `Trainer.train_step` both call (and the dataset sink wraps)."""
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .backend import Parameter, ParameterTuple, Tensor, ms, nn, ops
 from .runtime import DYNAMIC_SCALE_START, DYNAMIC_SCALE_WINDOW, mindspore_log_silenced
 from .weights import EMA_PREFIX
+
+if TYPE_CHECKING:  # options.py imports this module
+    from .options import Options
 
 # The training step's compile level, on the host-fed and the dataset-sink path alike: O0, MindSpore's kernel-by-kernel
 # ms_backend. It is MindSpore 2.10's default for ms.jit and on A2 (910B) and GPU. 910A's own default would be O2,
@@ -27,7 +32,7 @@ OPTIMIZERS = ("ADAM", "SGD")
 SINK_MODES = ("auto", "on", "off", "true", "false")
 
 
-def apply_mixed_precision(model, amp_level):
+def apply_mixed_precision(model: nn.Cell, amp_level: str) -> nn.Cell:
     """O0: float32. O1: float16 convolutions (EDSR's only white-list op), float32 elsewhere.
     O2: float16 network with float32 output. O3: float16 everywhere. The loss is always float32.
     Changes `model` in place and returns it (the step casts the output to float32 itself)."""
@@ -44,14 +49,14 @@ def apply_mixed_precision(model, amp_level):
     return model
 
 
-def make_loss_scaler(plan):
+def make_loss_scaler(plan: dict) -> "ms.amp.LossScaler":
     """The loss scale `runtime.precision_plan` chose: a fixed one (1.0 = none), or dynamic under O1-O3."""
     if plan["loss_scale"] == "dynamic":
         return ms.amp.DynamicLossScaler(DYNAMIC_SCALE_START, scale_factor=2, scale_window=DYNAMIC_SCALE_WINDOW)
     return ms.amp.StaticLossScaler(float(plan["loss_scale"]))
 
 
-def make_optimizer(opts, params):
+def make_optimizer(opts: "Options", params: list) -> nn.Optimizer:
     """EDSR-PyTorch's choices: Adam (0.9, 0.999, 1e-8) or SGD with momentum. The lr is a tensor assigned in place at
     each epoch (a per-step lr list failed on resume: MindSpore reused an earlier instance's compiled graph)."""
     lr = ms.Tensor(opts.lr, ms.float32)
@@ -78,7 +83,7 @@ class WeightedLoss(nn.Cell):
         return total
 
 
-def make_loss(opts):
+def make_loss(opts: "Options") -> nn.Cell:
     """The loss Cell for `opts.loss`; the recipe's plain `1*L1` is MindSpore's L1Loss itself."""
     terms = opts.loss_terms()
     if len(terms) == 1 and terms[0][0] == 1.0:

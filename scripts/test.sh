@@ -5,6 +5,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" test
 # Lint and format first: a style slip fails in seconds, not after the suite (configuration in pyproject.toml).
 "$ROOT/.venv/bin/ruff" check . || { echo "ruff check failed: see above (ruff check --fix fixes most)" >&2; exit 1; }
 "$ROOT/.venv/bin/ruff" format --check . || { echo "run: .venv/bin/ruff format ." >&2; exit 1; }
+# Types: the public API's annotations against the code (configuration in pyproject.toml, [tool.mypy]).
+"$ROOT/.venv/bin/mypy" || { echo "mypy found type errors: see above" >&2; exit 1; }
 set +e
 "$VENV_PY" -m pytest "$@"
 status=$?

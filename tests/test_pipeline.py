@@ -38,6 +38,30 @@ def test_eight_augmentations_are_the_dihedral_group(rng):
     assert results == expected and len(results) == 8
 
 
+def _orientation(patch, images):
+    """Which transform T of the 8 (0: none) makes the HR `patch` (HxWx3) a plain crop of one of `images`; None when
+    none does. Distinct orientations of the patch give distinct T (the transforms form a group)."""
+    size = patch.shape[0]
+    for k, flags in enumerate(np.ndindex(2, 2, 2)):
+        (candidate,) = augment([patch], *flags)
+        for image in images:
+            windows = np.lib.stride_tricks.sliding_window_view(image, (size, size, 3))[:, :, 0]
+            if (windows == candidate).all(axis=(2, 3, 4)).any():
+                return k
+    return None
+
+
+def test_training_patches_are_augmented_unless_no_augment(folder_dataset):
+    images = [np.asarray(folder_dataset.hr(i)) for i in range(len(folder_dataset))]
+    seen = {}
+    for no_augment in (False, True):
+        src = PatchSource(folder_dataset, 24, length=64, seed=5, no_augment=no_augment)
+        seen[no_augment] = [_orientation(src.sample(i)[1], images) for i in range(64)]
+    assert None not in seen[False] and None not in seen[True]  # every patch is a transformed crop of an image
+    assert set(seen[True]) == {0}  # no_augment: crops as they are
+    assert len(set(seen[False])) == 8  # all eight orientations are drawn (64 draws of 1/8 each)
+
+
 def test_samples_are_deterministic_per_seed_and_index(folder_dataset):
     src = PatchSource(folder_dataset, 24, length=200, seed=3)
     lr1, hr1 = src[17]
