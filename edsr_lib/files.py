@@ -4,6 +4,8 @@ write never leaves a partial file (a temporary name in the same folder, then a r
 
 import json
 import os
+import shutil
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -103,6 +105,34 @@ def prepare_output_folder(path, flag="output folder", inputs=(), kit_files=()):
     except OSError as exc:
         raise write_error(path, exc) from exc
     return path
+
+
+def process_alive(pid):
+    """Whether process `pid` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def work_folder(out, kind=""):
+    """A hidden sibling of the folder `out` to build it in, then rename (atomic): named for this host and process,
+    so `sweep_work_folders` can tell a killed run's leftovers from a running one's."""
+    out = Path(out)
+    return out.parent / f".{out.name}{TEMPORARY_TAG}{kind}{socket.gethostname()}-{os.getpid()}"
+
+
+def sweep_work_folders(out):
+    """Remove the work folders a killed run on this host left beside `out` (their process no longer runs)."""
+    out = Path(out)
+    host = socket.gethostname()
+    for leftover in out.parent.glob(f".{out.name}{TEMPORARY_TAG}*"):
+        owner, _, pid = leftover.name.rpartition("-")
+        if leftover.is_dir() and owner.endswith(host) and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def atomic_write(path, write_fn):

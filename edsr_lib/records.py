@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import KitError
 from .figures import plot_history, save_figure
-from .files import atomic_write, write_json
+from .files import atomic_write, process_alive, write_json
 from .runtime import versions
 
 
@@ -106,7 +106,7 @@ def run_lock(folder):
             except FileNotFoundError:  # released meanwhile
                 continue
             host, _, pid = holder.partition(" ")
-            gone = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+            gone = host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
             # a lock that never got its owner written (a start on a full disk) or holds garbage: stale once it is
             # older than the instant between creating and writing it
             garbled = not (host and pid.isdigit()) and age > 10
@@ -128,13 +128,3 @@ def run_lock(folder):
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import KitError
 from .evaluation import bicubic_upscale, score_image
-from .files import OUTPUT_MARKER, TEMPORARY_TAG, prepare_output_folder
+from .files import OUTPUT_MARKER, prepare_output_folder, sweep_work_folders, work_folder
 from .images import write_image
 from .metrics import LOWER_IS_BETTER, Protocol
 from .progress import progress_bar
@@ -125,7 +125,8 @@ def build_report(
     Returns {"images": [...], "methods", "means", ...}."""
     out = Path(out)
     prepare_output_folder(out, "--out", inputs)  # before any work: no input, no folder of someone else's files
-    work = out.parent / f".{out.name}{TEMPORARY_TAG}{os.getpid()}"
+    sweep_work_folders(out)  # what a killed run left: built aside, never renamed into place
+    work = work_folder(out)
     shutil.rmtree(work, ignore_errors=True)
     (work / "images").mkdir(parents=True)
     rows = []
@@ -136,7 +137,7 @@ def build_report(
         (work / "index.html").write_text(_index_html(summary))
         (work / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         (work / OUTPUT_MARKER).touch()
-        old = out.parent / f".{out.name}{TEMPORARY_TAG}old-{os.getpid()}"
+        old = work_folder(out, "old-")
         if out.exists():
             out.rename(old)
         work.rename(out)

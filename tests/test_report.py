@@ -4,6 +4,11 @@ error: sorting, the image page's synchronised zoom and the wipe."""
 
 import hashlib
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +64,17 @@ def test_scores_are_edsr_evals_and_the_best_is_marked(report):
 def test_the_same_inputs_give_the_same_files_and_foreign_folders_are_refused(report, tmp_path, capsys):
     work, argv, _ = report
     before = _digests(work / "rep")
+    # a killed run's half-built report (its process gone) is removed; a running one's (a live pid) is left alone
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = work / f".rep.partial-{host}-{int(dead.stdout)}"
+    running = work / f".rep.partial-{host}-{os.getppid()}"
+    for folder in (killed, running):
+        (folder / "images").mkdir(parents=True)
     assert cli.main(argv) == 0
-    assert _digests(work / "rep") == before and not list(work.glob(".rep.partial-*"))
+    assert _digests(work / "rep") == before and not killed.exists() and running.is_dir()
+    shutil.rmtree(running)
+    assert not list(work.glob(".rep.partial-*"))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep me")
     bad = [*argv[: argv.index("--out")], "--out", str(tmp_path / "mine")]
