@@ -130,11 +130,12 @@ def _run_all(page, base, name, timeout=600):
     raise AssertionError(f"{name}: still running after {timeout} s")
 
 
-def _last_cell_pictures(page):
+def _explorer_pictures(page):
+    """The explorer's pictures: the images of the one code cell holding sliders (it comes right after the setup)."""
     return page.evaluate(
         "() => { const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];"
-        " return [...cells[cells.length - 1].querySelectorAll('.jp-OutputArea-output img')]"
-        ".map(i => i.src); }"
+        " const explorer = cells.find(c => c.querySelector('.widget-slider'));"
+        " return explorer ? [...explorer.querySelectorAll('.jp-OutputArea-output img')].map(i => i.src) : []; }"
     )
 
 
@@ -180,9 +181,9 @@ def test_notebooks_run_interact_save_and_reopen_in_a_real_browser(lab, browser):
 
     _run_all(page, base, "04_visual_comparison.ipynb")
     assert page.locator("text=Error displaying widget").count() == 0
-    before = _last_cell_pictures(page)
+    before = _explorer_pictures(page)
     assert len(before) == 2, "the explorer shows its comparison and its wipe"
-    after = drag_crop_slider(page, lambda: _last_cell_pictures(page), before)
+    after = drag_crop_slider(page, lambda: _explorer_pictures(page), before)
     assert after[0] != before[0] and after[1] != before[1], "dragging the crop slider redraws both pictures"
     page.screenshot(path=str(SCREENSHOTS / "04_after_drag.png"))
     _save(page)
@@ -194,12 +195,13 @@ def test_notebooks_run_interact_save_and_reopen_in_a_real_browser(lab, browser):
     page = context.new_page()
     _open(page, base, "04_visual_comparison.ipynb")
     assert "Error displaying widget" not in _texts(page)  # (scrolls to the end)
-    page.locator(".jp-Notebook .jp-CodeCell").last.scroll_into_view_if_needed()
+    explorer = page.locator(".jp-Notebook .jp-CodeCell", has=page.locator(".widget-slider"))
+    explorer.scroll_into_view_if_needed()
     time.sleep(3)
     page.screenshot(path=str(SCREENSHOTS / "04_reopened_without_kernel.png"))
     assert page.locator("text=Error displaying widget").count() == 0
-    assert page.locator(".jp-Notebook .jp-CodeCell").last.locator(".widget-slider").count() >= 4  # saved state
-    assert _last_cell_pictures(page) == after, "the reopened notebook shows the explorer's last pictures"
+    assert explorer.locator(".widget-slider").count() >= 4  # saved state
+    assert _explorer_pictures(page) == after, "the reopened notebook shows the explorer's last pictures"
     _open(page, base, "02_train.ipynb")
     page.screenshot(path=str(SCREENSHOTS / "02_reopened_without_kernel.png"))
     assert f"{total}/{total} it" in _texts(page) and "Error displaying widget" not in _texts(page)

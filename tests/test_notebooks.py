@@ -282,7 +282,7 @@ def test_saved_notebooks_keep_their_final_state_in_html(chain):
     total = TINY_TRAIN["epochs"] * TINY_TRAIN["test_every"]
     assert f"{total}/{total} it" in html_02  # the run's bar, finished
     nb = nbformat.read(work / "04.ipynb", as_version=4)
-    explorer = nb.cells[-1].outputs
+    explorer = next(c for c in nb.cells if "comparison_explorer(" in c.source).outputs
     assert any("interactive controls" in o.get("data", {}).get("text/plain", "") for o in explorer)
     assert sum("image/png" in o.get("data", {}) for o in explorer) == 2  # its last comparison and wipe
 

@@ -165,8 +165,8 @@ def test_method_labels():
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (.ci/run installs it as root)")
 def test_notebook_04_as_a_voila_app(tmp_path):
-    """`voila notebooks/04_visual_comparison.ipynb` on 127.0.0.1: no code shown, the explorer renders, and dragging
-    its crop slider redraws both its pictures."""
+    """`voila notebooks/04_visual_comparison.ipynb` on 127.0.0.1: no code shown, the explorer's controls come before
+    the static figures, and dragging its crop slider redraws both its pictures."""
     pytest.importorskip("voila", reason="voila is in the lab and test extras")
     pytest.importorskip("playwright")
     import shutil
@@ -209,6 +209,13 @@ def test_notebook_04_as_a_voila_app(tmp_path):
             page.wait_for_selector(".widget-image", timeout=300_000)
             assert page.locator("text=Error displaying widget").count() == 0
             assert "from edsr_lib" not in page.inner_text("body")  # no code shown
+            page.wait_for_selector("img:not(.widget-image)", timeout=300_000)  # the static figures, once run
+            controls_first = page.evaluate(
+                "() => { const slider = document.querySelector('.widget-slider');"
+                " const figure = document.querySelector('img:not(.widget-image)');"
+                " return !!(slider.compareDocumentPosition(figure) & Node.DOCUMENT_POSITION_FOLLOWING); }"
+            )
+            assert controls_first, "the explorer's controls come before the static figures"
 
             def pictures():
                 return page.locator(".widget-image").evaluate_all("imgs => imgs.map(i => i.src)")
