@@ -1,6 +1,7 @@
 """Evaluating a model (or plain bicubic) on a dataset with the papers' protocol; tables and JSON."""
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from .metrics import (
     ssim,
 )
 from .progress import progress_bar
-from collections.abc import Callable, Iterable, Sequence
 
 
 # Published EDSR (paper model) PSNR/SSIM on the Y channel (Lim et al. 2017, Table 3), and EDSR-PyTorch's README

@@ -1,13 +1,13 @@
 """Figures as matplotlib `Figure` objects (no pyplot state): shown inline by notebooks, saved as PNG by the kit."""
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from .files import atomic_write
-import os
 
 
 def figure_png(fig, dpi=110):

@@ -5,6 +5,7 @@ alpha without compositing), so 16-bit PNGs go through pypng and every mode conve
 Writes go to a temporary file that is renamed into place, so an interrupted run never leaves a partial image.
 """
 
+import os
 import warnings
 import zlib
 from pathlib import Path
@@ -15,7 +16,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import KitError
 from .files import atomic_write
-import os
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 ALPHA_MODES = ("white", "drop")

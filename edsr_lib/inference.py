@@ -5,15 +5,15 @@ only their valid centres are kept, so tiled and whole-image inference give the s
 quadrant `chop` does not) while memory stays bounded by the tile size.
 """
 
+import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import KitError
 from .images import IMAGE_EXTENSIONS, list_images, read_image, write_image
 from .progress import progress_bar
-import os
-from typing import Callable
 
 
 def exact_windows(length, window, margin):

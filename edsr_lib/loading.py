@@ -9,11 +9,10 @@ import os
 from typing import cast
 
 from .errors import KitError
-from .model import EDSR, build_model, load_state
+from .model import EDSR, Architecture, build_model, load_state
 from .pretrained import Registry
 from .runtime import current_device
 from .weights import read_checkpoint
-from .model import Architecture
 
 
 def checkpoint_path(path_or_name: str | os.PathLike) -> str | os.PathLike:

@@ -11,6 +11,7 @@ memory stays bounded by the tile size.
 """
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,6 @@ import numpy as np
 
 from .backend import ms, nn, ops
 from .errors import KitError
-from collections.abc import Callable, Sequence
 
 # The package's ScalingLayer constants (ImageNet statistics in its [-1, 1] input range).
 SHIFT = (-0.030, -0.088, -0.188)

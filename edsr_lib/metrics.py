@@ -8,13 +8,13 @@ SSIM is Wang et al.'s MATLAB `ssim_index`: 11x11 Gaussian window (sigma 1.5), 'v
 C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, on the same channel and crop.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import KitError
-from collections.abc import Iterable
 
 BENCHMARKS = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 

@@ -1,8 +1,8 @@
 """What notebooks 03-05 call to find a checkpoint: the one notebook 02 trained, or the ones under outputs/."""
 
-from pathlib import Path
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 
 # Where notebook 02 leaves its best model with its default parameters, relative to the folder the notebooks run in.

@@ -2,8 +2,9 @@
 component."""
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .degradations import Degradation, RealisticRanges
 from .errors import KitError
@@ -12,8 +13,6 @@ from .model import MDSR_SCALES, MODELS, PRESETS, Architecture, check_size, parse
 from .records import TENSORBOARD_MODES
 from .runtime import PRECISION_MODES
 from .training_step import AMP_LEVELS, OPTIMIZERS, SINK_MODES, WeightedLoss
-from collections.abc import Mapping
-from typing import Any
 
 
 # A loss weight scales the gradients like the lr: beyond this the float32 loss of 0-255 images overflows (the

@@ -8,11 +8,11 @@ import dataclasses
 import logging
 import os
 import platform
+from collections.abc import Mapping
 
 from .kernels import build as native  # imports no MindSpore
 from .backend import STOCK_CONV_ENVIRONMENT, cann_home, fast_conv_library, ms, set_host_blocking
 from .errors import KitError
-from collections.abc import Mapping
 
 # CANN versions MindSpore 2.10's installation check accepts (mindspore/run_check/_check_version.py, AscendEnvChecker).
 ACCEPTED_CANN_VERSIONS = ("8.2", "8.3", "8.5", "9.0", "9.1")
