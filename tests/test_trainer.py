@@ -66,6 +66,25 @@ def _quiet(opts, **kw):
     return Trainer(opts, log=lambda m: None, progress=False, **kw)
 
 
+def test_parts_built_as_notebook_02_builds_them_train_like_the_trainers_own(tmp_path):
+    """Notebook 02 builds the model, loss and optimizer itself after prepare_run and hands them over: the run must
+    be `edsr train`'s, bit for bit (same initial weights, same steps)."""
+    from edsr_lib.trainer import build_model_for, prepare_run
+    from edsr_lib.training_step import make_loss, make_optimizer
+
+    own = _quiet(_opts(tmp_path / "own", epochs=1))
+    own.fit()
+    opts = _opts(tmp_path / "given", epochs=1)
+    run = prepare_run(opts)
+    model = build_model_for(opts, run.device)
+    given = _quiet(
+        opts, model=model, loss=make_loss(opts), optimizer=make_optimizer(opts, model.trainable_params()), run=run
+    )
+    given.fit()
+    a, b = _weights(own), _weights(given)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_loss_scaling_is_applied_and_undone_exactly(tmp_path):
     # Scaling the loss by a power of two and unscaling the gradients is exact in float32: the weights must equal an
     # unscaled run's bit for bit. The MindSpore ModelZoo EDSR's bug (gradients divided by the scale, loss never
