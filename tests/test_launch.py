@@ -166,3 +166,45 @@ def test_batch_runs_follow_the_published_recipe(tmp_path):
     )
     # the built-in sample photos keep the notebook's short demo schedule
     assert batch_run_parameters("sample", {"epochs": 1}) == {"data_train": "sample", "epochs": 1}
+
+
+def test_a_stop_signal_during_an_asyncio_callback_still_reaches_the_launcher():
+    """papermill runs notebooks on an asyncio loop, which logs and drops most exceptions raised in a callback; the
+    stop a signal handler raises there must come out of the loop."""
+    import asyncio
+
+    from edsr_lib.launch.watch import Stopped
+
+    loop = asyncio.new_event_loop()
+
+    async def waiting():
+        loop.call_soon(lambda: (_ for _ in ()).throw(Stopped(15)))  # the signal lands in a callback
+        await asyncio.sleep(0.5)
+
+    try:
+        with pytest.raises(Stopped):
+            loop.run_until_complete(waiting())
+    finally:
+        loop.close()
+
+
+def test_a_shutdown_that_hangs_after_a_stop_signal_is_ended_by_the_watchdog(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, signal, time\n"
+        "import edsr_lib.launch.watch as watch\n"
+        "watch.STOP_DEADLINE_SECONDS = 1\n"
+        "signal.signal(signal.SIGTERM, watch.stop_on)\n"
+        "print('ready', flush=True)\n"
+        "try:\n    time.sleep(60)\nexcept watch.Stopped:\n    time.sleep(60)  # a shutdown that never ends\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    start = time.time()
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "stopped by SIGTERM" in stderr and "(forced)" in stderr, stderr
+    assert time.time() - start < 15

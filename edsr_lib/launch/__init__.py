@@ -14,7 +14,7 @@ from ..errors import KitError, OneLineArgumentParser
 from .cluster import DEFAULT_MASTER_PORT
 from .jobs import run_distributed, run_evaluation, run_standalone, worker
 from .notebooks import COMPARE, EVALUATE, TRAIN, check_parameter_names, parse_parameters
-from .watch import Stopped, stop_descendants, stop_on, threading_main
+from .watch import Stopped, stop_descendants, stop_on, stopped_message, threading_main
 
 
 def build_parser():
@@ -89,9 +89,7 @@ def main(argv=None):
         print(f"edsr: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except Stopped as stop:
-        ended = stop_descendants()
-        name = signal.Signals(stop.signum).name
-        print(f"edsr: stopped by {name}; ended the {ended} process(es) this launcher had started", file=sys.stderr)
+        print(stopped_message(stop.signum, stop_descendants()), file=sys.stderr)
         return 128 + stop.signum
 
 

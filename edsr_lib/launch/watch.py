@@ -3,7 +3,11 @@ own), is followed, and all of them end when one rank fails or the launcher is st
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -168,15 +172,36 @@ class RankWatch:
         return ", ".join(str(p) for p in candidates if p.exists())
 
 
-class Stopped(BaseException):
-    """SIGTERM, SIGHUP or SIGINT reached a launcher (from `kill`, `timeout`, a batch scheduler or Ctrl-C)."""
+# How long the launcher's own shutdown may take after a stop signal before the last resort ends it.
+STOP_DEADLINE_SECONDS = 30.0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, SIGHUP or SIGINT reached a launcher (from `kill`, `timeout`, a batch scheduler or Ctrl-C). A
+    KeyboardInterrupt, because papermill runs the notebook on an asyncio loop, which re-raises only that (and
+    SystemExit) from a callback the signal interrupts: any other exception there is logged and dropped, and the
+    launcher would go on running."""
 
     def __init__(self, signum):
         super().__init__(signum)
         self.signum = signum
 
 
+def stopped_message(signum, ended):
+    return f"edsr: stopped by {signal.Signals(signum).name}; ended the {ended} process(es) this launcher had started"
+
+
 def stop_on(signum, frame):
+    """The launcher's signal handler: raise Stopped in the main thread, for main() to end every process this one
+    started and exit 128 + signum; should the shutdown hang, a watchdog does the same after STOP_DEADLINE_SECONDS."""
+
+    def last_resort():
+        time.sleep(STOP_DEADLINE_SECONDS)
+        ended = stop_descendants()
+        print(stopped_message(signum, ended) + " (forced)", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    threading.Thread(target=last_resort, daemon=True).start()
     raise Stopped(signum)
 
 
@@ -208,6 +233,4 @@ def end_processes(processes, grace=KILL_GRACE_SECONDS):
 
 
 def threading_main():
-    import threading
-
     return threading.current_thread() is threading.main_thread()
