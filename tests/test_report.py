@@ -153,6 +153,24 @@ def test_the_report_in_chromium(report):
     assert errors == []
 
 
+@pytest.mark.slow
+def test_an_exported_model_compares_as_its_checkpoint(report):
+    """`--method LABEL=model.onnx`: the exported file (fixed 32x32 input, tiled) scores as the checkpoint it came
+    from, image by image."""
+    pytest.importorskip("onnxruntime")
+    work, argv, _ = report
+    onnx = work / "tiny.onnx"
+    assert cli.main(["export", "--ckpt", str(work / "tiny.ckpt"), "--format", "ONNX", "--output", str(onnx),
+                     "--input-size", "32", "32"]) == 0  # fmt: skip
+    out = work / "with_onnx"
+    base = argv[: argv.index("--out")]
+    assert cli.main([*base, "--method", f"exported={onnx}", "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["methods"] == ["bicubic", "tiny", "exported"]
+    for row in summary["images"]:
+        assert row["scores"]["exported"]["psnr"] == pytest.approx(row["scores"]["tiny"]["psnr"], abs=0.01)
+
+
 def test_method_labels():
     from edsr_lib.cli.compare import _method_label
 
