@@ -97,25 +97,29 @@ def server():
     httpd.shutdown()
 
 
-def drag_crop_slider(page, pictures, before):
+def drag_crop_slider(page, pictures, before, attempts=3):
     """Drag the comparison explorer's crop-x slider 70 px (in a Playwright page) and return `pictures()` once they
-    have changed from `before` and settled (each step of the drag redraws), or after 60 s."""
+    have changed from `before` and settled (each step of the drag redraws). A drag that changed nothing within 30 s
+    (the page was still settling after scrolling the slider into view) is made again, up to `attempts` times."""
     import time
 
-    handle = page.locator(".widget-slider .noUi-handle").nth(1)  # crop x
-    handle.scroll_into_view_if_needed()
-    box = handle.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 70, box["y"] + box["height"] / 2, steps=5)
-    page.mouse.up()
-    after, deadline = pictures(), time.time() + 60
-    while time.time() < deadline:
-        time.sleep(2)
-        latest = pictures()
-        if latest == after and latest != before:
-            break
-        after = latest
+    after = before
+    for _ in range(attempts):
+        handle = page.locator(".widget-slider .noUi-handle").nth(1)  # crop x
+        handle.scroll_into_view_if_needed()
+        time.sleep(1)  # JupyterLab lays out the cells it scrolled past
+        box = handle.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 70, box["y"] + box["height"] / 2, steps=5)
+        page.mouse.up()
+        after, deadline = pictures(), time.time() + 30
+        while time.time() < deadline:
+            time.sleep(2)
+            latest = pictures()
+            if latest == after and latest != before:
+                return latest
+            after = latest
     return after
 
 
