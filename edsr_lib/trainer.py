@@ -255,7 +255,6 @@ class Trainer:
             opts, self.device, self.precision, self.world, self._log,
             model=model, loss=loss, train_set=train_set, val_set=val_set, optimizer=optimizer,
         )  # fmt: skip
-        self.parts = parts
         self.model, self.loss_fn, self.optimizer, self.scaler = parts.model, parts.loss, parts.optimizer, parts.scaler
         self.train_sets, self.val_sets, self.source = parts.train_sets, parts.val_sets, parts.source
         scales = opts.scales()
